@@ -21,7 +21,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_METHODS = ("blockpruner,blockpruner/beam:2,blockpruner/greedy+swap,sleb,shortgpt,layer-ppl,taylor,"
-                   "relative-magnitude,blockpruner-oneshot,finercut")
+                   "relative-magnitude,blockpruner-oneshot,finercut,llm-pruner")
 
 
 def variant_summary(rows: list[dict], sources: list[str]) -> list[str]:

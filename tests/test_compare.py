@@ -55,10 +55,15 @@ def test_compare_cli_end_to_end(setup):
         assert float(r["ratio_removed"]) >= float(r["target_ratio"])
         assert float(r[f"ppl_{held}"]) > 0 and float(r["search_seconds"]) >= 0
     md = (out / "results.md").read_text()
-    assert "| 0.4 | blockpruner (greedy+swap) |" in md and f"{held} ppl" in md
+    assert "| 0.4 | [blockpruner (greedy+swap)](reports/blockpruner__greedy-swap__r0.4/report.md) |" in md and f"{held} ppl" in md
     for name in ("ppl_vs_ratio.png", "layer_map.png"):
         data = (out / name).read_bytes()
         assert data.startswith(PNG) and len(data) > 10_000
+    for r in rows[1:]:  # each cell links its own run report
+        slug = r["method"] + ("" if r["search"] == "greedy" else "__greedy-swap")
+        assert r["report"] == f"reports/{slug}__r{r['target_ratio']}/report.md"
+        assert f"]({r['report']})" in md and (out / r["report"]).exists()
+        assert (out / r["report"]).parent.joinpath("layer_map.png").read_bytes().startswith(PNG)
     # every cell's plan is a valid plan that reaches its ratio on the model it came from
     loaded = load_model(ckpt, device="cpu")
     for cell in sorted((out / "cells").glob("*__r*.json")):
@@ -127,3 +132,35 @@ def test_bad_arguments():
         parse_ratios("0.2,1.5")
     assert parse_ratios("0.3,0.1,0.3") == [0.1, 0.3]
     assert [m.name for m in parse_methods("blockpruner/beam:3, finercut")] == ["blockpruner/beam:3", "finercut"]
+
+
+def test_compare_llm_pruner_cells(setup):
+    """llm-pruner (width) beside a depth method: a pruned copy per ratio, its plan re-applies to the same perplexity."""
+    root, ckpt, calib, held = setup
+    out = root / "width"
+    rows = compare(ckpt, "llm-pruner,llm-pruner/l2,shortgpt", "0.1,0.2", _calib(calib), [held], out,
+                   eval_windows=2, eval_seq_len=24)
+    dense = rows[0]
+    width_rows = [r for r in rows if r["method"] == "llm-pruner"]
+    assert [(r["search"], r["target_ratio"]) for r in width_rows] == [("greedy", 0.1), ("greedy", 0.2), ("l2", 0.1), ("l2", 0.2)]
+    loaded = load_model(ckpt, device="cpu")
+    for r in width_rows:
+        assert r["blocks"] == [] and r["ratio_removed"] >= r["target_ratio"] * 0.5
+        assert r["width_removed"]["heads"] + r["width_removed"]["mlp_channels"] > 0
+        assert r["params_after"] == dense["params_after"] - r["params_removed"]
+        plan = read_plan(out / r["plan"])
+        assert plan["method"] == "llm-pruner" and plan["options"]["importance"] == r["importance"]
+        ev = api.evaluate(loaded, [held], seq_len=24, windows=2, batch_size=4, plan=plan)
+        assert ev["perplexity"][held] == pytest.approx(r["ppl"][held], rel=1e-5)
+        assert ev["parameters"] == r["params_after"]
+        loaded = load_model(ckpt, device="cpu")  # evaluate(plan=...) pruned it in place
+        assert (out / r["report"]).exists()
+    assert [r["importance"] for r in width_rows] == ["param_first", "param_first", "l2", "l2"]
+    assert width_rows[0]["params_removed"] < width_rows[1]["params_removed"]
+    md = (out / "results.md").read_text()
+    assert "llm-pruner (l2)" in md and "width: " in md
+    csv_rows = list(csv.DictReader((out / "results.csv").open()))
+    w = next(c for c in csv_rows if c["method"] == "llm-pruner")
+    assert int(w["heads_removed"]) + int(w["mlp_channels_removed"]) > 0 and w["search_work"] == ""
+    with pytest.raises(PrunekitError, match="Did you mean 'l2'"):
+        parse_methods("llm-pruner/l3")

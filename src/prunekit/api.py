@@ -100,7 +100,8 @@ def prune(
     if isinstance(depth, WidthConfig):
         from .width.api import prune_width
 
-        return prune_width(as_loaded(model, dtype, device), depth, calib, progress=progress, out=out, overwrite=overwrite)
+        return prune_width(as_loaded(model, dtype, device), depth, calib, progress=progress, out=out, overwrite=overwrite,
+                           resume=resume)
     if out is not None and not resume:
         check_output_dir(Path(out), overwrite)
     loaded = as_loaded(model, dtype, device)

@@ -92,7 +92,7 @@ def prune(
     dtype: str = typer.Option("float32", "--dtype", help="float32, bfloat16 or float16."),
     device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda, cuda:N... (default: cuda if available)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing --out directory."),
-    resume: bool = typer.Option(False, "--resume", help="Continue a killed search from OUT/journal.jsonl."),
+    resume: bool = typer.Option(False, "--resume", help="Continue a killed search (or llm-pruner's gradient pass) from OUT/journal.jsonl."),
     importance: str = typer.Option("param_first", "--importance", help="llm-pruner: param_first, element1, element2, param_second, param_mix, vector, l1, l2 or random."),
     aggregate: str = typer.Option("sum", "--aggregate", help="llm-pruner: how a group's part scores combine: sum, mean, max, prod or last."),
     strategy: str = typer.Option("block", "--strategy", help="llm-pruner: block (heads and MLP channels in --layers) or channel (hidden size)."),
@@ -119,7 +119,7 @@ def prune(
         width = WidthConfig(ratio=ratio, importance=importance, aggregate=aggregate, strategy=strategy, layers=layers,
                             global_=global_, samples=samples, seed=seed)
         run_llm_pruner(model, out, width, _calib(calib or "wiki", seq_len or 64, windows, sample, seed, batch_size),
-                       overwrite, dtype, device)
+                       overwrite, dtype, device, resume)
         from .report import write_report
 
         write_report(out)

@@ -16,7 +16,8 @@ def register(app: typer.Typer) -> None:
         model: str = typer.Argument(..., help="Model spec: smollm2-135m, a checkpoint dir, a .gguf file or a hub id."),
         methods: str = typer.Option(
             "blockpruner,sleb,shortgpt,layer-ppl,taylor,relative-magnitude,blockpruner-oneshot,finercut", "--methods",
-            help="Comma-separated methods; METHOD/SEARCH runs a search variant, e.g. blockpruner/beam:3, blockpruner/greedy+swap.",
+            help="Comma-separated methods; METHOD/SEARCH runs a search variant, e.g. blockpruner/beam:3, blockpruner/greedy+swap; "
+            "llm-pruner or llm-pruner/IMPORTANCE adds width pruning (e.g. llm-pruner/l2).",
         ),
         ratios: str = typer.Option("0.1,0.2,0.3", "--ratios", help="Comma-separated fractions of total parameters to remove."),
         out: str = typer.Option(..., "--out", help="Output directory (results.csv, results.md, PNG plots, plans, cells)."),
@@ -35,7 +36,7 @@ def register(app: typer.Typer) -> None:
         device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda, cuda:N... (default: cuda if available)."),
         overwrite: bool = typer.Option(False, "--overwrite", help="Discard the finished cells in --out and start again."),
     ) -> None:
-        """Run several depth methods at several ratios and compare held-out perplexity, size and search time.
+        """Run several pruning methods at several ratios and compare held-out perplexity, size and search time.
 
         One search per method serves every ratio; finished cells are kept, so a re-run continues where it stopped.
         """
@@ -51,4 +52,4 @@ def register(app: typer.Typer) -> None:
         from pathlib import Path
 
         out_console.print((Path(out) / "results.md").read_text(encoding="utf-8"), markup=False, highlight=False)
-        console.print(f"wrote {out}/results.csv, results.md, ppl_vs_ratio.png, layer_map.png")
+        console.print(f"wrote {out}/results.csv, results.md, ppl_vs_ratio.png, layer_map.png, reports/")

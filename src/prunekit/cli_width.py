@@ -37,7 +37,8 @@ def loss_progress():
         yield update
 
 
-def run_llm_pruner(model: str, out: str, width, calib, overwrite: bool, dtype: str, device: Optional[str]) -> None:
+def run_llm_pruner(model: str, out: str, width, calib, overwrite: bool, dtype: str, device: Optional[str],
+                   resume: bool = False) -> None:
     """``prunekit prune --method llm-pruner``: score, choose, slice, write OUT; print the outcome."""
     from .api import as_loaded
     from .cli import progress_bar
@@ -50,7 +51,9 @@ def run_llm_pruner(model: str, out: str, width, calib, overwrite: bool, dtype: s
     if width.needs_gradients:
         check_gradient_dtype(resolve_dtype(dtype), loaded.device)
     with progress_bar() as update:
-        result = prune_width(loaded, width, calib, progress=update, out=out, overwrite=overwrite)
+        result = prune_width(loaded, width, calib, progress=update, out=out, overwrite=overwrite, resume=resume)
+    if result.timing.get("resumed_samples"):
+        console.print(f"resumed the gradient pass after {result.timing['resumed_samples']} of {width.samples} samples")
     print_width_plan(result.plan, result.timing)
     console.print(f"wrote {out}")
 

@@ -8,8 +8,12 @@ cell (method x ratio) is evaluated with its blocks skipped on the loaded model (
 saved plan gives) and written at once, atomically, to ``DIR/cells/``; a re-run skips finished
 cells, and refuses a directory made from other inputs (model, calibration, evaluation).
 
+``llm-pruner`` (or ``llm-pruner/IMPORTANCE``) adds width-pruned cells on the same calibration and
+evaluation windows (:mod:`prunekit.compare_width`).
+
 Outputs in ``DIR``: ``results.csv``, ``results.md``, ``ppl_vs_ratio.png``, ``layer_map.png``,
-``plans/<cell>.json`` (a plan per cell, appliable with ``prunekit eval --plan``) and
+``plans/<cell>.json`` (a plan per cell, appliable with ``prunekit eval --plan``),
+``reports/<cell>/report.md`` (each cell's run report, linked from ``results.md``) and
 ``compare.json`` (the inputs). ``search_seconds`` of a cell: wall time from the method's engine
 set-up to the moment its answer for that ratio was known (one-shot: the whole ranking).
 """
@@ -26,6 +30,8 @@ from pathlib import Path
 
 import torch
 
+from .compare_report import row_label
+from .compare_width import WIDTH_METHOD, check_variant, width_cells
 from .config import CalibConfig, DepthConfig, default_cache_bytes
 from .data.windows import build_windows
 from .depth.beam import Budgets
@@ -36,7 +42,8 @@ from .errors import PrunekitError, check_choice
 from .io import write_json_atomic
 from .models.adapter import ATTN, Block
 from .models.loading import LoadedModel
-from .plan import PLAN_VERSION, write_plan
+from .plan import PLAN_VERSION, read_plan, write_plan
+from .report import render_report
 
 STEP_FIELDS = ("step", "unit", "blocks", "score", "value")
 _CALIB = "<calibration windows>"  # the in-sample evaluation, kept apart from --eval names
@@ -65,9 +72,12 @@ def parse_methods(text: str) -> list[MethodSpec]:
     specs = []
     for item in [t.strip() for t in text.split(",") if t.strip()]:
         method, _, search = item.partition("/")
-        check_choice("--methods", method, sorted(DEPTH_METHODS))
+        check_choice("--methods", method, sorted(DEPTH_METHODS) + [WIDTH_METHOD])
         search = search or "greedy"
-        DepthConfig(method=method, ratio=0.1, search=search)  # validates the search for the method
+        if method == WIDTH_METHOD:
+            check_variant(search)  # llm-pruner/IMPORTANCE
+        else:
+            DepthConfig(method=method, ratio=0.1, search=search)  # validates the search for the method
         specs.append(MethodSpec(method, search))
     if not specs:
         raise PrunekitError("--methods is empty.", "Give a comma-separated list, e.g. --methods blockpruner,sleb,shortgpt.")
@@ -140,6 +150,58 @@ def _backfill_calib(out: Path, names: list[str], loaded: LoadedModel, windows, b
             write_json_atomic(path, cell)
 
 
+def _write_cell(out: Path, name: str, cell: dict, say: LogFn) -> None:
+    write_json_atomic(out / "cells" / f"{name}.json", cell)
+    say(f"  {row_label(cell)} @ {cell['target_ratio']:g}: removed {cell['ratio_removed']:.1%} of parameters, "
+        + ", ".join(f"{s} ppl {v:.3f}" for s, v in cell["ppl"].items()) + f", search {cell['search_seconds']:.1f} s")
+
+
+def _cell_report(model_spec: str, plan: dict, out: Path, name: str, seconds: float) -> str:
+    """``reports/<cell>/report.md`` (the run report of that cell's plan); returns its path relative to ``out``."""
+    render_report(plan, out / "reports" / name, {"search_seconds": seconds}, name=name,
+                  next_cmds=[f"prunekit eval {model_spec} --plan {out}/plans/{name}.json --data wiki-test,news",
+                             f"prunekit prune {model_spec} ...   # the same options, with --out, to save the model"])
+    return f"reports/{name}/report.md"
+
+
+def _backfill_reports(out: Path, names: list[str], model_spec: str) -> None:
+    """Write the run report of cells written without one."""
+    for name in names:
+        path = out / "cells" / f"{name}.json"
+        cell = json.loads(path.read_text(encoding="utf-8"))
+        if not cell.get("report"):
+            plan = read_plan(out / cell["plan"])
+            cell["report"] = _cell_report(model_spec, plan, out, name, cell["search_seconds"])
+            write_json_atomic(path, cell)
+
+
+def _width_method(loaded: LoadedModel, spec: MethodSpec, todo: list[float], calib: CalibConfig, windows, evals: dict,
+                  eval_batch_size: int, out: Path, progress: ProgressFn | None, say: LogFn) -> None:
+    """LLM-Pruner cells (see :mod:`prunekit.compare_width`): one gradient pass, a pruned copy per ratio."""
+    from .api import perplexity
+
+    def evaluate(pruned: LoadedModel) -> dict:
+        with torch.inference_mode():
+            return {src: perplexity(pruned, w, eval_batch_size) for src, w in (evals | {_CALIB: windows}).items()}
+
+    importance = check_variant(spec.search)
+    for ratio, plan, ppl, params_after, seconds, removed in width_cells(
+            loaded, importance, todo, calib, windows.n_windows, evaluate, progress):
+        name = _cell_name(spec, ratio)
+        write_plan(out / "plans" / f"{name}.json", plan)
+        calib_ppl = ppl.pop(_CALIB)
+        n = plan["params_before"] - params_after
+        cell = {
+            "method": spec.method, "search": spec.search, "importance": importance, "target_ratio": ratio,
+            "ratio_removed": n / plan["params_before"], "params_removed": n, "params_after": params_after, "ppl": ppl,
+            "blocks": [], "units": [], "width_removed": removed, "search_seconds": seconds, "search_work": None,
+            "search_macs": None, "calib_value": None, "criterion": importance,
+            "calib_ppl": calib_ppl, "plan": f"plans/{name}.json",
+            "report": _cell_report(loaded.spec, plan, out, name, seconds),
+        }
+        _write_cell(out, name, cell, say)
+
+
 def _levels(outcome, stops: list, stamps: list[tuple[float, float]]) -> list:
     """One (units, records, seconds, counted MACs, extra) per stop: the search's own, or prefixes of a nested order."""
     if "levels" in outcome.extra or "seconds" in outcome.extra:  # beam:K, greedy+swap: one answer per stop
@@ -205,6 +267,9 @@ def compare(
             say(f"{spec.name}: all ratios done, skipped")
             continue
         say(f"{spec.name}: searching for ratios {', '.join(f'{r:g}' for r in todo)}")
+        if spec.method == WIDTH_METHOD:
+            _width_method(loaded, spec, todo, calib, windows, evals, eval_batch_size, out, progress, say)
+            continue
         depth = DepthConfig(method=spec.method, blocks_kind=blocks_kind, ratio=max(todo), search=spec.search, cache_gb=cache_gb)
         units = make_units(adapter, unit_kind(depth))
         stops = [_stop_rule(loaded, units, DepthConfig(method=spec.method, blocks_kind=blocks_kind, ratio=r)) for r in todo]
@@ -232,6 +297,7 @@ def compare(
             }
             name = _cell_name(spec, ratio)
             write_plan(out / "plans" / f"{name}.json", plan)
+            report = _cell_report(loaded.spec, plan, out, name, seconds)
             ppl, params_after = _evaluate_blocks(loaded, blocks, evals | {_CALIB: windows}, eval_batch_size)
             calib_ppl = ppl.pop(_CALIB)
             if params_after != plan["params_after"]:
@@ -243,12 +309,12 @@ def compare(
                 "search_work": macs / unit_work, "search_macs": macs,
                 "calib_value": recs[-1]["value"] if recs else None, "criterion": extra.get("criterion", "ppl"),
                 "calib_ppl": calib_ppl,
-                "plan": f"plans/{name}.json",
+                "plan": f"plans/{name}.json", "report": report,
             }
-            write_json_atomic(out / "cells" / f"{name}.json", cell)
-            say(f"  {spec.name} @ {ratio:g}: removed {n / params_before:.1%} of parameters, "
-                + ", ".join(f"{s} ppl {v:.3f}" for s, v in ppl.items()) + f", search {seconds:.1f} s")
-    _backfill_calib(out, ["dense"] + [_cell_name(s, r) for s in methods for r in ratios], loaded, windows, eval_batch_size)
+            _write_cell(out, name, cell, say)
+    names = [_cell_name(s, r) for s in methods for r in ratios]
+    _backfill_calib(out, ["dense"] + names, loaded, windows, eval_batch_size)
+    _backfill_reports(out, names, loaded.spec)
     rows = collect_rows(out, methods, ratios)
     write_outputs(out, rows, list(eval_sources), adapter.num_layers, _describe(loaded, calib, windows, evals))
     return rows
@@ -272,17 +338,20 @@ def collect_rows(out: Path, methods: list[MethodSpec], ratios: list[float]) -> l
 
 
 def rows_csv(rows: list[dict], sources: list[str]) -> str:
-    """CSV text: one line per row; perplexities as ``ppl_<source>``; blocks as ``attn 3;mlp 7``."""
+    """CSV text: one line per row; perplexities as ``ppl_<source>``; blocks as ``attn 3;mlp 7``; width
+    cells (llm-pruner) count their removed heads and MLP channels instead; ``report``: the cell's run report."""
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(["method", "search", "target_ratio", "ratio_removed", "params_removed", "params_after",
-                "attn_removed", "mlp_removed", *[f"ppl_{s}" for s in sources], "calib_ppl", "search_seconds", "search_work",
-                "removed"])
+                "attn_removed", "mlp_removed", "heads_removed", "mlp_channels_removed", *[f"ppl_{s}" for s in sources],
+                "calib_ppl", "search_seconds", "search_work", "removed", "report"])
     for r in rows:
         kinds = [Block(b).kind for b in r["blocks"]]
+        width = r.get("width_removed") or {}
+        work = r.get("search_work")
         w.writerow([r["method"], r["search"], f"{r['target_ratio']:g}", f"{r['ratio_removed']:.6f}", r["params_removed"],
-                    r["params_after"], kinds.count(ATTN), len(kinds) - kinds.count(ATTN),
-                    *[f"{r['ppl'][s]:.4f}" for s in sources], f"{r['calib_ppl']:.4f}", f"{r['search_seconds']:.2f}",
-                    f"{r.get('search_work', 0.0):.2f}",
-                    ";".join(r["units"])])
+                    r["params_after"], kinds.count(ATTN), len(kinds) - kinds.count(ATTN), width.get("heads", 0),
+                    width.get("mlp_channels", 0), *[f"{r['ppl'][s]:.4f}" for s in sources], f"{r['calib_ppl']:.4f}",
+                    f"{r['search_seconds']:.2f}", "" if work is None else f"{work:.2f}", ";".join(r["units"]),
+                    r.get("report", "")])
     return buf.getvalue()

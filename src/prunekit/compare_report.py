@@ -4,7 +4,10 @@
   actually removed, one panel per evaluation source, one line per method, the dense model as a
   dotted line.
 - ``layer_map.png``: which blocks each method removed, one panel per ratio: a row per method and
-  block kind (attention / MLP), a column per layer, a filled cell where the block was removed.
+  block kind (attention / MLP), a column per layer, a filled cell where the block was removed (or,
+  for a width method, narrowed: some of its heads / MLP channels removed).
+
+In ``results.md`` each method's name links to its cell's run report (``reports/<cell>/report.md``).
 
 Rows are the cells written by :func:`prunekit.compare.compare` (``ppl`` per source,
 ``ratio_removed``, ``blocks``, ``search_seconds``...).
@@ -27,8 +30,17 @@ def _atomic_text(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def _label(row: dict) -> str:
+def row_label(row: dict) -> str:
     return row["method"] if row["search"] in ("", "greedy") else f"{row['method']} ({row['search']})"
+
+
+def removed_text(row: dict) -> str:
+    """``attn / mlp`` blocks removed, or, for a width cell, the heads and MLP channels it removed."""
+    if row.get("width_removed"):
+        w = row["width_removed"]
+        return f"width: {w['heads']} heads, {w['mlp_channels']:,} MLP channels"
+    kinds = [Block(b).kind for b in row["blocks"]]
+    return f"{kinds.count(ATTN)} / {len(kinds) - kinds.count(ATTN)}"
 
 
 def markdown(rows: list[dict], sources: list[str], about: dict) -> str:
@@ -43,7 +55,8 @@ def markdown(rows: list[dict], sources: list[str], about: dict) -> str:
         "Perplexity: exp of the token-weighted mean next-token NLL (lower is better). `search s`: wall time of the "
         "search until that ratio's answer was known (one search per method serves every ratio). `work`: the search's "
         "counted multiply-accumulates in units of one dense forward over the calibration windows (independent of machine load). "
-        "`calib ppl`: perplexity on the calibration windows themselves (in-sample, what the perplexity-guided searches minimise).",
+        "`calib ppl`: perplexity on the calibration windows themselves (in-sample, what the perplexity-guided searches minimise). "
+        "A method's name links to that cell's run report (its steps and layer map).",
         "",
         "| ratio | method | params removed | attn / mlp blocks removed | "
         + " | ".join(f"{s} ppl" for s in sources) + " | calib ppl | search s | work |",
@@ -55,18 +68,18 @@ def markdown(rows: list[dict], sources: list[str], about: dict) -> str:
         group = [r for r in cells if r["target_ratio"] == ratio]
         best = {s: min(r["ppl"][s] for r in group) for s in sources}
         for r in group:
-            kinds = [Block(b).kind for b in r["blocks"]]
             ppl = [f"**{r['ppl'][s]:.3f}**" if r["ppl"][s] == best[s] else f"{r['ppl'][s]:.3f}" for s in sources]
+            method = f"[{row_label(r)}]({r['report']})" if r.get("report") else row_label(r)
+            work = "-" if r.get("search_work") is None else f"{r['search_work']:.1f}"
             lines.append(
-                f"| {ratio:g} | {_label(r)} | {r['params_removed']:,} ({r['ratio_removed']:.1%}) | "
-                f"{kinds.count(ATTN)} / {len(kinds) - kinds.count(ATTN)} | " + " | ".join(ppl)
-                + f" | {r['calib_ppl']:.3f} | {r['search_seconds']:.1f} | {r.get('search_work', 0.0):.1f} |"
+                f"| {ratio:g} | {method} | {r['params_removed']:,} ({r['ratio_removed']:.1%}) | {removed_text(r)} | "
+                + " | ".join(ppl) + f" | {r['calib_ppl']:.3f} | {r['search_seconds']:.1f} | {work} |"
             )
     for s in sources:
         lines += ["", f"**{s} perplexity by method and ratio** (dense: {dense['ppl'][s]:.3f})", "",
                   "| method | " + " | ".join(f"{r:g}" for r in ratios) + " |", "|---|" + "---:|" * len(ratios)]
-        for label in dict.fromkeys(_label(r) for r in cells):
-            vals = {r["target_ratio"]: r["ppl"][s] for r in cells if _label(r) == label}
+        for label in dict.fromkeys(row_label(r) for r in cells):
+            vals = {r["target_ratio"]: r["ppl"][s] for r in cells if row_label(r) == label}
             lines.append(f"| {label} | " + " | ".join(f"{vals[r]:.3f}" if r in vals else "-" for r in ratios) + " |")
     return "\n".join(lines) + "\n"
 
@@ -103,12 +116,12 @@ def plot_ppl(rows: list[dict], sources: list[str], path: Path, about: dict) -> N
     from matplotlib.ticker import FuncFormatter, NullFormatter
 
     dense, cells = rows[0], rows[1:]
-    labels = list(dict.fromkeys(_label(r) for r in cells))
+    labels = list(dict.fromkeys(row_label(r) for r in cells))
     style = _styles(labels)
     fig, axes = plt.subplots(1, len(sources), figsize=(5.4 * len(sources) + 3.0, 4.8), squeeze=False, layout="constrained")
     for ax, s in zip(axes[0], sources):
         for lab in labels:
-            pts = sorted((r["ratio_removed"] * 100, r["ppl"][s]) for r in cells if _label(r) == lab)
+            pts = sorted((r["ratio_removed"] * 100, r["ppl"][s]) for r in cells if row_label(r) == lab)
             ax.plot([p[0] for p in pts], [p[1] for p in pts], label=lab, markersize=6, linewidth=1.6, alpha=0.9, **style[lab])
         ax.axhline(dense["ppl"][s], color="black", linestyle=":", linewidth=1.2, label="dense model")
         ax.annotate(f"dense {dense['ppl'][s]:.2f}", (0.01, dense["ppl"][s]), xycoords=("axes fraction", "data"),
@@ -142,20 +155,25 @@ def plot_layer_map(rows: list[dict], num_layers: int, path: Path, about: dict) -
 
     cells = rows[1:]
     ratios = sorted({r["target_ratio"] for r in cells})
-    labels = list(dict.fromkeys(_label(r) for r in cells))
+    labels = list(dict.fromkeys(row_label(r) for r in cells))
     n_rows = 2 * len(labels)
     fig, axes = plt.subplots(len(ratios), 1, squeeze=False, layout="constrained",
                              figsize=(max(8.0, 0.26 * num_layers + 5.0), (0.19 * n_rows + 0.9) * len(ratios) + 0.7))
-    colors = {"kept": "#eeeeee", ATTN: "#1f77b4", "mlp": "#ff7f0e"}
-    cmap = ListedColormap([colors["kept"], colors[ATTN], colors["mlp"]])
+    colors = {"kept": "#eeeeee", ATTN: "#1f77b4", "mlp": "#ff7f0e", "narrowed": "#b39ddb"}
+    cmap = ListedColormap([colors["kept"], colors[ATTN], colors["mlp"], colors["narrowed"]])
+    narrowing = any(r.get("width_removed") for r in cells)
     for ax, ratio in zip(axes[:, 0], ratios):
         grid = np.zeros((n_rows, num_layers))
         for i, lab in enumerate(labels):
-            row = next((r for r in cells if _label(r) == lab and r["target_ratio"] == ratio), None)
+            row = next((r for r in cells if row_label(r) == lab and r["target_ratio"] == ratio), None)
             for b in row["blocks"] if row else []:
                 blk = Block(b)
                 grid[2 * i + (0 if blk.kind == ATTN else 1), blk.layer] = 1 if blk.kind == ATTN else 2
-        ax.imshow(grid, cmap=cmap, vmin=0, vmax=2, aspect="auto", interpolation="nearest")
+            width = (row or {}).get("width_removed") or {}
+            for k, key in ((0, "attn_layers"), (1, "mlp_layers")):
+                for layer in width.get(key, []):
+                    grid[2 * i + k, layer] = 3
+        ax.imshow(grid, cmap=cmap, vmin=0, vmax=3, aspect="auto", interpolation="nearest")
         ax.set_yticks(range(n_rows))
         ax.set_yticklabels([f"{lab} · {k}" for lab in labels for k in ("attn", "mlp")], fontsize=7.5)
         step = 1 if num_layers <= 16 else 2
@@ -170,8 +188,9 @@ def plot_layer_map(rows: list[dict], num_layers: int, path: Path, about: dict) -
         ax.set_title(f"budget: at least {ratio:.0%} of parameters removed", fontsize=10)
         ax.set_xlabel("decoder layer")
     fig.legend(handles=[Patch(color=colors[ATTN], label="attention block removed"),
-                        Patch(color=colors["mlp"], label="MLP block removed"), Patch(color=colors["kept"], label="kept")],
-               loc="outside lower center", fontsize=8.5, ncol=3, frameon=False)
+                        Patch(color=colors["mlp"], label="MLP block removed"), Patch(color=colors["kept"], label="kept")]
+               + ([Patch(color=colors["narrowed"], label="narrowed (some heads / MLP channels removed)")] if narrowing else []),
+               loc="outside lower center", fontsize=8.5, ncol=4, frameon=False)
     fig.suptitle(f"{about['model']}: blocks removed by each method", fontsize=11)
     fig.savefig(path, dpi=130)
     plt.close(fig)

@@ -139,8 +139,9 @@ def _fmt(v, spec: str = ".3f") -> str:
     return "-" if v is None else format(v, spec)
 
 
-def markdown(plan: dict, timing: dict | None, figures: dict[str, bool], out_name: str = "OUT") -> str:
-    """The report text (links the figures by relative path)."""
+def markdown(plan: dict, timing: dict | None, figures: dict[str, bool], out_name: str = "OUT",
+             next_cmds: list[str] | None = None) -> str:
+    """The report text (links the figures by relative path); ``next_cmds`` replaces the suggested commands."""
     model, cal = plan["model"], plan.get("calibration") or {}
     cfg = model["config"]
     lines = [f"# prunekit run report: {plan['method']} on {model.get('spec', model['model_type'])}", ""]
@@ -180,22 +181,22 @@ def markdown(plan: dict, timing: dict | None, figures: dict[str, bool], out_name
         lines.append("")
     if width.get("hidden") is not None:
         lines += [f"Hidden size: {cfg['hidden_size']} -> {width.get('hidden_size')}.", ""]
-    lines += ["## Next", "", "```",
-              f"prunekit eval {out_name} --data wiki-test,news        # held-out perplexity",
-              f"prunekit bench {out_name}                             # measured speed vs the dense model",
-              f"prunekit export {out_name} --format hf --to {out_name}-hf",
-              "```", ""]
+    cmds = next_cmds or [f"prunekit eval {out_name} --data wiki-test,news        # held-out perplexity",
+                         f"prunekit bench {out_name}                             # measured speed vs the dense model",
+                         f"prunekit export {out_name} --format hf --to {out_name}-hf"]
+    lines += ["## Next", "", "```", *cmds, "```", ""]
     return "\n".join(lines)
 
 
-def render_report(plan: dict, out_dir: str | Path, timing: dict | None = None, name: str | None = None) -> Path:
+def render_report(plan: dict, out_dir: str | Path, timing: dict | None = None, name: str | None = None,
+                  next_cmds: list[str] | None = None) -> Path:
     """Write report.md and its figures for ``plan`` into ``out_dir``; return the report's path."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     figures = {TRAJECTORY_PNG: plot_trajectory(plan, out_dir / TRAJECTORY_PNG)}
     plot_layer_map(plan, out_dir / LAYER_MAP_PNG)
     figures[LAYER_MAP_PNG] = True
-    text = markdown(plan, timing, figures, name or out_dir.name)
+    text = markdown(plan, timing, figures, name or out_dir.name, next_cmds)
     tmp = out_dir / f".{REPORT}.tmp"
     tmp.write_text(text, encoding="utf-8")
     tmp.replace(out_dir / REPORT)

@@ -29,6 +29,7 @@ from ..plan import PLAN_VERSION
 from .config import WidthConfig, parse_layers
 from .groups import Family, block_families, hidden_family, kv_readers, trace_kv_readers
 from .importance import GradStats, collect_gradients, family_scores, finite_or_raise, needed_parameters
+from .journal import GradientJournal
 from .select import Choice, count_for, global_rank, uniform
 
 ProgressFn = Callable[[str, int, int], None]
@@ -107,6 +108,8 @@ class Gradients:
 
     stats: GradStats
     calibration: dict
+    journal: Path | None = None  # OUT/journal.jsonl when the pass was journaled
+    resumed: int = 0  # windows taken from a journaled state (a resumed pass)
 
 
 def families_for(adapter, width: WidthConfig) -> tuple[list[Family], str | None]:
@@ -124,34 +127,49 @@ def families_for(adapter, width: WidthConfig) -> tuple[list[Family], str | None]
 
 def width_gradients(
     loaded: LoadedModel, width: WidthConfig, calib: CalibConfig, progress: ProgressFn | None = None, fisher: bool | None = None,
+    journal_dir: str | Path | None = None, resume: bool = False,
 ) -> Gradients:
     """Gradients (and the Fisher diagonal when ``fisher``, default: when the importance needs it) over
-    ``width.samples`` windows of ``calib``; reusable across importances and ratios of the same families."""
-    from ..api import calibration_windows
+    ``width.samples`` windows of ``calib``; reusable across importances and ratios of the same families.
+
+    ``journal_dir``: journal the pass there (``journal.jsonl`` + its state, :mod:`prunekit.width.journal`);
+    ``resume``: continue the pass journaled there (same model, calibration and options, or refused).
+    """
+    from ..api import calibration_windows, model_record
 
     families, _ = families_for(loaded.adapter, width)
     cal = CalibConfig(**(calib.as_dict() | {"windows": width.samples}))
     windows = calibration_windows(loaded, cal)
     ignore = loaded.model.config.pad_token_id
     need_f = width.needs_fisher if fisher is None else fisher
-    stats = collect_gradients(loaded.model, windows.ids, needed_parameters(families), need_f, ignore, progress)
-    return Gradients(stats, windows.fingerprint() | {"ignore_index": ignore})
+    calibration = windows.fingerprint() | {"ignore_index": ignore}
+    journal = start = on_sample = None
+    if journal_dir is not None:
+        fingerprint = {"model": model_record(loaded)["weights_sha256"], "calibration": calibration,
+                       "options": width.as_dict() | {"fisher": need_f}}
+        journal = GradientJournal(Path(journal_dir), fingerprint, resume)
+        start, on_sample = journal.start(), journal.after_sample
+    stats = collect_gradients(loaded.model, windows.ids, needed_parameters(families), need_f, ignore, progress,
+                              start=start, on_sample=on_sample)
+    return Gradients(stats, calibration, journal.path if journal else None, len(start[2]) if start else 0)
 
 
 def prune_width(
     loaded: LoadedModel, width: WidthConfig, calib: CalibConfig, progress: ProgressFn | None = None,
     out: str | Path | None = None, overwrite: bool = False, gradients: Gradients | None = None, copy: bool = False,
+    resume: bool = False,
 ):
     """Score, choose and slice; write ``out`` when given. Returns a :class:`prunekit.api.PruneResult`.
 
     The model is pruned in place, or a copy of it when ``copy`` (``loaded`` is then left as it is).
     ``gradients``: from :func:`width_gradients` on the same model and families, to share one
-    gradient pass between runs (e.g. several importances or ratios).
+    gradient pass between runs (e.g. several importances or ratios). With ``out`` the gradient pass
+    is journaled in ``out`` and ``resume`` continues a killed one (:mod:`prunekit.width.journal`).
     """
     from ..api import PruneResult, model_record
     from ..apply import apply_plan, save_pruned
 
-    if out is not None:
+    if out is not None and not resume:
         check_output_dir(Path(out), overwrite)
     _refuse_pruned(loaded)
     adapter = loaded.adapter
@@ -165,7 +183,7 @@ def prune_width(
     stats, calibration = None, {"source": None, "note": f"--importance {width.importance} reads no calibration data"}
     if width.needs_gradients:
         if gradients is None:
-            gradients = width_gradients(loaded, width, calib, progress)
+            gradients = width_gradients(loaded, width, calib, progress, journal_dir=out, resume=resume)
         elif width.needs_fisher and gradients.stats.fisher is None:
             raise ValueError("the given gradients lack the Fisher diagonal this importance needs")
         stats, calibration = gradients.stats, gradients.calibration
@@ -206,7 +224,10 @@ def prune_width(
     apply_plan(loaded.model, plan, check=False)
     if loaded.adapter.total_params() != params_after:
         raise AssertionError(f"parameter accounting differs: plan {params_after}, model {loaded.adapter.total_params()}")
-    timing = {"search_seconds": score_seconds, "gradient_samples": width.samples if stats else 0}
+    timing = {"search_seconds": score_seconds, "gradient_samples": width.samples if stats else 0,
+              "resumed_samples": gradients.resumed if gradients is not None else 0}
     if out is not None:
-        save_pruned(loaded, plan, out, overwrite=overwrite, extra_files={"timing.json": timing})
+        journaled = [gradients.journal] if gradients is not None and gradients.journal is not None else []
+        save_pruned(loaded, plan, out, overwrite=overwrite or resume or bool(journaled),
+                    extra_files={"timing.json": timing}, copy_files=journaled)
     return PruneResult(plan, loaded, timing)

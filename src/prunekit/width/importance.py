@@ -66,14 +66,31 @@ def check_gradient_dtype(dtype: torch.dtype, device: torch.device) -> None:
         ) from None
 
 
+def _load_start(start: tuple[dict, dict | None, list[float]], grad: dict, fish: dict | None) -> None:
+    """Copy a resumed pass's accumulators into ``grad``/``fish`` (same names and shapes, or refuse)."""
+    g0, f0, _ = start
+    if set(g0) != set(grad) or (fish is not None) != (f0 is not None) or (fish is not None and set(f0) != set(fish)):
+        raise PrunekitError("--resume: the saved gradient state is for other parameters.",
+                            "Run without --resume (with --overwrite) to start the gradient pass again.")
+    for src, dst in ((g0, grad), (f0 or {}, fish or {})):
+        for n, t in dst.items():
+            if src[n].shape != t.shape:
+                raise PrunekitError(f"--resume: the saved gradient of {n} has shape {tuple(src[n].shape)}, not {tuple(t.shape)}.",
+                                    "Run without --resume (with --overwrite) to start the gradient pass again.")
+            t.copy_(src[n])
+
+
 def collect_gradients(
     model: nn.Module, ids: torch.Tensor, names: set[str], fisher: bool, ignore_index: int | None = None,
-    progress: ProgressFn | None = None,
+    progress: ProgressFn | None = None, start: tuple[dict, dict | None, list[float]] | None = None,
+    on_sample: Callable[[int, int, dict, dict | None, list[float]], None] | None = None,
 ) -> GradStats:
     """Accumulate ``g`` (and ``F`` when ``fisher``) for the parameters named ``names`` over the rows of ``ids``.
 
     ``ids``: ``[N, T]`` int64 calibration windows; one forward/backward per window. The other
     parameters are frozen for the duration (their gradients are not needed and not stored).
+    ``start``: the accumulators and losses after the first ``k`` windows (a resumed pass, see
+    :mod:`prunekit.width.journal`); ``on_sample(done, N, g, F, losses)`` runs after each window.
     """
     params = {n: p for n, p in model.named_parameters() if n in names}
     missing = names - set(params)
@@ -84,15 +101,18 @@ def collect_gradients(
     flags = {n: p.requires_grad for n, p in model.named_parameters()}
     grad = {n: torch.zeros_like(p, dtype=torch.float32) for n, p in params.items()}
     fish = {n: torch.zeros_like(p, dtype=torch.float32) for n, p in params.items()} if fisher else None
+    losses: list[float] = []
+    if start is not None:
+        _load_start(start, grad, fish)
+        losses = list(start[2])
     was_training = model.training
     n_rows = ids.shape[0]
-    losses: list[float] = []
     try:
         model.eval()
         for n, p in model.named_parameters():
             p.requires_grad_(n in params)
             p.grad = None
-        for i in range(n_rows):
+        for i in range(len(losses), n_rows):
             x = ids[i:i + 1].to(next(iter(params.values())).device)
             labels = x.clone()
             if ignore_index is not None:
@@ -119,6 +139,8 @@ def collect_gradients(
                     fish[n].addcmul_(g, g, value=1.0 / n_rows)
                 p.grad = None
             losses.append(float(loss.detach()))
+            if on_sample:
+                on_sample(i + 1, n_rows, grad, fish, losses)
             if progress:
                 progress("gradients", i + 1, n_rows)
     finally:
