@@ -80,7 +80,7 @@ def _stop_rule(loaded: LoadedModel, units: list, depth: DepthConfig) -> Callable
 
 
 PLAN_STEP_FIELDS = ("step", "unit", "blocks", "score", "value")
-RUNTIME_OPTIONS = ("cache", "early_exit", "cache_gb")  # change the speed, never the plan
+RUNTIME_OPTIONS = ("cache", "early_exit", "cache_gb", "candidate_batch")  # change the speed, never the choices
 
 
 def prune(

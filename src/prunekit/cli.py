@@ -89,6 +89,7 @@ def prune(
     cache: str = typer.Option("trajectory", "--cache", help="Engine caches: none, prefix or trajectory."),
     early_exit: bool = typer.Option(True, "--early-exit/--no-early-exit", help="Drop candidates that cannot win a step."),
     cache_gb: Optional[float] = typer.Option(None, "--cache-gb", help="Memory budget of the cached states (default: half the free memory)."),
+    candidate_batch: Optional[int] = typer.Option(None, "--candidate-batch", help="Greedy candidates run as one batch (default: 1 on the CPU; on an accelerator, as many as its free memory allows)."),
     dtype: str = typer.Option("float32", "--dtype", help="float32, bfloat16 or float16."),
     device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda, cuda:N... (default: cuda if available)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing --out directory."),
@@ -131,7 +132,7 @@ def prune(
     calib, seq_len = calib or "alpaca", seq_len or 2048
 
     depth = DepthConfig(method=method, blocks_kind=blocks_kind, remove=remove, ratio=ratio, search=search, cache=cache,
-                        early_exit=early_exit, cache_gb=cache_gb)
+                        early_exit=early_exit, cache_gb=cache_gb, candidate_batch=candidate_batch)
     cal = _calib(calib, seq_len, windows, sample, seed, batch_size)
     with progress_bar() as update:
         result = api.prune(model, depth, cal, out=out, overwrite=overwrite, resume=resume, progress=update,

@@ -71,6 +71,8 @@ class DepthConfig:
     remove (the search stops once at least that fraction is removed). Exactly one is given.
     ``cache``: how much the engine keeps (``trajectory`` = prefix + trajectory caches);
     ``cache_gb``: the memory budget of the kept states (default: half the free memory).
+    ``candidate_batch``: candidates of a greedy step run as one batch (default: 1 on the CPU, as
+    many as a quarter of the free accelerator memory holds, at most 16, on an accelerator).
     """
 
     method: str = "blockpruner"
@@ -81,6 +83,7 @@ class DepthConfig:
     cache: str = "trajectory"
     early_exit: bool = True
     cache_gb: float | None = None
+    candidate_batch: int | None = None
 
     def __post_init__(self) -> None:
         from .depth.methods import DEPTH_METHODS
@@ -105,6 +108,8 @@ class DepthConfig:
             raise PrunekitError(f"--ratio {self.ratio} is outside (0, 1).", "Use a fraction of the parameters, e.g. --ratio 0.2.")
         if self.cache_gb is not None and not self.cache_gb > 0:
             raise PrunekitError(f"--cache-gb {self.cache_gb} must be positive.", "Use e.g. --cache-gb 4.")
+        if self.candidate_batch is not None:
+            _positive_int("--candidate-batch", self.candidate_batch)
 
     def as_dict(self) -> dict:
         return asdict(self)

@@ -48,8 +48,10 @@ def blockpruner(loaded: LoadedModel, engine: Engine, units: list[Unit], stop: St
             progress(f"step {step + 1}", done, total)
 
     previous = StepResult.from_record(start[-1]) if start else None
+    k = depth.candidate_batch or engine.auto_candidate_batch()
     search = GreedySearch(engine, units, cache=depth.cache, early_exit=depth.early_exit,
-                          removed=[tuple(r["blocks"]) for r in start], progress=on_candidate, previous=previous)
+                          removed=[tuple(r["blocks"]) for r in start], progress=on_candidate, previous=previous,
+                          candidate_batch=k)
     records = list(start)
 
     def on_step(r) -> None:

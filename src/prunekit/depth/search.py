@@ -23,7 +23,7 @@ forward per candidate) would run for the same steps.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -68,7 +68,7 @@ class GreedySearch:
     def __init__(
         self, engine: Engine, units: Sequence[Unit], cache: str = "trajectory", early_exit: bool = True,
         lead: int = 1, removed: Sequence[Unit] = (), progress: ProgressFn | None = None,
-        previous: StepResult | None = None,
+        previous: StepResult | None = None, candidate_batch: int = 1,
     ) -> None:
         if cache not in CACHE_MODES:
             raise ValueError(f"cache must be one of {CACHE_MODES}, got {cache!r}")
@@ -77,6 +77,7 @@ class GreedySearch:
         self.cache = cache
         self.early_exit = early_exit
         self.lead = lead
+        self.candidate_batch = max(1, int(candidate_batch))
         self.progress = progress
         self.removed_units: list[Unit] = [tuple(u) for u in removed]
         self.removed: frozenset[int] = frozenset(b for u in self.removed_units for b in u)
@@ -145,27 +146,32 @@ class GreedySearch:
         best_total, best_unit = math.inf, None
         ranking = []
         completed: list[tuple[Unit, float]] = []
-        for done, u in enumerate(order):
-            target = None
-            if self.cache == "trajectory" and u not in lead:
-                after = [(t, v) for v, t in completed if v[0] > u[-1]]
-                if after:
-                    target = min(after, key=lambda tv: (tv[0], tv[1]))[1]
-            partial, finished = 0.0, True
+        done = 0
+        for group in self._groups(order, lead):
+            targets = [self._target(u, lead, completed) for u in group]
+            partial = [0.0] * len(group)
+            alive = list(range(len(group)))
             for j in range(e.n_batches):
-                h = self._run_candidate(u, j, prev_p, target)
-                partial += float(e.score(j, h).sum())
-                if self.early_exit and partial > best_total and j < e.n_batches - 1:
-                    finished = False
+                finals = self._run_candidates([group[i] for i in alive], j, prev_p, [targets[i] for i in alive], group)
+                for i, h in zip(alive, finals):
+                    partial[i] += float(e.score(j, h).sum())
+                if self.early_exit and j < e.n_batches - 1:
+                    alive = [i for i in alive if not partial[i] > best_total]
+                if not alive:
                     break
-            e.store.drop(lambda k, u=u: k[0] == "traj" and k[1] == self._step - 1 and k[2] == u)
-            if finished:
-                completed.append((u, partial))
-                if partial < best_total or (partial == best_total and u < best_unit):
-                    best_total, best_unit = partial, u
-            ranking.append((u, partial if finished else None, partial))
-            if self.progress:
-                self.progress(self._step, done + 1, len(order))
+            for i, u in enumerate(group):
+                e.store.drop(lambda k, u=u: k[0] == "traj" and k[1] == self._step - 1 and k[2] == u)
+                finished = i in alive
+                if finished:
+                    completed.append((u, partial[i]))
+                    if partial[i] < best_total or (partial[i] == best_total and u < best_unit):
+                        best_total, best_unit = partial[i], u
+                ranking.append((u, partial[i] if finished else None, partial[i]))
+                done += 1
+                if self.progress:
+                    self.progress(self._step, done, len(order))
+            if len(group) > 1:
+                self._settle_kept(group, lead, completed)
         e.store.drop(lambda k: k[0] == "traj" and k[1] < self._step)
         result = StepResult(
             self._step, best_unit, best_total, self._value(best_total), len(completed),
@@ -174,23 +180,79 @@ class GreedySearch:
         self._apply(result)
         return result
 
-    def _run_candidate(self, u: Unit, j: int, prev_p: Unit | None, target: Unit | None) -> torch.Tensor:
-        """Final state of batch ``j`` for the current model without unit ``u``."""
+    def _groups(self, order: list[Unit], lead: set[Unit]) -> Iterator[list[Unit]]:
+        """Candidates in ``order``, ``candidate_batch`` at a time (the lead alone, so its total bounds the rest)."""
+        i = 0
+        while i < len(order):
+            k = 1 if order[i] in lead else self.candidate_batch
+            group = [order[i]]
+            while len(group) < k and i + len(group) < len(order) and order[i + len(group)] not in lead:
+                group.append(order[i + len(group)])
+            i += len(group)
+            yield group
+
+    def _target(self, u: Unit, lead: set[Unit], completed: list[tuple[Unit, float]]) -> Unit | None:
+        """The later unit at whose boundary ``u``'s state is kept: the best finished one after it."""
+        if self.cache != "trajectory" or u in lead:
+            return None
+        after = [(t, v) for v, t in completed if v[0] > u[-1]]
+        return min(after, key=lambda tv: (tv[0], tv[1]))[1] if after else None
+
+    def _candidate_start(self, u: Unit, j: int, prev_p: Unit | None) -> tuple[int, torch.Tensor]:
+        """Where candidate ``u`` starts on batch ``j``: its kept trajectory state after the unit removed
+        at the previous step, else the current model's prefix state at ``u``."""
         e = self.engine
-        skip = self.removed | set(u)
-        start, h = None, None
         if prev_p is not None and u[-1] < prev_p[0]:
             item = e.store.get(("traj", self._step - 1, u, j))
             if item is not None and item[0] == prev_p[0]:
-                start, h = prev_p[0], item[1].to(e.device)
-        if h is None:
-            start = u[0]
-            h = self.prefix_state(start, j)
-        if target is not None and target[0] > start:
-            h = e.run(j, h, start, target[0], skip)
-            e.store.put(("traj", self._step, u, j), h, meta=target[0])
-            start = target[0]
-        return e.run(j, h, start, e.num_blocks, skip)
+                return prev_p[0], item[1].to(e.device)
+        return u[0], self.prefix_state(u[0], j)
+
+    def _run_candidates(self, units: list[Unit], j: int, prev_p: Unit | None, targets: list[Unit | None],
+                        group: list[Unit]) -> list[torch.Tensor]:
+        """Final states of batch ``j`` for the current model without each of ``units``.
+
+        One unit runs alone and keeps its state at its ``target``'s boundary. Several run stacked
+        (:meth:`Engine.run_group`); since the best later unit may be in the same group, each keeps
+        its state at the boundaries of its target and of every later unit of the group, and
+        :meth:`_settle_kept` keeps the one a one-by-one search would have kept.
+        """
+        e = self.engine
+        if len(units) == 1:
+            (u,), (target,) = units, targets
+            start, h = self._candidate_start(u, j, prev_p)
+            skip = self.removed | set(u)
+            if target is not None and target[0] > start:
+                h = e.run(j, h, start, target[0], skip)
+                e.store.put(("traj", self._step, u, j), h, meta=target[0])
+                start = target[0]
+            return [e.run(j, h, start, e.num_blocks, skip)]
+        items = []
+        for u, target in zip(units, targets):
+            start, h = self._candidate_start(u, j, prev_p)
+            keep = {v[0] for v in group if v[0] > u[-1]} if self.cache == "trajectory" else set()
+            if target is not None:
+                keep.add(target[0])
+            items.append((start, h, self.removed | set(u), tuple(sorted(b for b in keep if b > start))))
+        finals = []
+        for u, (h, kept) in zip(units, e.run_group(j, items)):
+            for b, state in kept.items():
+                e.store.put(("group", self._step, u, j, b), state)
+            finals.append(h)
+        return finals
+
+    def _settle_kept(self, group: list[Unit], lead: set[Unit], completed: list[tuple[Unit, float]]) -> None:
+        """After a stacked group: keep each unit's state at its best finished later unit's boundary only."""
+        e = self.engine
+        for u in group:
+            target = self._target(u, lead, completed)
+            if target is not None:
+                for j in range(e.n_batches):
+                    item = e.store.get(("group", self._step, u, j, target[0]))
+                    if item is not None:
+                        e.store.pop(("group", self._step, u, j, target[0]))
+                        e.store.put(("traj", self._step, u, j), item[1], meta=target[0])
+            e.store.drop(lambda k, u=u: k[0] == "group" and k[2] == u)
 
     def _value(self, total: float) -> float:
         if self.engine.criterion == "ppl":

@@ -131,6 +131,21 @@ class Engine:
     def active(self, removed: frozenset[int]) -> list[int]:
         return [b for b in range(self.num_blocks) if b not in removed and self.macs[b] > 0]
 
+    def auto_candidate_batch(self, cap: int = 16) -> int:
+        """How many candidates to run as one batch: 1 on the CPU (no gain there); on an accelerator,
+        as many as a quarter of its free memory holds, counting per candidate and window batch the
+        residual state, the MLP's intermediate activations and one layer's attention scores."""
+        if self.device.type != "cuda":
+            return 1
+        free, _ = torch.cuda.mem_get_info(self.device)
+        b, t = self.batches[0].shape
+        h = self.h0(0)
+        cfg = self.adapter.model.config
+        per_token = 4 * h.shape[-1] + 3 * int(getattr(cfg, "intermediate_size", 4 * h.shape[-1]))
+        per_token += int(getattr(cfg, "num_attention_heads", 1)) * t
+        per_candidate = b * t * per_token * h.element_size()
+        return int(max(1, min(cap, free // 4 // max(per_candidate, 1))))
+
     def state_bytes(self) -> int:
         """Bytes of one boundary's states over all windows."""
         h = self.h0(0)
@@ -148,6 +163,36 @@ class Engine:
             self.counter.block_macs += self.macs[b] * tokens
             self.counter.block_runs += 1
         return h
+
+    @torch.inference_mode()
+    def run_group(self, j: int, items: list[tuple[int, torch.Tensor, frozenset[int], tuple[int, ...]]]) -> list[tuple[torch.Tensor, dict]]:
+        """Several candidates on batch ``j`` at once (candidate batching on an accelerator).
+
+        ``items``: per candidate ``(start, h, skip, keep_at)``: its state ``h`` ``[B, T, H]`` just
+        before block ``start``, the blocks it skips, and the boundaries whose states to return.
+        Block ``b`` runs once, on the candidates that have started and do not skip it, stacked
+        along dim 0 (``[k*B, T, H]``). Returns per candidate (final state, {boundary: state}).
+        The work counted is the same as running the candidates one after another.
+        """
+        hs = [h for _, h, _, _ in items]
+        kept: list[dict] = [{} for _ in items]
+        batch = hs[0].shape[0]
+        kwargs = self._inputs[j][1]
+        for b in range(min(s for s, _, _, _ in items), self.num_blocks):
+            for i, (_, _, _, keep_at) in enumerate(items):
+                if b in keep_at:
+                    kept[i][b] = hs[i].clone()  # not a view that would keep the whole stacked batch alive
+            active = [i for i, (s, _, skip, _) in enumerate(items) if s <= b and b not in skip]
+            if not active or self.macs[b] == 0:
+                continue
+            stacked = torch.cat([hs[i] for i in active]) if len(active) > 1 else hs[active[0]]
+            lkw = self.adapter.tile_inputs(kwargs[b // 2], len(active), batch) if len(active) > 1 else kwargs[b // 2]
+            out = self.adapter.run_block(Block(b), stacked, lkw)
+            for i, part in zip(active, out.split(batch)):
+                hs[i] = part
+            self.counter.block_macs += self.macs[b] * batch * hs[active[0]].shape[1] * len(active)
+            self.counter.block_runs += len(active)
+        return list(zip(hs, kept))
 
     # --- scoring -----------------------------------------------------------------------------
     @torch.inference_mode()

@@ -229,6 +229,20 @@ class ModelAdapter:
             return h + sub(hidden_states=norm(h), **layer_kwargs)[0]
         return h + sub(norm(h))
 
+    def tile_inputs(self, layer_kwargs: dict, k: int, batch: int) -> dict:
+        """A layer's keyword inputs for ``k`` copies of a ``batch``-window batch stacked along dim 0
+        (several candidates run as one batch): tensors whose first dim is ``batch`` are tiled ``k``
+        times (mask ``[batch, 1, T, T]``, rotary cos/sin ``[batch, T, d]``); size-1 dims broadcast."""
+
+        def tile(v):
+            if isinstance(v, torch.Tensor) and v.dim() > 1 and v.shape[0] == batch and batch > 1:
+                return v.repeat(k, *([1] * (v.dim() - 1)))
+            if isinstance(v, tuple):
+                return tuple(tile(x) for x in v)
+            return v
+
+        return {name: tile(v) for name, v in layer_kwargs.items()}
+
     def logits(self, h: torch.Tensor) -> torch.Tensor:
         """Final norm and LM head on residual states ``[..., hidden]`` -> ``[..., vocab]``."""
         return self.lm_head(self.final_norm(h))
