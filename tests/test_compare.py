@@ -145,7 +145,7 @@ def test_compare_llm_pruner_cells(setup):
     assert [(r["search"], r["target_ratio"]) for r in width_rows] == [("greedy", 0.1), ("greedy", 0.2), ("l2", 0.1), ("l2", 0.2)]
     loaded = load_model(ckpt, device="cpu")
     for r in width_rows:
-        assert r["blocks"] == [] and r["ratio_removed"] >= r["target_ratio"] * 0.5
+        assert r["blocks"] == [] and r["ratio_removed"] >= r["target_ratio"]  # at least the budget, as depth methods
         assert r["width_removed"]["heads"] + r["width_removed"]["mlp_channels"] > 0
         assert r["params_after"] == dense["params_after"] - r["params_removed"]
         plan = read_plan(out / r["plan"])

@@ -251,3 +251,17 @@ def test_tied_embeddings_save_and_reload(tmp_path, calib_file):
         back = load_pruned(tmp_path / strategy)
         assert back.model.lm_head.weight is back.model.model.embed_tokens.weight
         torch.testing.assert_close(_logits(back.model), _logits(loaded.model), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("kw", [{}, {"global_": True}, {"strategy": "channel"}])
+def test_at_least_reaches_the_budget_with_the_smallest_step(kw, calib_file):
+    """``--at-least`` (compare's rule, as the depth methods): removed >= ratio, and never more than the
+    closest choice's step above it; without it the closest reachable amount is taken."""
+    ratio = 0.13
+    closest = prune_width(_loaded("llama"), WidthConfig(ratio=ratio, importance="l2", **kw), _calib(calib_file))
+    least = prune_width(_loaded("llama"), WidthConfig(ratio=ratio, importance="l2", at_least=True, **kw), _calib(calib_file))
+    assert least.plan["ratio_removed"] >= ratio
+    assert least.plan["ratio_removed"] >= closest.plan["ratio_removed"]
+    if closest.plan["ratio_removed"] >= ratio:
+        assert least.plan["ratio_removed"] == closest.plan["ratio_removed"]
+    assert least.plan["options"]["at_least"] is True

@@ -100,6 +100,7 @@ def prune(
     layers: Optional[str] = typer.Option(None, "--layers", help="llm-pruner: START:END (END exclusive) of the pruned layers (default: the paper's 4:30 of 32 layers, scaled; SmolLM2: 4:28)."),
     global_: bool = typer.Option(False, "--global", help="llm-pruner: rank heads and channels across layers instead of the same fraction per layer."),
     samples: int = typer.Option(10, "--samples", help="llm-pruner: calibration samples whose gradients are accumulated."),
+    at_least: bool = typer.Option(False, "--at-least", help="llm-pruner: remove at least --ratio (as the depth methods do), not the closest reachable amount."),
     export: Optional[str] = typer.Option(None, "--export", help="Also export the pruned model: hf, nemotron-nas or gguf (to OUT/export-FORMAT, OUT/export.gguf)."),
 ) -> None:
     """Prune a model and write OUT/plan.json, the pruned weights, timings and OUT/report.md."""
@@ -118,7 +119,7 @@ def prune(
         if remove is not None:
             raise PrunekitError("--remove counts blocks; llm-pruner takes --ratio (a fraction of the parameters).", "Use e.g. --ratio 0.2.")
         width = WidthConfig(ratio=ratio, importance=importance, aggregate=aggregate, strategy=strategy, layers=layers,
-                            global_=global_, samples=samples, seed=seed)
+                            global_=global_, samples=samples, seed=seed, at_least=at_least)
         run_llm_pruner(model, out, width, _calib(calib or "wiki", seq_len or 64, windows, sample, seed, batch_size),
                        overwrite, dtype, device, resume)
         from .report import write_report

@@ -4,7 +4,8 @@
 (``llm-pruner/l2``, ``llm-pruner/element1``...) runs the block strategy with its default layer
 range at every ratio. On the same footing as the depth methods: the gradients come from the same
 calibration windows (source, length and count as ``--calib``/``--seq-len``/``--windows``), once
-per method (every ratio and Taylor importance reuses them), and each ratio's pruned model is a copy
+per method (every ratio and Taylor importance reuses them), each ratio removes at least that fraction
+of the parameters (``--at-least``, the depth methods' rule), and each ratio's pruned model is a copy
 of the loaded one, evaluated on the same held-out windows.
 
 A width cell has no removed blocks; it records the heads and MLP channels removed
@@ -63,12 +64,12 @@ def width_cells(
     from .width.config import WidthConfig
 
     t0 = time.perf_counter()
-    base = WidthConfig(ratio=max(ratios), importance=importance, samples=n_windows)
+    base = WidthConfig(ratio=max(ratios), importance=importance, samples=n_windows, at_least=True)
     grads = width_gradients(loaded, base, calib, progress) if base.needs_gradients else None
     grad_seconds = time.perf_counter() - t0
     for ratio in ratios:
         t1 = time.perf_counter()
-        res = prune_width(loaded, WidthConfig(ratio=ratio, importance=importance, samples=n_windows), calib,
+        res = prune_width(loaded, WidthConfig(ratio=ratio, importance=importance, samples=n_windows, at_least=True), calib,
                           progress=progress, gradients=grads, copy=True)
         seconds = grad_seconds + time.perf_counter() - t1
         ppl = evaluate(res.loaded)

@@ -96,10 +96,10 @@ def _width_record(families: list[Family], choice: Choice, strategy: str, adapter
 
 def _choose(width: WidthConfig, families: list[Family], scores: list[torch.Tensor], target: float, total: int) -> Choice:
     if width.strategy == "channel":
-        return count_for(families[0], scores[0], target, total, width.ratio)
+        return count_for(families[0], scores[0], target, total, width.ratio, width.at_least)
     if width.global_:
-        return global_rank(families, scores, target, total, width.ratio)
-    return uniform(families, scores, target, total, width.ratio)
+        return global_rank(families, scores, target, total, width.ratio, width.at_least)
+    return uniform(families, scores, target, total, width.ratio, width.at_least)
 
 
 @dataclass

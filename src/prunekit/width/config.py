@@ -72,7 +72,9 @@ class WidthConfig:
     ``strategy`` (``--strategy``): ``block`` = heads and MLP channels inside ``layers``
     (``--layers START:END``), the same fraction in every layer unless ``global_`` (``--global``);
     ``channel`` = the hidden dimension across the whole model; ``samples`` (``--samples``): the
-    calibration windows whose gradients are accumulated (their length is ``--seq-len``).
+    calibration windows whose gradients are accumulated (their length is ``--seq-len``);
+    ``at_least`` (``--at-least``): remove at least ``ratio`` of the parameters (the depth methods'
+    rule, used by ``compare``) instead of the reachable amount closest to it.
     """
 
     ratio: float = 0.2
@@ -83,6 +85,7 @@ class WidthConfig:
     global_: bool = False
     samples: int = 10
     seed: int = 0
+    at_least: bool = False
 
     def __post_init__(self) -> None:
         check_choice("--importance", self.importance, IMPORTANCES)

@@ -54,8 +54,10 @@ def _where(fam: Family) -> str:
         f" of layer {fam.layer}" if fam.layer is not None else "")
 
 
-def uniform(families: list[Family], scores: list[torch.Tensor], target: float, total: int, ratio: float) -> Choice:
-    """The same fraction of every family (see the module docstring)."""
+def uniform(families: list[Family], scores: list[torch.Tensor], target: float, total: int, ratio: float,
+            at_least: bool = False) -> Choice:
+    """The same fraction of every family (see the module docstring); ``at_least``: the smallest
+    step that removes at least ``target`` (as the depth methods' budgets), else the closest."""
     candidates = {0.0}
     for fam in families:
         candidates.update((k - 0.5) / fam.n for k in range(1, fam.n + 1))
@@ -63,7 +65,8 @@ def uniform(families: list[Family], scores: list[torch.Tensor], target: float, t
     for f in sorted(candidates):
         ks = [_k(f, fam.n) for fam in families]
         removed = sum(k * fam.params_per_structure for k, fam in zip(ks, families))
-        item = (abs(removed - target), f, ks, removed)
+        gap = (removed < target, removed - target if removed >= target else target - removed) if at_least else abs(removed - target)
+        item = (gap, f, ks, removed)
         if best is None or item[0] < best[0]:
             best = item
         if all(k < fam.n for k, fam in zip(ks, families)) and (best_valid is None or removed > best_valid[3]):
@@ -86,8 +89,10 @@ def uniform(families: list[Family], scores: list[torch.Tensor], target: float, t
     return Choice([lowest(s, k) for s, k in zip(scores, ks)], removed, f, {"per_family_removed": ks})
 
 
-def global_rank(families: list[Family], scores: list[torch.Tensor], target: float, total: int, ratio: float) -> Choice:
-    """Rank all structures together by score per parameter (see the module docstring)."""
+def global_rank(families: list[Family], scores: list[torch.Tensor], target: float, total: int, ratio: float,
+                at_least: bool = False) -> Choice:
+    """Rank all structures together by score per parameter (see the module docstring); ``at_least``:
+    go on until at least ``target`` is removed."""
     keys, owners = [], []
     for i, (fam, s) in enumerate(zip(families, scores)):
         keys.append(s.double() / fam.params_per_structure)
@@ -98,16 +103,16 @@ def global_rank(families: list[Family], scores: list[torch.Tensor], target: floa
     removed = 0
     smallest = min(fam.params_per_structure for fam in families)
     for pos in order:
-        if target - removed < smallest / 2:
+        if (removed >= target) if at_least else (target - removed < smallest / 2):
             break
         i, j = owners[pos]
         size = families[i].params_per_structure
-        if left[i] <= 1 or removed + size > target + size / 2:
+        if left[i] <= 1 or (not at_least and removed + size > target + size / 2):
             continue
         chosen[i].append(j)
         left[i] -= 1
         removed += size
-    if target - removed >= smallest / 2:
+    if (removed < target) if at_least else (target - removed >= smallest / 2):
         raise PrunekitError(
             f"--ratio {ratio} cannot be reached: keeping one KV group and one MLP channel per layer of the range removes at most {removed / total:.3f}.",
             f"Use --ratio {math.floor(removed / total * 100) / 100} or less, or a wider --layers range.",
@@ -117,10 +122,12 @@ def global_rank(families: list[Family], scores: list[torch.Tensor], target: floa
     return Choice([sorted(c) for c in chosen], removed, None, {"per_family_removed": [len(c) for c in chosen]})
 
 
-def count_for(family: Family, scores: torch.Tensor, target: float, total: int, ratio: float) -> Choice:
-    """The ``k`` lowest-scored structures of one family, ``k`` closest to the target (hidden channels)."""
+def count_for(family: Family, scores: torch.Tensor, target: float, total: int, ratio: float,
+              at_least: bool = False) -> Choice:
+    """The ``k`` lowest-scored structures of one family, ``k`` closest to the target (hidden channels),
+    or with ``at_least`` the smallest ``k`` that reaches it."""
     per = family.params_per_structure
-    k = int(math.floor(target / per + 0.5))
+    k = int(math.ceil(target / per)) if at_least else int(math.floor(target / per + 0.5))
     if k >= family.n:
         raise PrunekitError(
             f"--ratio {ratio} would remove every hidden channel.",
