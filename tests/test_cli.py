@@ -60,6 +60,7 @@ BAD = [
     (["prune", "{model}", "--remove", "1", "--method", "blockprunr"], "Did you mean 'blockpruner'"),
     (["prune", "{model}", "--remove", "1", "--blocks-kind", "heads"], "--blocks-kind 'heads' is not known"),
     (["prune", "{model}", "--remove", "1", "--dtype", "float8"], "--dtype 'float8' is not known"),
+    (["prune", "{model}", "--remove", "1", "--candidate-batch", "0"], "--candidate-batch 0 is out of range"),
     (["prune", "{model}", "--remove", "1", "--device", "cuda:0"], "no CUDA device is visible"),
     (["prune", "{model}", "--remove", "1", "--out", "{afile}"], "is a file"),
     (["prune", "{model}", "--remove", "1", "--out", "{nonempty}"], "already exists and is not empty"),
@@ -156,3 +157,19 @@ def test_resume_refuses_other_inputs(tmp_path):
     assert r.returncode == 2 and "method options differ (remove)" in r.stderr
     r = run_cli(*args[:-2], "--out", str(tmp_path / "none"), "--resume")
     assert r.returncode == 2 and "no journal" in r.stderr
+
+
+def test_candidate_batch_flag_gives_the_same_choices(ws, tmp_path):
+    """``--candidate-batch 4`` (the accelerator path, forced on the CPU) removes the same blocks in the same order."""
+    _, model_dir, calib = ws
+    common = ["prune", str(model_dir), "--remove", "3", "--calib", str(calib), "--seq-len", "16", "--windows", "4"]
+    plans = []
+    for k, name in (("1", "one"), ("4", "four")):
+        r = run_cli(*common, "--candidate-batch", k, "--out", str(tmp_path / name))
+        assert r.returncode == 0, r.stderr
+        plans.append(json.loads((tmp_path / name / "plan.json").read_text()))
+        timing = json.loads((tmp_path / name / "timing.json").read_text())
+        assert timing["runtime_options"]["candidate_batch"] == int(k)
+    assert [s["unit"] for s in plans[0]["removed"]] == [s["unit"] for s in plans[1]["removed"]]
+    for a, b in zip(plans[0]["removed"], plans[1]["removed"]):
+        assert a["value"] == pytest.approx(b["value"], rel=1e-5)
