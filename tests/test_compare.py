@@ -84,6 +84,8 @@ def test_one_search_serves_every_ratio(setup):
     for r in rows[1:]:
         alone = api.prune(ckpt, DepthConfig(method=r["method"], ratio=r["target_ratio"]), _calib(calib))
         assert r["units"] == [s["unit"] for s in alone.plan["removed"]]
+        # the same plan options as prune records (speed-only options such as --candidate-batch left out)
+        assert read_plan(root / "nested" / r["plan"])["options"] == alone.plan["options"]
 
 
 def test_rerun_skips_finished_cells_after_a_crash(setup, monkeypatch):

@@ -227,7 +227,7 @@ def compare(
     progress: ProgressFn | None = None, log: LogFn | None = None, dtype: str = "float32", device: str | None = None,
 ) -> list[dict]:
     """Run every method at every ratio, evaluate, write the results (see the module docstring). Returns the rows."""
-    from .api import _stop_rule, as_loaded, calibration_windows, model_record
+    from .api import RUNTIME_OPTIONS, _stop_rule, as_loaded, calibration_windows, model_record
     from .compare_report import write_outputs
 
     methods = parse_methods(methods) if isinstance(methods, str) else list(methods)
@@ -287,7 +287,7 @@ def compare(
             for u, rec in zip(cell_units, recs):
                 n += unit_params(adapter, u)
                 removed.append({k: rec[k] for k in STEP_FIELDS if k in rec} | {"params_removed": n, "ratio_removed": n / params_before})
-            options = {k: v for k, v in depth.as_dict().items() if k not in ("cache", "early_exit", "cache_gb")}
+            options = {k: v for k, v in depth.as_dict().items() if k not in RUNTIME_OPTIONS}
             plan = {
                 "prunekit_plan": PLAN_VERSION, "method": spec.method,
                 "options": options | {"ratio": ratio, "criterion": extra.get("criterion", "ppl")},
