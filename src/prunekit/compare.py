@@ -140,16 +140,6 @@ def _evaluate_blocks(loaded: LoadedModel, blocks: list[int], evals: dict, batch_
     return ppl, params
 
 
-def _backfill_calib(out: Path, names: list[str], loaded: LoadedModel, windows, batch_size: int) -> None:
-    """Add the in-sample calibration perplexity to cells written without it."""
-    for name in names:
-        path = out / "cells" / f"{name}.json"
-        cell = json.loads(path.read_text(encoding="utf-8"))
-        if "calib_ppl" not in cell:
-            cell["calib_ppl"] = _evaluate_blocks(loaded, cell["blocks"], {_CALIB: windows}, batch_size)[0][_CALIB]
-            write_json_atomic(path, cell)
-
-
 def _write_cell(out: Path, name: str, cell: dict, say: LogFn) -> None:
     write_json_atomic(out / "cells" / f"{name}.json", cell)
     say(f"  {row_label(cell)} @ {cell['target_ratio']:g}: removed {cell['ratio_removed']:.1%} of parameters, "
@@ -164,14 +154,21 @@ def _cell_report(model_spec: str, plan: dict, out: Path, name: str, seconds: flo
     return f"reports/{name}/report.md"
 
 
-def _backfill_reports(out: Path, names: list[str], model_spec: str) -> None:
-    """Write the run report of cells written without one."""
+def _backfill(out: Path, names: list[str], loaded: LoadedModel, windows, batch_size: int) -> None:
+    """Complete cells written by an older version: the in-sample calibration perplexity and, but for
+    the dense row, the run report. Each cell is read once and rewritten only when something was added."""
     for name in names:
         path = out / "cells" / f"{name}.json"
         cell = json.loads(path.read_text(encoding="utf-8"))
-        if not cell.get("report"):
+        added = False
+        if "calib_ppl" not in cell:
+            cell["calib_ppl"] = _evaluate_blocks(loaded, cell["blocks"], {_CALIB: windows}, batch_size)[0][_CALIB]
+            added = True
+        if name != "dense" and not cell.get("report"):
             plan = read_plan(out / cell["plan"])
-            cell["report"] = _cell_report(model_spec, plan, out, name, cell["search_seconds"])
+            cell["report"] = _cell_report(loaded.spec, plan, out, name, cell["search_seconds"])
+            added = True
+        if added:
             write_json_atomic(path, cell)
 
 
@@ -312,9 +309,7 @@ def compare(
                 "plan": f"plans/{name}.json", "report": report,
             }
             _write_cell(out, name, cell, say)
-    names = [_cell_name(s, r) for s in methods for r in ratios]
-    _backfill_calib(out, ["dense"] + names, loaded, windows, eval_batch_size)
-    _backfill_reports(out, names, loaded.spec)
+    _backfill(out, ["dense"] + [_cell_name(s, r) for s in methods for r in ratios], loaded, windows, eval_batch_size)
     rows = collect_rows(out, methods, ratios)
     write_outputs(out, rows, list(eval_sources), adapter.num_layers, _describe(loaded, calib, windows, evals))
     return rows

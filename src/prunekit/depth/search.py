@@ -252,7 +252,7 @@ class GreedySearch:
                     if item is not None:
                         e.store.pop(("group", self._step, u, j, target[0]))
                         e.store.put(("traj", self._step, u, j), item[1], meta=target[0])
-            e.store.drop(lambda k, u=u: k[0] == "group" and k[2] == u)
+        e.store.drop(lambda k: k[0] == "group")  # the states at the other boundaries
 
     def _value(self, total: float) -> float:
         if self.engine.criterion == "ppl":

@@ -127,13 +127,14 @@ def families_for(adapter, width: WidthConfig) -> tuple[list[Family], str | None]
 
 def width_gradients(
     loaded: LoadedModel, width: WidthConfig, calib: CalibConfig, progress: ProgressFn | None = None, fisher: bool | None = None,
-    journal_dir: str | Path | None = None, resume: bool = False,
+    journal_dir: str | Path | None = None, resume: bool = False, weights_sha256: str | None = None,
 ) -> Gradients:
     """Gradients (and the Fisher diagonal when ``fisher``, default: when the importance needs it) over
     ``width.samples`` windows of ``calib``; reusable across importances and ratios of the same families.
 
     ``journal_dir``: journal the pass there (``journal.jsonl`` + its state, :mod:`prunekit.width.journal`);
-    ``resume``: continue the pass journaled there (same model, calibration and options, or refused).
+    ``resume``: continue the pass journaled there (same model, calibration and options, or refused);
+    ``weights_sha256``: the model's weights hash for the journal's fingerprint, when the caller has it.
     """
     from ..api import calibration_windows, model_record
 
@@ -145,7 +146,7 @@ def width_gradients(
     calibration = windows.fingerprint() | {"ignore_index": ignore}
     journal = start = on_sample = None
     if journal_dir is not None:
-        fingerprint = {"model": model_record(loaded)["weights_sha256"], "calibration": calibration,
+        fingerprint = {"model": weights_sha256 or model_record(loaded)["weights_sha256"], "calibration": calibration,
                        "options": width.as_dict() | {"fisher": need_f}}
         journal = GradientJournal(Path(journal_dir), fingerprint, resume)
         start, on_sample = journal.start(), journal.after_sample
@@ -183,7 +184,8 @@ def prune_width(
     stats, calibration = None, {"source": None, "note": f"--importance {width.importance} reads no calibration data"}
     if width.needs_gradients:
         if gradients is None:
-            gradients = width_gradients(loaded, width, calib, progress, journal_dir=out, resume=resume)
+            gradients = width_gradients(loaded, width, calib, progress, journal_dir=out, resume=resume,
+                                        weights_sha256=record["weights_sha256"])
         elif width.needs_fisher and gradients.stats.fisher is None:
             raise ValueError("the given gradients lack the Fisher diagonal this importance needs")
         stats, calibration = gradients.stats, gradients.calibration

@@ -23,7 +23,6 @@ pass). Where the points fall changes nothing in the result.
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from pathlib import Path
@@ -54,15 +53,13 @@ class GradientJournal:
         recs = [r for r in self.journal.records if r.get("stage") == "gradients"]
         if not recs:
             return None
-        from safetensors import SafetensorError
-        from safetensors.torch import load_file
+        from safetensors import SafetensorError, safe_open
 
         want = recs[-1]["samples"]
         try:
-            tensors = load_file(str(self.state_path))
-            with open(self.state_path, "rb") as f:
-                header_len = int.from_bytes(f.read(8), "little")
-                meta = json.loads(f.read(header_len)).get("__metadata__", {})
+            with safe_open(str(self.state_path), framework="pt") as f:
+                meta = f.metadata() or {}
+                tensors = {k: f.get_tensor(k) for k in f.keys()}
         except (OSError, SafetensorError, ValueError) as e:
             raise PrunekitError(
                 f"--resume: the gradient state '{self.state_path}' cannot be read ({type(e).__name__}).",
