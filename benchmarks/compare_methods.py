@@ -42,10 +42,10 @@ def variant_summary(rows: list[dict], sources: list[str]) -> list[str]:
 
 def recheck_variants(model: str, out: Path, rows: list[dict], sources: list[str], windows: int, seq_len: int) -> list[str]:
     """Re-evaluate greedy and the blockpruner search variants on ``windows`` held-out windows (their saved plans)."""
-    from prunekit import api
     from prunekit.models.adapter import Block
-    from prunekit.models.loading import load_model
-    from prunekit.plan import read_plan
+    from prunekit.pipeline import prune as api
+    from prunekit.pipeline.load import load_model
+    from prunekit.plan.schema import read_plan
 
     loaded = load_model(model, device="cpu")
     lines = [f"held-out recheck on {windows} x {seq_len} tokens per source:"]
@@ -81,8 +81,8 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from prunekit.compare import compare
-    from prunekit.config import CalibConfig
+    from prunekit.data.calibration import CalibConfig
+    from prunekit.pipeline.compare import compare
 
     torch.manual_seed(0)
     sources = [s for s in args.eval.split(",") if s]

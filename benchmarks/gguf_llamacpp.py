@@ -89,7 +89,7 @@ def main() -> None:
     args = ap.parse_args()
     llama_cpp = ensure_llama_cpp()
     from prunekit.export import export
-    from prunekit.models.loading import load_model
+    from prunekit.pipeline.load import load_model
 
     work = Path(args.work)
     results = {"llama_cpp_python": getattr(llama_cpp, "__version__", "?"), "gguf_type": args.gguf_type, "runs": {}}

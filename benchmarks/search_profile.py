@@ -31,9 +31,9 @@ def main() -> None:
 
     import prunekit as pk
     from prunekit.data import build_windows
-    from prunekit.depth.search import GreedySearch
-    from prunekit.depth.units import make_units
     from prunekit.engine import Engine
+    from prunekit.methods.depth.search import GreedySearch
+    from prunekit.methods.depth.units import make_units
 
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -41,9 +41,9 @@ def run_one(name: str, args) -> dict:
 
     import prunekit as pk
     from prunekit.data import build_windows
-    from prunekit.depth.search import GreedySearch, naive_greedy
-    from prunekit.depth.units import make_units, unit_name
     from prunekit.engine import Engine
+    from prunekit.methods.depth.search import GreedySearch, naive_greedy
+    from prunekit.methods.depth.units import make_units, unit_name
 
     torch.manual_seed(0)
     if args.threads:
@@ -79,8 +79,8 @@ def run_one(name: str, args) -> dict:
 
 
 def llama2_counts(seq_len: int = 2048, n_windows: int = 1) -> dict:
-    from prunekit.depth.units import parse_unit
-    from prunekit.depth.workcount import count_search, llama_block_macs
+    from prunekit.methods.depth.units import parse_unit
+    from prunekit.methods.depth.workcount import count_search, llama_block_macs
 
     macs = llama_block_macs(LLAMA2_7B, seq_len)
     units = [(b,) for b in range(2 * LLAMA2_7B["num_hidden_layers"])]

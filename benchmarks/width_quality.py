@@ -9,7 +9,7 @@ Each pruned model (a copy) is evaluated on held-out text: ``--eval-windows`` x 2
 importances, a short LoRA run (``prunekit recover``'s code: r=8, alpha=16, lr 1e-4) of
 ``--steps`` steps of ``--batch`` x ``--train-seq-len`` tokens on the ``wiki`` split, and the same
 evaluation after. Finally the prefill and decode speed of one pruned model next to the dense one,
-interleaved in the same run (:func:`prunekit.evaluate.speed.bench`).
+interleaved in the same run (:func:`prunekit.evaluation.speed.bench`).
 
     flock /tmp/prunekit-heavy.lock .venv/bin/python benchmarks/width_quality.py --json benchmarks/results/width_quality.json
 
@@ -32,15 +32,15 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from prunekit.api import evaluate  # noqa: E402
-from prunekit.apply import save_pruned  # noqa: E402
-from prunekit.config import CalibConfig  # noqa: E402
-from prunekit.evaluate.speed import BenchConfig, bench  # noqa: E402
-from prunekit.models.loading import load_model  # noqa: E402
-from prunekit.recover import RecoverConfig, recover  # noqa: E402
-from prunekit.width import WidthConfig, prune_width, width_gradients  # noqa: E402
-from prunekit.width.api import families_for  # noqa: E402
-from prunekit.width.importance import element_scores  # noqa: E402
+from prunekit.data.calibration import CalibConfig
+from prunekit.evaluation.speed import BenchConfig, bench
+from prunekit.methods.width.importance import element_scores
+from prunekit.methods.width.llm_pruner import families_for, width_gradients
+from prunekit.methods.width.options import WidthConfig
+from prunekit.pipeline.load import load_model
+from prunekit.pipeline.prune import evaluate, prune_width
+from prunekit.pipeline.recover import RecoverConfig, recover
+from prunekit.plan.apply import save_pruned
 
 IMPORTANCES = ("param_first", "element2", "param_second", "vector", "l2", "l1", "random")
 ALIASES = {"param_first": "param_first = element1", "element2": "element2 = param_mix"}

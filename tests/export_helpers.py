@@ -7,7 +7,7 @@ import torch
 from prunekit.models.adapter import ATTN, MLP, Block
 from prunekit.models.loading import LoadedModel, wrap_model
 from prunekit.models.tiny import tiny_model, tiny_tokenizer
-from prunekit.width.slicing import apply_width
+from prunekit.plan.slicing import apply_width
 
 KINDS = ("blocks", "layers", "width", "uniform-width", "hidden")
 VOCAB = 300  # the tiny tokenizer trained to 300 tokens (258 bytes + specials, 42 merges)

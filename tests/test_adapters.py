@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from prunekit.errors import PrunekitError
+from prunekit.core.errors import PrunekitError
 from prunekit.models import ATTN, MLP, Block, get_adapter, supported_model_types
 from prunekit.models.tiny import tiny_model
 

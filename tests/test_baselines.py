@@ -9,19 +9,27 @@ import torch
 import torch.nn.functional as F
 
 from conftest import random_windows
-from prunekit import api
-from prunekit.config import CalibConfig, DepthConfig
-from prunekit.depth.baselines import (
-    alone_totals, block_influence, block_relative_magnitude, layer_block_influence, rank_and_remove, relative_magnitude,
-    taylor_kept_layers, taylor_scores,
-)
-from prunekit.depth.units import make_units, unit_name, unit_params
+from prunekit.core.errors import PrunekitError
+from prunekit.data.calibration import CalibConfig
 from prunekit.engine import Engine, reference_nll
-from prunekit.errors import PrunekitError
+from prunekit.methods.depth.baselines import (
+    alone_totals,
+    block_influence,
+    block_relative_magnitude,
+    layer_block_influence,
+    rank_and_remove,
+    relative_magnitude,
+    taylor_kept_layers,
+    taylor_scores,
+)
+from prunekit.methods.depth.units import make_units, unit_name, unit_params
+from prunekit.methods.options import DepthConfig
+from prunekit.methods.registry import method_for
 from prunekit.models import get_adapter
 from prunekit.models.adapter import Block
 from prunekit.models.loading import wrap_model
 from prunekit.models.tiny import TINY_TEXT, tiny_model, tiny_tokenizer
+from prunekit.pipeline import prune as api
 
 METHODS = ("shortgpt", "sleb", "layer-ppl", "taylor", "relative-magnitude", "blockpruner-oneshot", "finercut")
 LAYER_METHODS = {"shortgpt", "sleb", "layer-ppl", "taylor"}
@@ -162,7 +170,7 @@ def test_finercut_follows_naive_js_greedy():
     adapter = get_adapter(model)
     w = random_windows(4, 16)
     units = make_units(adapter, "mix")
-    from prunekit.depth.baselines import finercut
+    from prunekit.methods.depth.baselines import finercut
 
     engine = Engine(adapter, w, batch_size=2)
     out = finercut(None, engine, units, lambda removed: len(removed) >= 3, DepthConfig(method="finercut", remove=3))
@@ -198,6 +206,8 @@ def test_one_shot_resume_gives_the_same_list():
 
 
 def test_search_flag_refused_for_one_shot_methods():
-    with pytest.raises(PrunekitError, match="--search"):
-        DepthConfig(method="shortgpt", ratio=0.2, search="beam:2")
-    assert unit_params(get_adapter(tiny_model("llama", num_hidden_layers=2)), (0, 1)) > 0
+    with pytest.raises(PrunekitError, match="`search` beam:2 applies to the greedy methods"):
+        method_for(DepthConfig(method="shortgpt", ratio=0.2, search="beam:2"))
+    model = tiny_model("llama", num_hidden_layers=2)
+    layer0 = sum(p.numel() for p in model.model.layers[0].parameters())
+    assert unit_params(get_adapter(model), (0, 1)) == layer0  # a layer unit counts both blocks with their norms

@@ -8,15 +8,16 @@ import json
 import pytest
 from typer.testing import CliRunner
 
-from prunekit import api
-from prunekit.cli import app
-from prunekit.compare import compare, parse_methods, parse_ratios
-from prunekit.config import CalibConfig, DepthConfig
-from prunekit.depth import methods as methods_mod
-from prunekit.errors import PrunekitError
-from prunekit.models.loading import load_model
+from prunekit.cli.main import app
+from prunekit.core.errors import PrunekitError
+from prunekit.data.calibration import CalibConfig
+from prunekit.methods.depth import blockpruner as methods_mod
+from prunekit.methods.options import DepthConfig
 from prunekit.models.tiny import TINY_TEXT, save_tiny_checkpoint
-from prunekit.plan import read_plan
+from prunekit.pipeline import prune as api
+from prunekit.pipeline.compare import compare, parse_methods, parse_ratios
+from prunekit.pipeline.load import load_model
+from prunekit.plan.schema import read_plan
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -126,11 +127,11 @@ def test_other_inputs_are_refused(setup):
 def test_bad_arguments():
     with pytest.raises(PrunekitError, match="Did you mean 'shortgpt'"):
         parse_methods("shortgtp")
-    with pytest.raises(PrunekitError, match="--search"):
+    with pytest.raises(PrunekitError, match="`search`"):
         parse_methods("taylor/beam:2")
     with pytest.raises(PrunekitError, match="twice"):
         parse_methods("sleb,sleb")
-    with pytest.raises(PrunekitError, match="--ratios"):
+    with pytest.raises(PrunekitError, match="`ratios`"):
         parse_ratios("0.2,1.5")
     assert parse_ratios("0.3,0.1,0.3") == [0.1, 0.3]
     assert [m.name for m in parse_methods("blockpruner/beam:3, finercut")] == ["blockpruner/beam:3", "finercut"]

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from prunekit.core.errors import PrunekitError
 from prunekit.data import build_windows, load_texts, wiki_split_titles, windows_from_texts
-from prunekit.errors import PrunekitError
 from prunekit.models.tiny import tiny_tokenizer
 
 

@@ -9,12 +9,11 @@ import numpy as np
 import pytest
 import torch
 
-from prunekit.errors import PrunekitError
+from export_helpers import IDS, VOCAB, pruned_tiny
+from prunekit.core.errors import PrunekitError
 from prunekit.export import export
 from prunekit.export.gguf import ZERO_FFN_WIDTH, permute_rope_rows, unpermute_rope_rows
-from prunekit.models.loading import load_model
-
-from export_helpers import IDS, VOCAB, pruned_tiny
+from prunekit.pipeline.load import load_model
 
 gguf = pytest.importorskip("gguf")
 
@@ -79,7 +78,7 @@ def test_refusals(tmp_path):
         export(pruned_tiny("qwen3", "blocks"), "gguf", tmp_path / "q3.gguf")
     with pytest.raises(PrunekitError, match="should name a .gguf file"):
         export(pruned_tiny("llama", "blocks"), "gguf", tmp_path / "m.bin")
-    with pytest.raises(PrunekitError, match="--gguf-type 'q4' is not known"):
+    with pytest.raises(PrunekitError, match="`gguf_type` 'q4' is not known"):
         export(pruned_tiny("llama", "blocks"), "gguf", tmp_path / "m.gguf", gguf_type="q4")
 
 

@@ -12,12 +12,11 @@ import textwrap
 import pytest
 import torch
 
-from prunekit.errors import PrunekitError
+from export_helpers import IDS, KINDS, logits_and_tokens, pruned_tiny
+from prunekit.core.errors import PrunekitError
 from prunekit.export import export
 from prunekit.export.readers import PER_LAYER_KEYS as READER_KEYS
-from prunekit.models.loading import load_model
-
-from export_helpers import IDS, KINDS, logits_and_tokens, pruned_tiny
+from prunekit.pipeline.load import load_model
 
 FAMILIES = ("llama", "mistral", "qwen2", "qwen3")
 STOCK_KINDS = {"layers", "uniform-width"}
@@ -130,5 +129,5 @@ def test_export_refuses_existing_target_and_unknown_format(tmp_path):
     (tmp_path / "x" / "f").write_text("keep")
     with pytest.raises(PrunekitError, match="already exists"):
         export(loaded, "hf", tmp_path / "x")
-    with pytest.raises(PrunekitError, match="--format 'hff' is not known.*Did you mean 'hf'"):
+    with pytest.raises(PrunekitError, match="`format` 'hff' is not known.*Did you mean 'hf'"):
         export(loaded, "hff", tmp_path / "y")

@@ -8,13 +8,12 @@ import json
 import pytest
 import torch
 
-from prunekit.errors import PrunekitError
+from export_helpers import IDS, pruned_tiny
+from prunekit.core.errors import PrunekitError
 from prunekit.export import export
 from prunekit.export.nemotron_nas import ffn_mult_to_intermediate_size, intermediate_size_to_ffn_mult
 from prunekit.models.adapter import ATTN, MLP, Block
-from prunekit.models.loading import load_model
-
-from export_helpers import IDS, pruned_tiny
+from prunekit.pipeline.load import load_model
 
 
 def _documented_intermediate(ffn_mult: float, hidden: int) -> int:

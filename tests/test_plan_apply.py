@@ -9,7 +9,7 @@ import torch
 
 import prunekit as pk
 from helpers import make_tiny_workspace
-from prunekit.errors import PrunekitError
+from prunekit.core.errors import PrunekitError
 
 
 def _prune(model_dir, calib, out=None, **kw):

@@ -7,12 +7,14 @@ import json
 import pytest
 import torch
 
-from prunekit.config import CalibConfig
-from prunekit.errors import PrunekitError
-from prunekit.models.loading import load_model, wrap_model
+from prunekit.core.errors import PrunekitError
+from prunekit.data.calibration import CalibConfig
+from prunekit.methods.width.options import WidthConfig
+from prunekit.models.loading import wrap_model
 from prunekit.models.tiny import TINY_TEXT, save_tiny_checkpoint, tiny_model, tiny_tokenizer
-from prunekit.recover import CKPT, RecoverConfig, attach_lora, lora_targets, merge_lora, recover, train_lora
-from prunekit.width import WidthConfig, prune_width
+from prunekit.pipeline.load import load_model
+from prunekit.pipeline.prune import prune_width
+from prunekit.pipeline.recover import CKPT, RecoverConfig, attach_lora, lora_targets, merge_lora, recover, train_lora
 
 
 @pytest.fixture(autouse=True)
@@ -87,8 +89,8 @@ def test_recover_writes_a_reloadable_model(pruned_dir, text_file, tmp_path):
     assert plan["method"] == "llm-pruner" and plan["recovery"]["steps"] == 3
     assert not (out / CKPT).exists()
     back = load_model(str(out), device="cpu")
-    from prunekit.api import perplexity
     from prunekit.data.windows import build_windows
+    from prunekit.evaluation.perplexity import perplexity
 
     w = build_windows(back.tokenizer, text_file, 32, 2)
     assert perplexity(back, w) == pytest.approx(rep["perplexity_after"][text_file], rel=1e-6)
@@ -125,7 +127,7 @@ def test_recover_resumes_from_its_checkpoint(pruned_dir, text_file, tmp_path):
 def test_recover_refuses_bad_inputs(pruned_dir, text_file, tmp_path):
     with pytest.raises(PrunekitError, match="not a prunekit output directory"):
         recover(tmp_path, _cfg(text_file), tmp_path / "x")
-    with pytest.raises(PrunekitError, match="--out is the input"):
+    with pytest.raises(PrunekitError, match="`out` is the input"):
         recover(pruned_dir, _cfg(text_file), pruned_dir)
     (tmp_path / "full").mkdir()
     (tmp_path / "full" / "f").write_text("x")

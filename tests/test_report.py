@@ -7,12 +7,13 @@ import copy
 
 import pytest
 
-from prunekit import api
-from prunekit.config import CalibConfig, DepthConfig
+from prunekit.data.calibration import CalibConfig
+from prunekit.evaluation.report import LAYER_MAP_PNG, REPORT, TRAJECTORY_PNG, block_map, render_report
+from prunekit.methods.options import DepthConfig
 from prunekit.models.loading import wrap_model
 from prunekit.models.tiny import TINY_TEXT, tiny_model, tiny_tokenizer
-from prunekit.plan import read_plan
-from prunekit.report import LAYER_MAP_PNG, REPORT, TRAJECTORY_PNG, block_map, render_report
+from prunekit.pipeline import prune as api
+from prunekit.plan.schema import read_plan
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +50,7 @@ def test_prune_writes_the_report(run_dir):
 def test_cli_report_rebuilds_it(run_dir):
     from typer.testing import CliRunner
 
-    from prunekit.cli import app
+    from prunekit.cli.main import app
 
     before = (run_dir / REPORT).read_text()
     for name in (REPORT, LAYER_MAP_PNG, TRAJECTORY_PNG):

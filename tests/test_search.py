@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from conftest import FAMILIES, random_windows
-from prunekit.depth.search import GreedySearch, naive_greedy
-from prunekit.depth.units import make_units, unit_name
 from prunekit.engine import Engine, reference_nll
+from prunekit.methods.depth.search import GreedySearch, naive_greedy
+from prunekit.methods.depth.units import make_units, unit_name
 from prunekit.models import get_adapter
 from prunekit.models.tiny import tiny_model
 

@@ -7,16 +7,18 @@ import itertools
 import pytest
 
 from conftest import random_windows
-from prunekit import api
-from prunekit.config import CalibConfig, DepthConfig, parse_search
-from prunekit.depth.beam import Budgets, beam_search, swap_refine
-from prunekit.depth.search import GreedySearch
-from prunekit.depth.units import make_units, unit_params
+from prunekit.core.errors import PrunekitError
+from prunekit.data.calibration import CalibConfig
 from prunekit.engine import Engine
-from prunekit.errors import PrunekitError
+from prunekit.methods.depth.beam import Budgets, beam_search, swap_refine
+from prunekit.methods.depth.search import GreedySearch
+from prunekit.methods.depth.units import make_units, unit_params
+from prunekit.methods.options import DepthConfig, parse_search
+from prunekit.methods.registry import method_for
 from prunekit.models import get_adapter
 from prunekit.models.loading import wrap_model
 from prunekit.models.tiny import TINY_TEXT, tiny_model, tiny_tokenizer
+from prunekit.pipeline import prune as api
 
 
 def _setup(family="llama", layers=4, budget=1e9, kind="mix", batch_size=2):
@@ -141,8 +143,8 @@ def test_search_parsing_and_errors():
     assert parse_search("beam:4") == ("beam", 4)
     assert parse_search("greedy+swap") == ("greedy+swap", 1)
     for bad in ("beam:1", "beam:", "beam:x", "swap", "beam4"):
-        with pytest.raises(PrunekitError, match="--search"):
+        with pytest.raises(PrunekitError, match="`search`"):
             DepthConfig(ratio=0.2, search=bad)
     with pytest.raises(PrunekitError, match="one shot"):
-        DepthConfig(method="layer-ppl", ratio=0.2, search="greedy+swap")
+        method_for(DepthConfig(method="layer-ppl", ratio=0.2, search="greedy+swap"))
     assert Budgets([_count(1), _count(2)])([(0,), (1,)])

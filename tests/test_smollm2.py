@@ -9,9 +9,9 @@ import torch
 
 import prunekit as pk
 from prunekit.data import build_windows
-from prunekit.depth.search import GreedySearch, naive_greedy
-from prunekit.depth.units import make_units
 from prunekit.engine import Engine
+from prunekit.methods.depth.search import GreedySearch, naive_greedy
+from prunekit.methods.depth.units import make_units
 
 pytestmark = pytest.mark.slow
 

@@ -8,8 +8,8 @@ import json
 import pytest
 import torch
 
-from prunekit.errors import PrunekitError
-from prunekit.evaluate.speed import BenchConfig, bench, macs_per_token, peak_memory
+from prunekit.core.errors import PrunekitError
+from prunekit.evaluation.speed import BenchConfig, bench, macs_per_token, peak_memory
 from prunekit.models.adapter import ATTN, MLP, Block
 from prunekit.models.loading import wrap_model
 from prunekit.models.tiny import save_tiny_checkpoint, tiny_model, tiny_tokenizer
@@ -51,7 +51,7 @@ def test_ideal_speedup_is_the_mac_ratio():
 
 
 def test_runs_are_interleaved_and_medians(monkeypatch):
-    import prunekit.evaluate.speed as speed
+    import prunekit.evaluation.speed as speed
 
     dense, pruned = _pair()
     order, fake = [], iter(range(1, 1000))
@@ -60,7 +60,7 @@ def test_runs_are_interleaved_and_medians(monkeypatch):
         order.append(("dense" if loaded is dense else "pruned", case))
         return float(next(fake))
 
-    monkeypatch.setattr(speed, "_run_case", fake_case)
+    monkeypatch.setattr(speed, "run_case", fake_case)
     med = speed.measure({"dense": dense, "pruned": pruned}, BenchConfig(seq_lens=(8,), repeats=3))
     timed = order[4:]  # after one warm-up of each case of each model
     assert [m for m, _ in timed] == ["dense", "pruned"] * 6
@@ -82,9 +82,9 @@ def test_peak_memory_in_a_fresh_process(tmp_path):
 
 
 def test_config_validation():
-    with pytest.raises(PrunekitError, match="--repeats 0"):
+    with pytest.raises(PrunekitError, match="`repeats` 0"):
         BenchConfig(repeats=0)
-    with pytest.raises(PrunekitError, match="--seq-lens"):
+    with pytest.raises(PrunekitError, match="`seq_lens`"):
         BenchConfig(seq_lens=(0,))
     dense, pruned = _pair()
     with pytest.raises(PrunekitError, match="exceeds the model's 256 positions"):
@@ -94,7 +94,7 @@ def test_config_validation():
 def test_cli_bench_against_a_dense_checkpoint(tmp_path):
     from typer.testing import CliRunner
 
-    from prunekit.cli import app
+    from prunekit.cli.main import app
 
     dense = save_tiny_checkpoint(tmp_path / "dense")
     runner = CliRunner()

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from helpers import make_tiny_workspace, run_cli
-from prunekit import cli
+from prunekit.cli import main as cli
 from prunekit.models.tiny import tiny_model, tiny_tokenizer
 
 

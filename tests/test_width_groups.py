@@ -5,9 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
+from prunekit.models.groups import attention_family, hidden_family, kv_readers, mlp_family, trace_kv_readers
 from prunekit.models.loading import wrap_model
 from prunekit.models.tiny import tiny_model
-from prunekit.width.groups import attention_family, hidden_family, kv_readers, mlp_family, trace_kv_readers
+
 
 @pytest.fixture(autouse=True)
 def _one_thread():

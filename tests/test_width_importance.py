@@ -5,14 +5,19 @@ from __future__ import annotations
 import pytest
 import torch
 
-from prunekit.errors import PrunekitError
+from prunekit.core.errors import PrunekitError
+from prunekit.methods.width.importance import (
+    aggregate,
+    check_gradient_dtype,
+    collect_gradients,
+    element_scores,
+    family_scores,
+    needed_parameters,
+)
+from prunekit.methods.width.options import WidthConfig, parse_layers
+from prunekit.models.groups import attention_family, mlp_family
 from prunekit.models.loading import wrap_model
 from prunekit.models.tiny import tiny_model
-from prunekit.width.config import WidthConfig, parse_layers
-from prunekit.width.groups import attention_family, mlp_family
-from prunekit.width.importance import (
-    aggregate, check_gradient_dtype, collect_gradients, element_scores, family_scores, needed_parameters,
-)
 
 
 @pytest.fixture(autouse=True)

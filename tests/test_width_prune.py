@@ -8,13 +8,16 @@ import copy
 import pytest
 import torch
 
-from prunekit.apply import apply_plan, load_pruned, save_pruned
-from prunekit.config import CalibConfig
-from prunekit.errors import PrunekitError
-from prunekit.models.loading import load_model, wrap_model
+from prunekit.core.errors import PrunekitError
+from prunekit.data.calibration import CalibConfig
+from prunekit.methods.width.options import WidthConfig
+from prunekit.models.groups import kv_readers
+from prunekit.models.loading import wrap_model
 from prunekit.models.tiny import TINY_TEXT, tiny_model, tiny_tokenizer
-from prunekit.width import WidthConfig, prune_width
-from prunekit.width.groups import kv_readers
+from prunekit.pipeline.load import load_model
+from prunekit.pipeline.prune import prune_width
+from prunekit.plan.apply import apply_plan, load_pruned, save_pruned
+
 
 @pytest.fixture(autouse=True)
 def _one_thread():
@@ -219,14 +222,14 @@ def test_pruned_input_is_refused(calib_file):
 
 
 def test_shared_gradients_and_copy_give_the_same_plan(calib_file):
-    from prunekit.width import width_gradients
+    from prunekit.methods.width.llm_pruner import width_gradients
 
     loaded = _loaded("qwen2")
     before = _logits(loaded.model)
     grads = width_gradients(loaded, WidthConfig(ratio=0.15), _calib(calib_file), fisher=True)
     for importance in ("param_first", "param_mix", "vector"):
         cfg = WidthConfig(ratio=0.15, importance=importance)
-        shared = prune_width(loaded, cfg, _calib(calib_file), gradients=grads, copy=True)
+        shared = prune_width(loaded, cfg, _calib(calib_file), gradients=grads)
         fresh = prune_width(_loaded("qwen2"), cfg, _calib(calib_file))
         assert shared.plan == fresh.plan
         torch.testing.assert_close(_logits(shared.loaded.model), _logits(fresh.loaded.model), rtol=0, atol=0)

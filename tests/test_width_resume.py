@@ -11,14 +11,13 @@ import time
 
 import pytest
 
-from prunekit.config import CalibConfig
-from prunekit.errors import PrunekitError
-from prunekit.models.loading import load_model
-from prunekit.width.api import prune_width
-from prunekit.width.config import WidthConfig
-from prunekit.width.journal import STATE_NAME
-
 from helpers import make_tiny_workspace, run_cli
+from prunekit.core.errors import PrunekitError
+from prunekit.data.calibration import CalibConfig
+from prunekit.methods.width.journal import STATE_NAME
+from prunekit.methods.width.options import WidthConfig
+from prunekit.pipeline.load import load_model
+from prunekit.pipeline.prune import prune_width
 
 
 class Killed(Exception):

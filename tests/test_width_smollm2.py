@@ -6,10 +6,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from prunekit.apply import load_pruned
-from prunekit.config import CalibConfig
-from prunekit.models.loading import load_model
-from prunekit.width import WidthConfig, prune_width
+from prunekit.data.calibration import CalibConfig
+from prunekit.methods.width.options import WidthConfig
+from prunekit.pipeline.load import load_model
+from prunekit.pipeline.prune import prune_width
+from prunekit.plan.apply import load_pruned
 
 pytestmark = pytest.mark.slow
 

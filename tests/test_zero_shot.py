@@ -10,13 +10,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from prunekit.errors import PrunekitError
+from prunekit.core.errors import PrunekitError
 from prunekit.models.adapter import ATTN, Block
 from prunekit.models.loading import wrap_model
 from prunekit.models.tiny import tiny_model, tiny_tokenizer
 
 pytest.importorskip("lm_eval")
-from prunekit.evaluate.zero_shot import zero_shot  # noqa: E402
+from prunekit.evaluation.zero_shot import zero_shot
 
 DATA = Path(__file__).parent / "data"
 VOCAB = 300
@@ -82,7 +82,7 @@ def test_offline_names_what_could_not_be_fetched(pruned, tmp_path, monkeypatch):
 def test_bad_input_is_refused(pruned, task_dir):
     with pytest.raises(PrunekitError, match="'zs_tinyy' is not an lm-eval task.*Did you mean 'zs_tiny'"):
         zero_shot(pruned, ["zs_tinyy"], task_dir=task_dir)
-    with pytest.raises(PrunekitError, match="--limit 0"):
+    with pytest.raises(PrunekitError, match="`limit` 0"):
         zero_shot(pruned, ["zs_tiny"], task_dir=task_dir, limit=0)
     with pytest.raises(PrunekitError, match="names no task"):
         zero_shot(pruned, [" "], task_dir=task_dir)
@@ -91,8 +91,8 @@ def test_bad_input_is_refused(pruned, task_dir):
 def test_cli_eval_tasks_on_a_pruned_output(pruned, task_dir, tmp_path):
     from typer.testing import CliRunner
 
-    from prunekit.apply import save_pruned
-    from prunekit.cli import app
+    from prunekit.cli.main import app
+    from prunekit.plan.apply import save_pruned
 
     plan = {"prunekit_plan": 1, "method": "manual", "options": {}, "calibration": {}, "width": None,
             "model": {"spec": "<in-memory>", "model_type": "llama", "config": pruned.model.config.to_dict()},

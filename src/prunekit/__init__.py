@@ -1,13 +1,16 @@
 """prunekit: structured pruning of causal language models, without training, with proof of what
 it cost and saved. See README.md and docs/ARCHITECTURE.md."""
 
-from .api import PruneResult, evaluate, perplexity, prune
-from .apply import apply_plan, load_pruned, save_pruned
-from .config import CalibConfig, DepthConfig
-from .errors import PrunekitError
-from .models.loading import LoadedModel, load_model, wrap_model
-from .plan import read_plan
-from .width import WidthConfig, prune_width
+from prunekit.core.errors import PrunekitError
+from prunekit.data.calibration import CalibConfig
+from prunekit.evaluation.perplexity import perplexity
+from prunekit.methods.options import DepthConfig
+from prunekit.methods.width.options import WidthConfig
+from prunekit.models.loading import LoadedModel, wrap_model
+from prunekit.pipeline.load import load_model
+from prunekit.pipeline.prune import PruneResult, evaluate, prune, prune_width
+from prunekit.plan.apply import apply_plan, load_pruned, save_pruned
+from prunekit.plan.schema import read_plan
 
 __version__ = "0.1.0"
 __all__ = [

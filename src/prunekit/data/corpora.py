@@ -20,9 +20,11 @@ import re
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
-from ..errors import PrunekitError
-from ..io import write_json_atomic
-from ..paths import cache_dir, package_dir
+import mwparserfromhell
+
+from prunekit.core.errors import PrunekitError, suggest
+from prunekit.core.io import write_json_atomic
+from prunekit.core.paths import cache_dir, package_dir
 
 EMBEDDED_SOURCES = ("wiki", "wiki-test", "news")
 HUB_SOURCES = ("alpaca", "wikitext2", "c4", "ptb")
@@ -42,8 +44,6 @@ def gensim_test_data() -> Path:
 
 
 def _strip_markup(wikitext: str) -> str:
-    import mwparserfromhell
-
     code = mwparserfromhell.parse(wikitext)
     for link in code.filter_wikilinks(recursive=True):
         if str(link.title).strip().lower().startswith(_MEDIA_PREFIXES):
@@ -115,7 +115,7 @@ def _news() -> list[str]:
 def read_local(path: Path) -> list[str]:
     """Texts of a local .txt (one text) or .jsonl (field ``text``) file, refusing unusable files."""
     if not path.is_file():
-        raise PrunekitError(f"calibration file '{path}' does not exist or is not a file.", "Check the path given to --calib/--data.")
+        raise PrunekitError(f"calibration file '{path}' does not exist or is not a file.", "Check the path given to `calib`/`data`.")
     raw = path.read_bytes()
     if b"\x00" in raw[:4096]:
         raise PrunekitError(f"'{path}' looks binary (NUL bytes), not text.", "Give a UTF-8 .txt or .jsonl file.")
@@ -139,6 +139,15 @@ def read_local(path: Path) -> list[str]:
     return [text]
 
 
+def authors_pick(n: int, rows: int) -> list[int]:
+    """The BlockPruner authors' row sample: ``transformers.set_seed(42)`` then ``random.sample(range(n), rows)``.
+
+    Drawn from a private generator seeded the same way (``set_seed`` seeds the module-level
+    ``random`` with 42), so the rows are theirs and the caller's random state is left alone.
+    """
+    return random.Random(42).sample(range(n), min(rows, n))
+
+
 def _hub_texts(name: str, rows: int, seed: int) -> list[str]:
     try:
         import datasets
@@ -149,11 +158,7 @@ def _hub_texts(name: str, rows: int, seed: int) -> list[str]:
             # The BlockPruner authors' recipe: 80/20 split, the 20% split 50/50, its first half used.
             ds = datasets.load_dataset("tatsu-lab/alpaca", split="train")
             held = ds.train_test_split(test_size=0.2, seed=42)["test"].train_test_split(test_size=0.5, seed=42)["train"]
-            import transformers
-
-            transformers.set_seed(42)
-            pick = random.sample(range(len(held)), min(rows, len(held)))
-            return [held[i]["text"] for i in pick]
+            return [held[i]["text"] for i in authors_pick(len(held), rows)]
         if name == "wikitext2":
             return ["\n\n".join(datasets.load_dataset("wikitext", "wikitext-2-raw-v1", split="test")["text"])]
         if name == "ptb":
@@ -184,7 +189,6 @@ def load_texts(source: str, rows: int = 256, seed: int = 42) -> list[str]:
     path = Path(source).expanduser()
     if path.suffix in (".txt", ".jsonl") or path.exists():
         return read_local(path)
-    from ..errors import suggest
 
     names = EMBEDDED_SOURCES + HUB_SOURCES
     raise PrunekitError(

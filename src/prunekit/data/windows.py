@@ -13,9 +13,9 @@ from dataclasses import dataclass
 
 import torch
 
-from ..errors import PrunekitError
-from ..io import sha256_text
-from .corpora import load_texts
+from prunekit.core.errors import PrunekitError
+from prunekit.core.io import sha256_text
+from prunekit.data.corpora import load_texts
 
 
 @dataclass
@@ -49,29 +49,29 @@ def windows_from_texts(
 ) -> Windows:
     """Token windows from texts (see the module docstring). ``n_windows=None`` takes them all."""
     if seq_len < 2:
-        raise PrunekitError(f"--seq-len {seq_len} is too short.", "Use at least 2 tokens (e.g. 128 or 2048).")
+        raise PrunekitError(f"`seq_len` {seq_len} is too short.", "Use at least 2 tokens (e.g. 128 or 2048).")
     if max_positions is not None and seq_len > max_positions:
         raise PrunekitError(
-            f"--seq-len {seq_len} is above the model's context of {max_positions} tokens.",
-            f"Use --seq-len {max_positions} or less.",
+            f"`seq_len` {seq_len} is above the model's context of {max_positions} tokens.",
+            f"Use `seq_len` {max_positions} or less.",
         )
     if n_windows is not None and n_windows < 1:
-        raise PrunekitError(f"--windows {n_windows} asks for no windows.", "Use --windows 1 or more.")
+        raise PrunekitError(f"`windows` {n_windows} asks for no windows.", "Use `windows` 1 or more.")
     if sample not in ("first", "random"):
-        raise PrunekitError(f"--sample '{sample}' is not known.", "Use first or random.")
+        raise PrunekitError(f"`sample` '{sample}' is not known.", "Use first or random.")
     text = "\n\n".join(texts)
     ids = tokenizer(text, return_attention_mask=False)["input_ids"]
     total = len(ids) // seq_len
     if total < 1:
         raise PrunekitError(
             f"the text of '{source}' has {len(ids)} tokens, too short for one window of {seq_len}.",
-            "Use a longer text or a smaller --seq-len.",
+            "Use a longer text or a smaller `seq_len`.",
         )
     n = total if n_windows is None else n_windows
     if n > total:
         raise PrunekitError(
-            f"'{source}' gives only {total} windows of {seq_len} tokens; --windows {n} asked for more.",
-            f"Use --windows {total} or less, or a smaller --seq-len.",
+            f"'{source}' gives only {total} windows of {seq_len} tokens; `windows` {n} asked for more.",
+            f"Use `windows` {total} or less, or a smaller `seq_len`.",
         )
     starts = list(range(total))
     picked = sorted(random.Random(seed).sample(starts, n)) if sample == "random" else starts[:n]

@@ -9,14 +9,16 @@ the work it runs. Boundary ``b`` means "the residual stream just before block ``
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 from typing import Hashable
 
+import psutil
 import torch
 
-from ..data.windows import Windows
-from ..models.adapter import ATTN, Block, ModelAdapter
-from .loss import DEFAULT_CHUNK_TOKENS, counted_targets, window_js, window_kl, window_nll
+from prunekit.data.windows import Windows
+from prunekit.engine.loss import DEFAULT_CHUNK_TOKENS, counted_targets, window_js, window_kl, window_nll
+from prunekit.models.adapter import ATTN, Block, ModelAdapter
 
 
 @dataclass
@@ -230,8 +232,6 @@ class Engine:
 
     def perplexity(self, total_nll: float) -> float:
         """exp(token-weighted mean NLL)."""
-        import math
-
         return math.exp(total_nll / self.n_targets)
 
     # --- counting without running ---------------------------------------------------------------
@@ -243,3 +243,12 @@ class Engine:
         positions = self.windows.n_windows * (self.windows.seq_len - 1)
         head = self.head_macs * positions * (1 if self.criterion == "ppl" else 2)
         return blocks * tokens + head
+
+
+def default_cache_bytes(device: str | torch.device) -> float:
+    """Half of the free memory of ``device`` (accelerator memory, or RAM for the CPU)."""
+    dev = torch.device(device)
+    if dev.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(dev)
+        return free / 2
+    return psutil.virtual_memory().available / 2

@@ -13,8 +13,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..errors import check_choice
-from ..models.loading import LoadedModel
+from prunekit.core.errors import check_choice
+from prunekit.models.loading import LoadedModel
 
 FORMATS = ("hf", "nemotron-nas", "gguf")
 
@@ -28,20 +28,20 @@ def export(
     Returns a summary dict (``format``, ``path``, layers, parameters, ``max_logit_diff`` of the
     re-read export against the in-memory model when ``verify``).
     """
-    check_choice("--format", fmt, FORMATS)
+    check_choice("`format`", fmt, FORMATS)
     if not isinstance(model, LoadedModel):
-        from ..models.loading import load_model
+        from prunekit.pipeline.load import load_model
 
         model = load_model(model, device="cpu")
     if fmt == "hf":
-        from .hf import export_hf
+        from prunekit.export.hf import export_hf
 
         return export_hf(model, to, overwrite=overwrite, verify=verify)
     if fmt == "nemotron-nas":
-        from .nemotron_nas import export_nemotron_nas
+        from prunekit.export.nemotron_nas import export_nemotron_nas
 
         return export_nemotron_nas(model, to, overwrite=overwrite, verify=verify)
-    from .gguf import export_gguf
+    from prunekit.export.gguf import export_gguf
 
     return export_gguf(model, to, overwrite=overwrite, gguf_type=gguf_type, verify=verify)
 

@@ -36,12 +36,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..errors import PrunekitError, check_choice
-from ..io import check_disk_space
-from ..models.adapter import ATTN, MLP, Block
-from ..models.loading import EMBEDDED, LoadedModel
-from ..paths import package_dir
-from .layout import ModelLayout, model_layout
+from prunekit.core.errors import PrunekitError, check_choice
+from prunekit.core.io import check_disk_space
+from prunekit.core.paths import package_dir
+from prunekit.export.layout import ModelLayout, model_layout
+from prunekit.models.adapter import ATTN, MLP, Block
+from prunekit.models.loading import EMBEDDED, LoadedModel
 
 ARCH = "deci"
 ZERO_FFN_WIDTH = 32
@@ -77,12 +77,12 @@ def _rope_freq_factors(config: dict, head_dim: int) -> np.ndarray | None:
     if rope_type == "default":
         return None
     if rope_type not in ("llama3", "linear"):
-        raise PrunekitError(f"RoPE type '{rope_type}' has no GGUF deci mapping in prunekit.", "Use --format hf.")
+        raise PrunekitError(f"RoPE type '{rope_type}' has no GGUF deci mapping in prunekit.", "Use `format` hf.")
     cfg = AutoConfig.for_model(config["model_type"], **{k: v for k, v in config.items() if k not in ("model_type", "architectures")})
     scaled, attention_scale = ROPE_INIT_FUNCTIONS[rope_type](cfg, "cpu")
     base = 1.0 / (rope["rope_theta"] ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim))
     if abs(attention_scale - 1.0) > 1e-6:
-        raise PrunekitError(f"RoPE type '{rope_type}' scales attention, which deci GGUF cannot express.", "Use --format hf.")
+        raise PrunekitError(f"RoPE type '{rope_type}' scales attention, which deci GGUF cannot express.", "Use `format` hf.")
     return (base / scaled.float()).numpy().astype(np.float32)
 
 
@@ -113,7 +113,7 @@ def placed_tensors(loaded: LoadedModel, layout: ModelLayout, zero_ffn_width: int
             if a.q.bias is not None and a.q.out_features != hidden:
                 raise PrunekitError(
                     f"layer {i} keeps {a.num_heads} query heads with a query bias, which llama.cpp's deci loader sizes as the hidden size.",
-                    "Use --format hf for this model.",
+                    "Use `format` hf for this model.",
                 )
             for short, lin in (("attn_q", a.q), ("attn_k", a.k), ("attn_v", a.v), ("attn_output", a.o)):
                 put(f"blk.{k}.{short}.weight", lin.weight)
@@ -128,7 +128,7 @@ def placed_tensors(loaded: LoadedModel, layout: ModelLayout, zero_ffn_width: int
     if left:
         raise PrunekitError(
             f"the GGUF deci layout has no place for these parameters: {', '.join(left[:4])}{' ...' if len(left) > 4 else ''}.",
-            "Use --format hf for this model family.",
+            "Use `format` hf for this model family.",
         )
     heads = {g.source: g for g in layout.layers}
     source_index = {k: g.source for k, g in enumerate(layout.layers)}
@@ -182,7 +182,7 @@ def _write_tokenizer(writer, loaded: LoadedModel, n_vocab: int) -> str:
     spec = json.loads(tok.backend_tokenizer.to_str()) if hasattr(tok, "backend_tokenizer") else {}
     model = spec.get("model") or {}
     if model.get("type") != "BPE" or "ByteLevel" not in json.dumps(spec.get("pre_tokenizer")):
-        raise PrunekitError("prunekit writes GGUF tokenizers for byte-level BPE tokenizers only.", "Convert this model with llama.cpp's converter from --format hf output.")
+        raise PrunekitError("prunekit writes GGUF tokenizers for byte-level BPE tokenizers only.", "Convert this model with llama.cpp's converter from `format` hf output.")
     vocab = tok.get_vocab()
     if len(vocab) > n_vocab:
         raise PrunekitError(f"the tokenizer has {len(vocab)} tokens but the embedding only {n_vocab} rows.", "Use the model's own tokenizer.")
@@ -229,19 +229,19 @@ FILE_TYPES = {"f32": "ALL_F32", "f16": "MOSTLY_F16", "bf16": "MOSTLY_BF16", "q8_
 def export_gguf(loaded: LoadedModel, to: str | Path, overwrite: bool = False, gguf_type: str = "f16", verify: bool = True) -> dict:
     """Write the pruned model as one ``deci`` GGUF file at ``to``."""
     gguf = _gguf()
-    check_choice("--gguf-type", gguf_type, GGUF_TYPES)
+    check_choice("`gguf_type`", gguf_type, GGUF_TYPES)
     to = Path(to)
     if to.suffix != ".gguf":
-        raise PrunekitError(f"--to '{to}' should name a .gguf file.", f"For example --to {to.with_suffix('.gguf').name}.")
+        raise PrunekitError(f"`to` '{to}' should name a .gguf file.", f"For example `to` {to.with_suffix('.gguf').name}.")
     if to.exists() and not overwrite:
-        raise PrunekitError(f"'{to}' already exists.", "Pass --overwrite to replace it, or choose another --to.")
+        raise PrunekitError(f"'{to}' already exists.", "Pass `overwrite` to replace it, or choose another `to`.")
     layout = model_layout(loaded.adapter)
     cfg = layout.config
     window = cfg.get("sliding_window") if cfg.get("use_sliding_window", True) else None
     if window and window < int(cfg.get("max_position_embeddings") or 0):
         raise PrunekitError(
             f"the model attends through a sliding window of {window} tokens, which the deci GGUF layout cannot express.",
-            "Use --format hf.",
+            "Use `format` hf.",
         )
     if not layout.layers:
         raise PrunekitError("every block of the model is removed: there is nothing to export.", "Prune less.")
@@ -288,7 +288,7 @@ def export_gguf(loaded: LoadedModel, to: str | Path, overwrite: bool = False, gg
     tmp.replace(to)
     diff = None
     if verify:
-        from .readers import load_export, logits_gap
+        from prunekit.export.readers import load_export, logits_gap
 
         diff = logits_gap(loaded.model, load_export(to).model)
         tol = 1e-4 if gguf_type == "f32" else 0.5

@@ -21,10 +21,10 @@ from pathlib import Path
 
 import torch
 
-from ..errors import PrunekitError
-from ..io import atomic_dir, check_disk_space
-from ..models.loading import LoadedModel
-from .layout import ModelLayout, layer_types_for, model_layout, renumbered_state_dict
+from prunekit.core.errors import PrunekitError
+from prunekit.core.io import atomic_dir, check_disk_space
+from prunekit.export.layout import ModelLayout, layer_types_for, model_layout, renumbered_state_dict
+from prunekit.models.loading import LoadedModel
 
 CONFIG_DROP = ("architectures", "auto_map", "model_type", "transformers_version", "_name_or_path", "dtype",
                "torch_dtype", "layer_num_attention_heads", "layer_num_key_value_heads", "layer_intermediate_size")
@@ -64,7 +64,7 @@ def stock_config(model_type: str, layout: ModelLayout):
 
 def per_layer_config(model_type: str, layout: ModelLayout):
     """The ``prunekit_<family>`` config with per-layer lists (see modeling_pruned.py)."""
-    from .modeling_pruned import FAMILIES
+    from prunekit.export.modeling_pruned import FAMILIES
 
     if model_type not in FAMILIES:
         raise PrunekitError(
@@ -106,7 +106,7 @@ def build_export_model(loaded: LoadedModel) -> tuple[torch.nn.Module, str]:
     config = stock_config(model_type, layout)
     target = _empty_model(config) if config is not None else None
     if target is None or not _shapes_match(target, state):
-        from .modeling_pruned import FAMILIES
+        from prunekit.export.modeling_pruned import FAMILIES
 
         kind = "per-layer"
         config = per_layer_config(model_type, layout)

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..models.adapter import ATTN, MLP, Block, ModelAdapter
+from prunekit.models.adapter import ATTN, MLP, Block, ModelAdapter
 
 
 @dataclass(frozen=True)

@@ -19,10 +19,10 @@ from pathlib import Path
 
 import torch
 
-from ..errors import PrunekitError
-from ..io import atomic_dir, check_disk_space
-from ..models.loading import LoadedModel
-from .layout import ModelLayout, model_layout, renumbered_state_dict
+from prunekit.core.errors import PrunekitError
+from prunekit.core.io import atomic_dir, check_disk_space
+from prunekit.export.layout import ModelLayout, model_layout, renumbered_state_dict
+from prunekit.models.loading import LoadedModel
 
 FFN_MULTIPLE = 256
 MODEL_TYPE = "nemotron-nas"
@@ -43,7 +43,7 @@ def intermediate_size_to_ffn_mult(size: int, hidden_size: int) -> float | None:
 
 
 def _refuse(why: str) -> PrunekitError:
-    return PrunekitError(f"the nemotron-nas layout cannot express this model: {why}.", "Use --format hf (or gguf) instead.")
+    return PrunekitError(f"the nemotron-nas layout cannot express this model: {why}.", "Use `format` hf (or gguf) instead.")
 
 
 def block_configs(model_type: str, layout: ModelLayout) -> list[dict]:
@@ -137,7 +137,7 @@ def export_nemotron_nas(loaded: LoadedModel, to: str | Path, overwrite: bool = F
             loaded.tokenizer.save_pretrained(tmp)
     diff = None
     if verify:
-        from .readers import load_export, logits_gap
+        from prunekit.export.readers import load_export, logits_gap
 
         diff = logits_gap(loaded.model, load_export(to).model)
         if not diff <= 1e-4:

@@ -14,10 +14,10 @@ from pathlib import Path
 
 import torch
 
-from ..errors import PrunekitError
-from ..models.adapter import ZeroAttention, ZeroMLP
-from ..models.loading import LoadedModel, check_device, resolve_dtype
-from ..models.registry import get_adapter
+from prunekit.core.errors import PrunekitError
+from prunekit.models.adapter import ZeroAttention, ZeroMLP
+from prunekit.models.loading import LoadedModel, check_device, resolve_dtype
+from prunekit.models.registry import get_adapter
 
 PER_LAYER_KEYS = ("layer_num_attention_heads", "layer_num_key_value_heads", "layer_intermediate_size")  # modeling_pruned's
 CONFIG_DROP = ("architectures", "auto_map", "model_type", "transformers_version", "_name_or_path", "dtype",
@@ -28,7 +28,7 @@ def export_kind(path: str | Path) -> str | None:
     """'hf-per-layer', 'nemotron-nas' or 'gguf' when ``path`` is an export only prunekit's reader loads."""
     path = Path(path)
     if path.is_file() and path.suffix == ".gguf":
-        from .gguf import is_prunekit_gguf
+        from prunekit.export.gguf import is_prunekit_gguf
 
         return "gguf" if is_prunekit_gguf(path) else None
     cfg = path / "config.json"
@@ -53,7 +53,7 @@ def build_pruned_model(
     from accelerate import init_empty_weights
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    from .modeling_pruned import apply_per_layer_geometry
+    from prunekit.export.modeling_pruned import apply_per_layer_geometry
 
     cfg = {k: v for k, v in base_config.items() if k not in CONFIG_DROP}
     cfg |= {"num_hidden_layers": len(heads), "head_dim": head_dim}
@@ -104,13 +104,13 @@ def load_export(path: str | Path, dtype: str | torch.dtype = "float32", device: 
     dev = check_device(device, torch_dtype)
     tokenizer = None
     if kind == "gguf":
-        from .gguf import read_gguf
+        from prunekit.export.gguf import read_gguf
 
         family, config, (heads, kv, inter, head_dim), state = read_gguf(path)
     elif kind in ("hf-per-layer", "nemotron-nas"):
         config = json.loads((path / "config.json").read_text())
         if kind == "nemotron-nas":
-            from .nemotron_nas import nas_geometry
+            from prunekit.export.nemotron_nas import nas_geometry
 
             family = "llama"
             heads, kv, inter, head_dim = nas_geometry(config)

@@ -1,7 +1,7 @@
 """Model families (adapters), their registry, and loading models from a spec."""
 
-from .adapter import ATTN, MLP, AttentionProjections, Block, MlpProjections, ModelAdapter
-from .registry import ADAPTERS, get_adapter, supported_model_types
+from prunekit.models.adapter import ATTN, MLP, AttentionProjections, Block, MlpProjections, ModelAdapter
+from prunekit.models.registry import ADAPTERS, get_adapter, supported_model_types
 
 __all__ = [
     "ATTN", "MLP", "ADAPTERS", "AttentionProjections", "Block", "MlpProjections", "ModelAdapter",

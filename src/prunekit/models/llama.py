@@ -7,7 +7,7 @@ post_attention_layernorm -> mlp -> residual``, so they need nothing beyond the n
 
 from __future__ import annotations
 
-from .adapter import ModelAdapter
+from prunekit.models.adapter import ModelAdapter
 
 
 class LlamaAdapter(ModelAdapter):

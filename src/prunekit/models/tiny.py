@@ -6,6 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedTokenizerFast
 
 TINY_TEXT = (
     "The quick brown fox jumps over the lazy dog. A block of text for a tiny tokenizer, with "
@@ -16,8 +18,6 @@ TINY_TEXT = (
 
 def tiny_config(model_type: str = "llama", **overrides):
     """A small config of ``model_type``: 4 layers, hidden 64, 4 query / 2 KV heads, vocab 256."""
-    from transformers import AutoConfig
-
     kw = dict(
         vocab_size=256, hidden_size=64, intermediate_size=96, num_hidden_layers=4,
         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
@@ -31,8 +31,6 @@ def tiny_config(model_type: str = "llama", **overrides):
 
 def tiny_model(model_type: str = "llama", seed: int = 0, **overrides) -> torch.nn.Module:
     """A randomly initialised causal LM of ``model_type`` (weights scaled up so blocks matter)."""
-    from transformers import AutoModelForCausalLM
-
     torch.manual_seed(seed)
     config = tiny_config(model_type, **overrides)
     config.initializer_range = 0.2
@@ -42,9 +40,6 @@ def tiny_model(model_type: str = "llama", seed: int = 0, **overrides) -> torch.n
 
 def tiny_tokenizer(vocab_size: int = 256):
     """A byte-level BPE tokenizer trained in memory on a paragraph, wrapped as a fast HF tokenizer."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
     tok = Tokenizer(models.BPE(unk_token=None))
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()

@@ -1,0 +1,75 @@
+"""The command table (:data:`COMMANDS`): each command is a thin function over :mod:`prunekit.pipeline`.
+
+Bad input raises :class:`~prunekit.core.errors.PrunekitError`, printed as one line naming the
+flag (exit code 2; 130 on Ctrl-C); ``--debug`` shows tracebacks.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import click
+import typer
+
+from prunekit.cli import compare, export, prune, recover
+from prunekit.cli.console import console, render_error
+from prunekit.core.errors import PrunekitError
+
+COMMANDS = {
+    "prune": prune.prune,
+    "eval": prune.eval_,
+    "info": prune.info,
+    "demo": prune.demo,
+    "compare": compare.compare,
+    "recover": recover.recover,
+    "export": export.export,
+    "bench": export.bench,
+    "report": export.report,
+}
+
+app = typer.Typer(
+    name="prunekit", add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+    help="Structured pruning of causal LMs without training: BlockPruner, its baselines and LLM-Pruner.",
+)
+for _name, _fn in COMMANDS.items():
+    app.command(_name)(_fn)
+
+
+@app.callback()
+def _main(debug: bool = typer.Option(False, "--debug", help="Show full tracebacks on errors.")) -> None:
+    """``--debug`` is read by :func:`main` from the command line."""
+
+
+def _command(argv: list[str]) -> click.Command | None:
+    """The click command that ``argv`` runs (to name its flags in an error), or None."""
+    names = [a for a in argv if not a.startswith("-")]
+    group = typer.main.get_command(app)
+    return group.commands.get(names[0]) if names and isinstance(group, click.Group) else None
+
+
+def main() -> None:
+    """Console entry point: one-line errors, exit 2 on bad input, 130 on Ctrl-C."""
+    debug = "--debug" in sys.argv
+    try:
+        app(standalone_mode=False)
+    except PrunekitError as e:
+        if debug:
+            raise
+        console.print(f"[red]error:[/red] {render_error(str(e), _command(sys.argv[1:]))}", highlight=False, soft_wrap=True)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        console.print("interrupted (finished steps are kept in the journal)")
+        sys.exit(130)
+    except typer.Abort:
+        sys.exit(130)
+    except SystemExit:
+        raise
+    except Exception as e:  # click usage errors
+        if isinstance(e, click.exceptions.ClickException):
+            e.show()
+            sys.exit(2)
+        raise
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,164 @@
+"""Commands that prune and look at models: ``prune``, ``eval``, ``info``, ``demo``."""
+
+from __future__ import annotations
+
+import time
+from typing import Optional
+
+import typer
+from rich.table import Table
+
+from prunekit.cli.console import console, out_console, print_plan, print_step, print_width_plan, progress_bar
+from prunekit.cli.export import export_after_prune, run_zero_shot
+from prunekit.core.errors import PrunekitError, check_choice
+from prunekit.data.calibration import CalibConfig
+from prunekit.export import FORMATS
+from prunekit.methods.options import DepthConfig
+from prunekit.methods.registry import get_method
+from prunekit.methods.width.options import WidthConfig
+from prunekit.models.adapter import Block
+from prunekit.pipeline import prune as pipeline
+from prunekit.pipeline.load import load_model
+from prunekit.plan.schema import read_plan
+
+
+def _calib(calib, seq_len, windows, sample, seed, batch_size) -> CalibConfig:
+    return CalibConfig(source=calib, seq_len=seq_len, windows=windows, sample=sample, seed=seed, batch_size=batch_size)
+
+
+def prune(
+    model: str = typer.Argument(..., help="Model spec: smollm2-135m, a checkpoint dir, a .gguf file or a hub id."),
+    out: str = typer.Option(..., "--out", help="Output directory (plan.json, pruned weights, report)."),
+    method: str = typer.Option("blockpruner", "--method", help="Pruning method."),
+    remove: Optional[int] = typer.Option(None, "--remove", help="Number of blocks to remove."),
+    ratio: Optional[float] = typer.Option(None, "--ratio", help="Fraction of total parameters to remove, in (0, 1)."),
+    blocks_kind: str = typer.Option("mix", "--blocks-kind", help="Blocks searched: mix, attn or mlp."),
+    search: str = typer.Option("greedy", "--search", help="greedy, beam:K (K >= 2) or greedy+swap (greedy methods: blockpruner, sleb, finercut)."),
+    calib: Optional[str] = typer.Option(None, "--calib", help="Calibration source: wiki, news, alpaca, wikitext2, c4, ptb or a .txt/.jsonl file (default: alpaca; wiki for llm-pruner)."),
+    seq_len: Optional[int] = typer.Option(None, "--seq-len", help="Tokens per calibration window (default: 2048; 64 for llm-pruner)."),
+    windows: Optional[int] = typer.Option(None, "--windows", help="Number of windows (default: all)."),
+    sample: str = typer.Option("first", "--sample", help="first or random windows."),
+    seed: int = typer.Option(0, "--seed", help="Seed for --sample random."),
+    batch_size: int = typer.Option(2, "--batch-size", help="Windows per forward batch."),
+    cache: str = typer.Option("trajectory", "--cache", help="Engine caches: none, prefix or trajectory."),
+    early_exit: bool = typer.Option(True, "--early-exit/--no-early-exit", help="Drop candidates that cannot win a step."),
+    cache_gb: Optional[float] = typer.Option(None, "--cache-gb", help="Memory budget of the cached states (default: half the free memory)."),
+    candidate_batch: Optional[int] = typer.Option(None, "--candidate-batch", help="Greedy candidates run as one batch (default: 1 on the CPU; on an accelerator, as many as its free memory allows)."),
+    dtype: str = typer.Option("float32", "--dtype", help="float32, bfloat16 or float16."),
+    device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda, cuda:N... (default: cuda if available)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing --out directory."),
+    resume: bool = typer.Option(False, "--resume", help="Continue a killed search (or llm-pruner's gradient pass) from OUT/journal.jsonl."),
+    importance: str = typer.Option("param_first", "--importance", help="llm-pruner: param_first, element1, element2, param_second, param_mix, vector, l1, l2 or random."),
+    aggregate: str = typer.Option("sum", "--aggregate", help="llm-pruner: how a group's part scores combine: sum, mean, max, prod or last."),
+    strategy: str = typer.Option("block", "--strategy", help="llm-pruner: block (heads and MLP channels in --layers) or channel (hidden size)."),
+    layers: Optional[str] = typer.Option(None, "--layers", help="llm-pruner: START:END (END exclusive) of the pruned layers (default: the paper's 4:30 of 32 layers, scaled; SmolLM2: 4:28)."),
+    global_: bool = typer.Option(False, "--global", help="llm-pruner: rank heads and channels across layers instead of the same fraction per layer."),
+    samples: int = typer.Option(10, "--samples", help="llm-pruner: calibration samples whose gradients are accumulated."),
+    at_least: bool = typer.Option(False, "--at-least", help="llm-pruner: remove at least --ratio (as the depth methods do), not the closest reachable amount."),
+    export: Optional[str] = typer.Option(None, "--export", help="Also export the pruned model: hf, nemotron-nas or gguf (to OUT/export-FORMAT, OUT/export.gguf)."),
+) -> None:
+    """Prune a model and write OUT/plan.json, the pruned weights, timings and OUT/report.md."""
+    if export is not None:
+        check_choice("`export`", export, FORMATS)
+    if get_method(method).kind == "width":
+        if remove is not None:
+            raise PrunekitError("--remove counts blocks; llm-pruner takes --ratio (a fraction of the parameters).", "Use e.g. --ratio 0.2.")
+        config = WidthConfig(ratio=ratio, importance=importance, aggregate=aggregate, strategy=strategy, layers=layers,
+                             global_=global_, samples=samples, seed=seed, at_least=at_least)
+        cal = _calib(calib or "wiki", seq_len or 64, windows, sample, seed, batch_size)
+    else:
+        config = DepthConfig(method=method, blocks_kind=blocks_kind, remove=remove, ratio=ratio, search=search, cache=cache,
+                             early_exit=early_exit, cache_gb=cache_gb, candidate_batch=candidate_batch)
+        cal = _calib(calib or "alpaca", seq_len or 2048, windows, sample, seed, batch_size)
+    with progress_bar() as update:
+        result = pipeline.prune(model, config, cal, out=out, overwrite=overwrite, resume=resume, progress=update,
+                                on_step=print_step, dtype=dtype, device=device)
+    if isinstance(config, WidthConfig):
+        if result.timing.get("resumed_samples"):
+            console.print(f"resumed the gradient pass after {result.timing['resumed_samples']} of {config.samples} samples")
+        print_width_plan(result.plan, result.timing)
+    else:
+        print_plan(result.plan, result.timing)
+    console.print(f"wrote {out}")
+    if export is not None:
+        export_after_prune(out, export)
+
+
+def eval_(
+    model: str = typer.Argument(..., help="Model spec or a prunekit output directory."),
+    data: str = typer.Option("wiki-test", "--data", help="Comma-separated sources: wiki-test, news, wiki, a file..."),
+    plan: Optional[str] = typer.Option(None, "--plan", help="Apply this plan.json to MODEL first."),
+    seq_len: int = typer.Option(256, "--seq-len", help="Tokens per window."),
+    windows: Optional[int] = typer.Option(16, "--windows", help="Windows per source."),
+    batch_size: int = typer.Option(4, "--batch-size", help="Windows per forward batch."),
+    dtype: str = typer.Option("float32", "--dtype", help="float32, bfloat16 or float16."),
+    device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda, ... (default: cuda if available)."),
+    tasks: Optional[str] = typer.Option(None, "--tasks", help="lm-eval zero-shot tasks instead of perplexity, e.g. piqa,winogrande,hellaswag,arc_easy,arc_challenge."),
+    limit: Optional[int] = typer.Option(None, "--limit", help="--tasks: items per task (quick runs)."),
+    task_dir: Optional[str] = typer.Option(None, "--task-dir", help="--tasks: a directory of your own lm-eval task YAMLs."),
+) -> None:
+    """Perplexity of a model (or a pruned output) on held-out text, and its parameter count; with --tasks, lm-eval zero-shot accuracy."""
+
+    if tasks:
+
+        run_zero_shot(model, tasks, limit, task_dir, batch_size, plan, dtype, device)
+        return
+
+    p = read_plan(plan) if plan else None
+    res = pipeline.evaluate(model, [s for s in data.split(",") if s], seq_len, windows, batch_size, plan=p, dtype=dtype, device=device)
+    t = Table(title=f"{res['model']}: {res['parameters']:,} parameters")
+    t.add_column("data")
+    t.add_column("perplexity", justify="right")
+    t.add_column("tokens", justify="right")
+    for src, ppl in res["perplexity"].items():
+        t.add_row(src, f"{ppl:.3f}", str(res["tokens"][src]))
+    out_console.print(t)
+
+
+def info(model: str = typer.Argument(..., help="Model spec or a prunekit output directory.")) -> None:
+    """Blocks of a model and their parameter counts."""
+
+    loaded = load_model(model, device="cpu")
+    a = loaded.adapter
+    d = a.describe()
+    out_console.print(" ".join(f"{k}={v}" for k, v in d.items()))
+    t = Table(title="blocks (attn = pre-norm + self-attention, mlp = pre-norm + MLP)")
+    for col in ("layer", "attn params", "mlp params"):
+        t.add_column(col, justify="right")
+    for i in range(a.num_layers):
+        cells = []
+        for kind in ("attn", "mlp"):
+            b = Block.of(i, kind)
+            cells.append("removed" if a.is_removed(b) else f"{a.block_params(b):,}")
+        t.add_row(str(i), *cells)
+    out_console.print(t)
+
+
+def demo(
+    model: str = typer.Option("smollm2-135m", "--model", help="Model spec."),
+    ratio: float = typer.Option(0.2, "--ratio", help="Fraction of parameters to remove."),
+    windows: int = typer.Option(4, "--windows", help="Calibration windows (of --seq-len tokens) from wiki."),
+    seq_len: int = typer.Option(64, "--seq-len", help="Tokens per calibration window."),
+    batch_size: int = typer.Option(1, "--batch-size", help="Calibration windows per batch (early exit works between batches)."),
+    eval_windows: int = typer.Option(8, "--eval-windows", help="Evaluation windows of 256 tokens per source."),
+) -> None:
+    """What `make demo` runs: BlockPruner on the embedded model, dense vs pruned perplexity on held-out text."""
+
+    t0 = time.perf_counter()
+    loaded = load_model(model, device="cpu")
+    console.print(f"calibrating on {windows} x {seq_len} = {windows * seq_len} tokens of the embedded wiki split; "
+                  f"evaluating on {eval_windows} x 256 tokens of wiki-test (held-out articles) and news")
+    dense = pipeline.evaluate(loaded, ["wiki-test", "news"], 256, eval_windows)
+    depth = DepthConfig(ratio=ratio)
+    cal = CalibConfig(source="wiki", seq_len=seq_len, windows=windows, batch_size=batch_size)
+    with progress_bar() as update:
+        res = pipeline.prune(loaded, depth, cal, progress=update, on_step=print_step)
+    pruned = pipeline.evaluate(res.loaded, ["wiki-test", "news"], 256, eval_windows)
+    print_plan(res.plan, res.timing)
+    t = Table(title="held-out perplexity, dense vs pruned")
+    for col in ("model", "parameters", "wiki-test", "news"):
+        t.add_column(col, justify="right")
+    for name, r in (("dense", dense), (f"blockpruner {ratio:.0%}", pruned)):
+        t.add_row(name, f"{r['parameters']:,}", f"{r['perplexity']['wiki-test']:.3f}", f"{r['perplexity']['news']:.3f}")
+    out_console.print(t)
+    out_console.print(f"wall time: {time.perf_counter() - t0:.1f} s")

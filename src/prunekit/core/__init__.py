@@ -1,0 +1,1 @@
+"""Foundations every layer uses: errors, atomic files and hashes, the cache location, the journal."""

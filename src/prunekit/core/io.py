@@ -1,0 +1,112 @@
+"""Atomic outputs and fingerprints.
+
+Everything prunekit writes (plans, model directories, reports) goes to a temporary sibling and
+is renamed into place, so an interrupted write never leaves a half-written file or directory.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from prunekit.core.errors import PrunekitError
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    """Write JSON (sorted keys, 2-space indent, trailing newline) atomically: temp file + fsync + rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    text = json.dumps(data, indent=2, sort_keys=True) + "\n"
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def check_output_dir(out: Path, overwrite: bool) -> None:
+    """Refuse an output path that is a file, or an existing non-empty directory without ``--overwrite``."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise PrunekitError(f"output path '{out}' is a file.", "Give `out` a directory path.")
+    if out.is_dir() and any(out.iterdir()) and not overwrite:
+        raise PrunekitError(
+            f"output directory '{out}' already exists and is not empty.",
+            "Pass `overwrite` to replace it, or choose another `out`.",
+        )
+    parent = out.resolve().parent
+    probe = parent
+    while not probe.exists():
+        probe = probe.parent
+    if not os.access(probe, os.W_OK):
+        raise PrunekitError(f"cannot write under '{probe}'.", "Choose an `out` in a writable directory.")
+
+
+@contextlib.contextmanager
+def atomic_dir(out: Path, overwrite: bool = False) -> Iterator[Path]:
+    """Yield a temporary sibling directory; on success it replaces ``out``, on failure it is removed.
+
+    The previous content of ``out`` stays intact until the new one is complete.
+    """
+    out = Path(out)
+    check_output_dir(out, overwrite)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp"))
+    try:
+        yield tmp
+        if out.exists():
+            old = out.with_name(f".{out.name}.old-{os.getpid()}")
+            os.replace(out, old)
+            os.replace(tmp, out)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def check_disk_space(path: Path, needed_bytes: int) -> None:
+    """Refuse to start writing weights when the filesystem has less than ``needed_bytes`` free."""
+    probe = Path(path).resolve()
+    while not probe.exists():
+        probe = probe.parent
+    free = shutil.disk_usage(probe).free
+    if free < needed_bytes:
+        raise PrunekitError(
+            f"not enough disk space under '{probe}': {needed_bytes / 2**30:.2f} GiB needed, {free / 2**30:.2f} GiB free.",
+            "Free some space or choose another `out`.",
+        )
+
+
+def sha256_text(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def weights_hash(model: torch.nn.Module) -> str:
+    """sha256 over the names, shapes, dtypes and bytes of every parameter and buffer kept in the state dict."""
+    h = hashlib.sha256()
+    for name, t in sorted(model.state_dict().items()):
+        t = t.detach().to("cpu").contiguous()
+        h.update(f"{name}:{tuple(t.shape)}:{t.dtype}".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+def options_hash(options: dict) -> str:
+    return hashlib.sha256(json.dumps(options, sort_keys=True).encode()).hexdigest()

@@ -1,0 +1,19 @@
+"""Perplexity: exp of the token-weighted mean next-token NLL over all windows.
+
+The same engine and loss as the search (:class:`prunekit.engine.runner.Engine`), so a plan's
+calibration values and ``prunekit eval`` agree. ``windows.ids`` is ``[n_windows, seq_len]``;
+every position but the last of a window is scored (labels equal to ``pad_token_id`` are ignored
+when the model has one).
+"""
+
+from __future__ import annotations
+
+from prunekit.data.windows import Windows
+from prunekit.engine.runner import Engine
+from prunekit.models.loading import LoadedModel
+
+
+def perplexity(loaded: LoadedModel, windows: Windows, batch_size: int = 4) -> float:
+    """exp(token-weighted mean next-token NLL) of the model on ``windows`` — the search's own criterion."""
+    engine = Engine(loaded.adapter, windows, batch_size=batch_size, ignore_index=loaded.model.config.pad_token_id, cache_bytes=0)
+    return engine.perplexity(engine.total_score(frozenset()))

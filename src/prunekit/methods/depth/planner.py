@@ -1,0 +1,91 @@
+"""A depth method run end to end on calibration windows: the budget, the engine, the method, the plan.
+
+:func:`plan_depth` is what ``prunekit prune`` runs for every depth method (the pipeline adds the
+journal, the output directory and the report). :func:`stop_rule` turns ``remove`` / ``ratio``
+into the rule a search stops on: at least ``ratio`` of the model's total parameters removed.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from prunekit.core.errors import PrunekitError
+from prunekit.data.windows import Windows
+from prunekit.engine.runner import Engine
+from prunekit.methods.depth.outcome import DepthOutcome, ProgressFn, RecordFn, StopFn, Unit
+from prunekit.methods.depth.units import make_units, unit_params
+from prunekit.methods.options import RUNTIME_OPTIONS, DepthConfig
+from prunekit.models.loading import LoadedModel
+from prunekit.plan.schema import Plan, build_plan, model_record
+
+
+@dataclass
+class DepthResult:
+    """The plan of a depth run, its timings and counted work, and the method's outcome."""
+
+    plan: Plan
+    timing: dict
+    outcome: DepthOutcome
+
+
+def stop_rule(loaded: LoadedModel, units: list[Unit], depth: DepthConfig, kind: str) -> StopFn:
+    """True once the removed units meet ``depth.remove`` (a count) or ``depth.ratio`` (of all parameters)."""
+    adapter = loaded.adapter
+    total = adapter.total_params()
+    if depth.remove is not None:
+        if depth.remove >= len(units):
+            raise PrunekitError(
+                f"`remove` {depth.remove} would remove every {kind} block ({len(units)} in this model).",
+                f"Use `remove` {len(units) - 1} or less.",
+            )
+        return lambda removed: len(removed) >= depth.remove
+    sizes = sorted(unit_params(adapter, u) for u in units)
+    reachable = sum(sizes) - sizes[0]
+    target = depth.ratio * total
+    if target > reachable:
+        widest = ", or `blocks_kind` mix" if kind in ("attn", "mlp") else ""  # mix and layers are as wide as it gets
+        raise PrunekitError(
+            f"`ratio` {depth.ratio} cannot be reached: removing all but one {kind} unit removes {reachable / total:.3f} of the parameters.",
+            f"Use `ratio` {math.floor(reachable / total * 100) / 100} or less{widest}.",
+        )
+    return lambda removed: sum(unit_params(adapter, u) for u in removed) >= target
+
+
+def plan_depth(
+    loaded: LoadedModel, run: Callable[..., DepthOutcome], unit_kind: str, depth: DepthConfig, windows: Windows,
+    batch_size: int, cache_bytes: float, calibration: dict, progress: ProgressFn | None = None,
+    start: list[dict] | None = None, on_record: RecordFn | None = None,
+) -> DepthResult:
+    """Run the depth method ``run`` on ``windows`` to ``depth``'s budget; return its plan (``loaded`` is left as it is).
+
+    ``start``: steps already finished (from a journal); ``on_record`` sees each new step.
+    ``calibration``: the plan's record of the windows (fingerprint, batch size, ignored label).
+    """
+    adapter = loaded.adapter
+    units = make_units(adapter, unit_kind)
+    should_stop = stop_rule(loaded, units, depth, unit_kind)
+    record = model_record(loaded)
+    t0 = time.perf_counter()
+    engine = Engine(adapter, windows, batch_size=batch_size, ignore_index=calibration["ignore_index"], cache_bytes=cache_bytes)
+    dense_value = engine.perplexity(engine.total_score(frozenset()))
+    engine.counter = type(engine.counter)()
+    start = list(start or [])
+    outcome = run(loaded, engine, units, should_stop, depth, progress, start, on_record)
+    search_seconds = time.perf_counter() - t0
+    steps = [(unit_params(adapter, u), rec) for u, rec in zip(outcome.units, outcome.records)]
+    options = depth.plan_options() | {"criterion": outcome.extra.get("criterion", "ppl")}
+    plan = build_plan(depth.method, options, record, calibration, adapter.total_params(), steps=steps, dense_value=dense_value)
+    timing = {
+        "search_seconds": search_seconds,
+        "resumed_steps": len(start),
+        "runtime_options": {k: depth.as_dict()[k] for k in RUNTIME_OPTIONS},
+        "steps": [{k: r.get(k) for k in ("step", "unit", "evaluated", "dropped")} for r in outcome.records],
+        "work": engine.counter.as_dict(),
+        "naive_macs": outcome.naive_macs,
+        "counted_ratio": (outcome.naive_macs or 0.0) / max(engine.counter.total_macs, 1.0),
+        "peak_cache_bytes": engine.store.peak,
+    }
+    return DepthResult(plan, timing, outcome)

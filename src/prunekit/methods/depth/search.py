@@ -1,0 +1,327 @@
+"""Greedy search over depth units on the block-stepping engine, exact and fast.
+
+One greedy step evaluates every remaining unit ``u`` (the model without ``S | u``, ``S`` the
+units removed so far) and removes the one with the lowest criterion total (ties: lowest block).
+Three savings, each leaving the choice exactly the one a full forward per candidate would make:
+
+1. **Prefix cache.** States of the current model at block boundaries are kept; candidate ``u``
+   starts at its first block from the kept state (memory-budgeted; past the budget they are kept
+   at every k-th boundary and the rest recomputed from the nearest one).
+2. **Trajectory cache.** Candidates are evaluated in decreasing block order (after the ``lead``
+   best of the previous step, which give early exit a good bound). When ``u`` is evaluated, every
+   unit after it has been, so the only unit after ``u`` that can still win the step is ``q_u``,
+   the best of those. ``u``'s state at ``q_u``'s boundary is kept. If the step removes ``p`` and
+   ``p`` lies after ``u``, then ``p == q_u``, and at the next step ``u`` (the model without
+   ``S | p | u``) resumes from that state and runs only the blocks after ``p``.
+3. **Early exit.** Windows are scored batch by batch; once a candidate's partial total exceeds the
+   best complete total of the step it cannot win (every term is >= 0) and is dropped.
+
+All work is counted (:class:`prunekit.engine.WorkCounter`) beside the work a naive search (a full
+forward per candidate) would run for the same steps.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+from prunekit.engine.loss import counted_targets, window_nll
+from prunekit.engine.runner import Engine
+from prunekit.methods.depth.units import Unit, unit_name
+from prunekit.models.adapter import Block
+
+CACHE_MODES = ("none", "prefix", "trajectory")
+
+
+@dataclass
+class StepResult:
+    """One finished greedy step: the unit removed and the criterion of the model after removing it."""
+
+    step: int
+    unit: Unit
+    score: float          # criterion total over all windows (summed NLL for 'ppl')
+    value: float          # perplexity for 'ppl'; mean per-token divergence for 'kl'
+    evaluated: int        # candidates scored to the end
+    dropped: int          # candidates dropped by early exit
+    ranking: list = field(default_factory=list)  # [(unit, total or None, partial)] of this step
+
+    def record(self) -> dict:
+        """The step as JSON: what the plan keeps, plus the candidates' ranking (for the journal)."""
+        return {"step": self.step, "unit": unit_name(self.unit), "blocks": list(self.unit),
+                "score": self.score, "value": self.value, "evaluated": self.evaluated, "dropped": self.dropped,
+                "ranking": [[list(u), total, partial] for u, total, partial in self.ranking]}
+
+    @classmethod
+    def from_record(cls, rec: dict) -> "StepResult":
+        ranking = [(tuple(u), total, partial) for u, total, partial in rec.get("ranking", [])]
+        return cls(rec["step"], tuple(rec["blocks"]), rec["score"], rec["value"], rec.get("evaluated", 0),
+                   rec.get("dropped", 0), ranking)
+
+
+ProgressFn = Callable[[int, int, int], None]
+
+
+class GreedySearch:
+    """Greedy removal of ``units`` on ``engine`` (see the module docstring)."""
+
+    def __init__(
+        self, engine: Engine, units: Sequence[Unit], cache: str = "trajectory", early_exit: bool = True,
+        lead: int = 1, removed: Sequence[Unit] = (), progress: ProgressFn | None = None,
+        previous: StepResult | None = None, candidate_batch: int = 1,
+    ) -> None:
+        if cache not in CACHE_MODES:
+            raise ValueError(f"cache must be one of {CACHE_MODES}, got {cache!r}")
+        self.engine = engine
+        self.units = [tuple(u) for u in units]
+        self.cache = cache
+        self.early_exit = early_exit
+        self.lead = lead
+        self.candidate_batch = max(1, int(candidate_batch))
+        self.progress = progress
+        self.removed_units: list[Unit] = [tuple(u) for u in removed]
+        self.removed: frozenset[int] = frozenset(b for u in self.removed_units for b in u)
+        self.naive_macs = 0.0
+        self._prev: StepResult | None = previous  # the last finished step (its ranking orders the next)
+        self._step = len(self.removed_units)
+        n_bound = engine.num_blocks + 1
+        per_boundary = engine.state_bytes()
+        budget = engine.store.budget / 2 if cache == "trajectory" else engine.store.budget
+        self._stride = max(1, math.ceil(n_bound * per_boundary / max(budget, 1.0)))
+        self._rebuild_prefix(0)
+
+    # --- prefix states of the current model ----------------------------------------------------
+    def _prefix_key(self, b: int, j: int):
+        return ("prefix", b, j)
+
+    def _rebuild_prefix(self, start: int) -> None:
+        """Recompute kept prefix states at boundaries after ``start`` for the current removed set."""
+        e = self.engine
+        e.store.drop(lambda k: k[0] == "prefix" and k[1] > start)
+        if self.cache == "none":
+            return
+        for j in range(e.n_batches):
+            b0, h = self._nearest_prefix(start, j)
+            for b in range(b0, e.num_blocks + 1):
+                if b > start and b % self._stride == 0 and b not in self.removed:
+                    e.store.put(self._prefix_key(b, j), h)
+                if b < e.num_blocks:
+                    h = e.run(j, h, b, b + 1, self.removed)
+
+    def _nearest_prefix(self, b: int, j: int) -> tuple[int, torch.Tensor]:
+        for c in range(b, 0, -1):
+            item = self.engine.store.get(self._prefix_key(c, j))
+            if item is not None:
+                return c, item[1].to(self.engine.device)
+        return 0, self.engine.h0(j)
+
+    def prefix_state(self, b: int, j: int) -> torch.Tensor:
+        """State of the current model just before block ``b`` on batch ``j``."""
+        c, h = self._nearest_prefix(b, j) if self.cache != "none" else (0, self.engine.h0(j))
+        return self.engine.run(j, h, c, b, self.removed)
+
+    # --- one step --------------------------------------------------------------------------------
+    def candidates(self) -> list[Unit]:
+        return [u for u in self.units if not (set(u) & self.removed)]
+
+    def _order(self, cands: list[Unit]) -> list[Unit]:
+        rest = sorted(cands, key=lambda u: u[0], reverse=True)
+        if self._prev is None or self.lead <= 0:
+            return rest
+        ranked = [u for u, total, _ in sorted(self._prev.ranking, key=_rank_key) if u in cands]
+        lead = ranked[: self.lead]
+        return lead + [u for u in rest if u not in lead]
+
+    def step(self) -> StepResult:
+        """Evaluate every candidate and remove the best one."""
+        e = self.engine
+        cands = self.candidates()
+        if not cands:
+            raise RuntimeError("no candidates left")
+        order = self._order(cands)
+        lead = set(order[: self.lead]) if self._prev is not None else set()
+        prev_p = self._prev.unit if self._prev is not None else None
+        for u in cands:
+            self.naive_macs += e.naive_candidate_macs(self.removed, u)
+        best_total, best_unit = math.inf, None
+        ranking = []
+        completed: list[tuple[Unit, float]] = []
+        done = 0
+        for group in self._groups(order, lead):
+            targets = [self._target(u, lead, completed) for u in group]
+            partial = [0.0] * len(group)
+            alive = list(range(len(group)))
+            for j in range(e.n_batches):
+                finals = self._run_candidates([group[i] for i in alive], j, prev_p, [targets[i] for i in alive], group)
+                for i, h in zip(alive, finals):
+                    partial[i] += float(e.score(j, h).sum())
+                if self.early_exit and j < e.n_batches - 1:
+                    alive = [i for i in alive if not partial[i] > best_total]
+                if not alive:
+                    break
+            for i, u in enumerate(group):
+                e.store.drop(lambda k, u=u: k[0] == "traj" and k[1] == self._step - 1 and k[2] == u)
+                finished = i in alive
+                if finished:
+                    completed.append((u, partial[i]))
+                    if partial[i] < best_total or (partial[i] == best_total and u < best_unit):
+                        best_total, best_unit = partial[i], u
+                ranking.append((u, partial[i] if finished else None, partial[i]))
+                done += 1
+                if self.progress:
+                    self.progress(self._step, done, len(order))
+            if len(group) > 1:
+                self._settle_kept(group, lead, completed)
+        e.store.drop(lambda k: k[0] == "traj" and k[1] < self._step)
+        result = StepResult(
+            self._step, best_unit, best_total, self._value(best_total), len(completed),
+            len(order) - len(completed), ranking,
+        )
+        self._apply(result)
+        return result
+
+    def _groups(self, order: list[Unit], lead: set[Unit]) -> Iterator[list[Unit]]:
+        """Candidates in ``order``, ``candidate_batch`` at a time (the lead alone, so its total bounds the rest)."""
+        i = 0
+        while i < len(order):
+            k = 1 if order[i] in lead else self.candidate_batch
+            group = [order[i]]
+            while len(group) < k and i + len(group) < len(order) and order[i + len(group)] not in lead:
+                group.append(order[i + len(group)])
+            i += len(group)
+            yield group
+
+    def _target(self, u: Unit, lead: set[Unit], completed: list[tuple[Unit, float]]) -> Unit | None:
+        """The later unit at whose boundary ``u``'s state is kept: the best finished one after it."""
+        if self.cache != "trajectory" or u in lead:
+            return None
+        after = [(t, v) for v, t in completed if v[0] > u[-1]]
+        return min(after, key=lambda tv: (tv[0], tv[1]))[1] if after else None
+
+    def _candidate_start(self, u: Unit, j: int, prev_p: Unit | None) -> tuple[int, torch.Tensor]:
+        """Where candidate ``u`` starts on batch ``j``: its kept trajectory state after the unit removed
+        at the previous step, else the current model's prefix state at ``u``."""
+        e = self.engine
+        if prev_p is not None and u[-1] < prev_p[0]:
+            item = e.store.get(("traj", self._step - 1, u, j))
+            if item is not None and item[0] == prev_p[0]:
+                return prev_p[0], item[1].to(e.device)
+        return u[0], self.prefix_state(u[0], j)
+
+    def _run_candidates(self, units: list[Unit], j: int, prev_p: Unit | None, targets: list[Unit | None],
+                        group: list[Unit]) -> list[torch.Tensor]:
+        """Final states of batch ``j`` for the current model without each of ``units``.
+
+        One unit runs alone and keeps its state at its ``target``'s boundary. Several run stacked
+        (:meth:`Engine.run_group`); since the best later unit may be in the same group, each keeps
+        its state at the boundaries of its target and of every later unit of the group, and
+        :meth:`_settle_kept` keeps the one a one-by-one search would have kept.
+        """
+        e = self.engine
+        if len(units) == 1:
+            (u,), (target,) = units, targets
+            start, h = self._candidate_start(u, j, prev_p)
+            skip = self.removed | set(u)
+            if target is not None and target[0] > start:
+                h = e.run(j, h, start, target[0], skip)
+                e.store.put(("traj", self._step, u, j), h, meta=target[0])
+                start = target[0]
+            return [e.run(j, h, start, e.num_blocks, skip)]
+        items = []
+        for u, target in zip(units, targets):
+            start, h = self._candidate_start(u, j, prev_p)
+            keep = {v[0] for v in group if v[0] > u[-1]} if self.cache == "trajectory" else set()
+            if target is not None:
+                keep.add(target[0])
+            items.append((start, h, self.removed | set(u), tuple(sorted(b for b in keep if b > start))))
+        finals = []
+        for u, (h, kept) in zip(units, e.run_group(j, items)):
+            for b, state in kept.items():
+                e.store.put(("group", self._step, u, j, b), state)
+            finals.append(h)
+        return finals
+
+    def _settle_kept(self, group: list[Unit], lead: set[Unit], completed: list[tuple[Unit, float]]) -> None:
+        """After a stacked group: keep each unit's state at its best finished later unit's boundary only."""
+        e = self.engine
+        for u in group:
+            target = self._target(u, lead, completed)
+            if target is not None:
+                for j in range(e.n_batches):
+                    item = e.store.get(("group", self._step, u, j, target[0]))
+                    if item is not None:
+                        e.store.pop(("group", self._step, u, j, target[0]))
+                        e.store.put(("traj", self._step, u, j), item[1], meta=target[0])
+        e.store.drop(lambda k: k[0] == "group")  # the states at the other boundaries
+
+    def _value(self, total: float) -> float:
+        if self.engine.criterion == "ppl":
+            return self.engine.perplexity(total)
+        return total / self.engine.n_targets
+
+    def _apply(self, result: StepResult) -> None:
+        self.removed_units.append(result.unit)
+        self.removed = self.removed | set(result.unit)
+        self._prev = result
+        self._step += 1
+        self._rebuild_prefix(result.unit[0])
+
+    def run(self, should_stop: Callable[[list[Unit]], bool], on_step: Callable[[StepResult], None] | None = None) -> list[StepResult]:
+        """Greedy steps until ``should_stop(removed units)`` or no candidate is left."""
+        results = []
+        while self.candidates() and not should_stop(self.removed_units):
+            r = self.step()
+            results.append(r)
+            if on_step:
+                on_step(r)
+        return results
+
+
+def _rank_key(item):
+    unit, total, partial = item
+    return (total is None, total if total is not None else partial, unit)
+
+
+def naive_greedy(
+    adapter, windows, units: Sequence[Unit], n_steps: int, ignore_index: int | None, batch_size: int = 8,
+    criterion: str = "ppl", on_step: Callable[[Unit, float], None] | None = None,
+) -> list[tuple[Unit, float]]:
+    """The reference: a full ``model.forward`` per candidate with its blocks skipped (as the authors
+    do), the criterion from the full logits. Returns ``[(unit, value)]`` per step: perplexity for
+    ``'ppl'``, mean per-token ``KL(dense || pruned)`` for ``'kl'``."""
+    device = next(adapter.model.parameters()).device
+    batches = [ids.to(device) for ids in windows.ids.split(batch_size)]
+
+    def logits_of(ids):
+        return adapter.model(input_ids=ids, use_cache=False).logits.float()
+
+    with torch.inference_mode():
+        dense = [F.log_softmax(logits_of(ids), -1) for ids in batches] if criterion == "kl" else None
+    n = counted_targets(windows.ids, ignore_index) if criterion == "ppl" else windows.n_tokens
+    removed: list[Unit] = []
+    out = []
+    for _ in range(n_steps):
+        best = (math.inf, None)
+        for u in units:
+            if any(set(u) & set(r) for r in removed):
+                continue
+            skip = [Block(b) for r in removed + [u] for b in r]
+            total = 0.0
+            with adapter.skipping(skip), torch.inference_mode():
+                for j, ids in enumerate(batches):
+                    logits = logits_of(ids)
+                    if criterion == "ppl":
+                        total += float(window_nll(lambda x: x, logits, ids, ignore_index, 10**9).sum())
+                    else:
+                        ref = dense[j]
+                        total += float((ref.exp() * (ref - F.log_softmax(logits, -1))).sum(-1).clamp_min(0).double().sum())
+            if total < best[0]:
+                best = (total, u)
+        removed.append(best[1])
+        out.append((best[1], math.exp(best[0] / n) if criterion == "ppl" else best[0] / n))
+        if on_step:
+            on_step(*out[-1])
+    return out

@@ -1,0 +1,204 @@
+"""Coupled groups: the structures that must be removed together, derived through the adapter.
+
+A *family* is the set of interchangeable structures of one kind in one place, e.g. the KV
+groups of layer 7; each structure (index ``s`` in ``0..n-1``) owns a slice of several
+parameters (its *parts*). Removing structure ``s`` removes all of its slices at once, and the
+rest of the model keeps computing the same function of the remaining structures.
+
+- ``attn`` (one per layer): structure ``g`` = KV group ``g``. With ``n_rep = num_heads //
+  num_kv_heads`` (Hugging Face's ``repeat_kv``: query head ``h`` reads KV head ``h // n_rep``),
+  it owns rows ``[g*hd, (g+1)*hd)`` of k and v (and their biases), the rows of query heads
+  ``g*n_rep .. g*n_rep + n_rep - 1`` in q (and its bias), and the same columns of o. Without
+  GQA (``n_rep = 1``) a group is one head.
+- ``mlp`` (one per layer): structure ``j`` = channel ``j``: row ``j`` of gate and up (and their
+  biases), column ``j`` of down.
+- ``hidden`` (one for the model): structure ``c`` = hidden channel ``c``: column ``c`` of the
+  embedding and of every linear layer reading the residual stream (q, k, v, gate, up, LM head),
+  row ``c`` of every layer writing it (o, down, and their biases), entry ``c`` of every norm.
+
+The geometry comes from :meth:`ModelAdapter.attention` / :meth:`ModelAdapter.mlp`, so no
+architecture is named here. :func:`trace_kv_readers` checks the attention groups against the
+model itself: it perturbs one KV head's value projection and watches which query heads' outputs
+(the inputs of o) change. torch-pruning's ``DependencyGraph`` would be the generic tracer, but
+with transformers 5.x it fails on these models (see docs/ARCHITECTURE.md, width section).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from prunekit.models.adapter import ATTN, MLP, Block, ModelAdapter
+
+
+@dataclass
+class Part:
+    """One parameter's share of a family: structure ``s`` owns ``index[s]`` along ``dim``.
+
+    ``index``: int64 ``[n_structures, k]``; ``per_index``: parameters per index along ``dim``
+    (the product of the other dimensions), so structure ``s`` holds ``k * per_index`` of them.
+    """
+
+    module: nn.Module
+    attr: str
+    dim: int
+    index: torch.Tensor
+    role: str
+    name: str = ""
+    per_index: int = 0
+
+    @property
+    def param(self) -> nn.Parameter:
+        return getattr(self.module, self.attr)
+
+
+@dataclass
+class Family:
+    """Interchangeable coupled structures of one kind (``attn``, ``mlp`` or ``hidden``)."""
+
+    kind: str
+    layer: int | None
+    n: int
+    parts: list[Part] = field(default_factory=list)
+
+    @property
+    def params_per_structure(self) -> int:
+        """Parameters that removing one structure removes (equal for every structure of a family)."""
+        return sum(p.index.shape[1] * p.per_index for p in self.parts)
+
+    def key(self) -> str:
+        return self.kind if self.layer is None else f"{self.kind} {self.layer}"
+
+
+def parameter_names(model: nn.Module) -> dict[int, str]:
+    """id(parameter) -> its name in ``model.named_parameters()`` (a tied weight under its first name)."""
+    return {id(p): n for n, p in model.named_parameters()}
+
+
+def _part(module: nn.Module | None, attr: str, dim: int, index: torch.Tensor, role: str, names: dict[int, str]) -> Part | None:
+    p = getattr(module, attr, None) if module is not None else None
+    if p is None:
+        return None
+    per_index = p.numel() // p.shape[dim]
+    return Part(module, attr, dim, index, role, names.get(id(p), f"<{role}.{attr}>"), per_index)
+
+
+def _blocks(n: int, width: int) -> torch.Tensor:
+    """``[n, width]``: structure ``s`` owns indices ``s*width .. s*width + width - 1``."""
+    return torch.arange(n * width, dtype=torch.long).reshape(n, width)
+
+
+def kv_readers(num_heads: int, num_kv_heads: int) -> list[list[int]]:
+    """Query heads that read each KV head under ``repeat_kv``: KV head ``g`` -> ``[g*n_rep, ..., g*n_rep+n_rep-1]``."""
+    n_rep = num_heads // num_kv_heads
+    return [list(range(g * n_rep, (g + 1) * n_rep)) for g in range(num_kv_heads)]
+
+
+def attention_family(adapter: ModelAdapter, layer: int, names: dict[int, str] | None = None) -> Family | None:
+    """The KV groups of ``layer`` (None when its attention block is removed)."""
+    if adapter.is_removed(Block.of(layer, ATTN)):
+        return None
+    names = names if names is not None else parameter_names(adapter.model)
+    a = adapter.attention(layer)
+    if a.num_heads % a.num_kv_heads:
+        raise ValueError(f"layer {layer}: {a.num_heads} query heads do not divide into {a.num_kv_heads} KV heads")
+    n_rep, hd = a.num_heads // a.num_kv_heads, a.head_dim
+    q_rows = _blocks(a.num_kv_heads, n_rep * hd)
+    kv_rows = _blocks(a.num_kv_heads, hd)
+    parts = [
+        _part(a.q, "weight", 0, q_rows, "q", names), _part(a.q, "bias", 0, q_rows, "q", names),
+        _part(a.k, "weight", 0, kv_rows, "k", names), _part(a.k, "bias", 0, kv_rows, "k", names),
+        _part(a.v, "weight", 0, kv_rows, "v", names), _part(a.v, "bias", 0, kv_rows, "v", names),
+        _part(a.o, "weight", 1, q_rows, "o", names),
+    ]
+    return Family(ATTN, layer, a.num_kv_heads, [p for p in parts if p is not None])
+
+
+def mlp_family(adapter: ModelAdapter, layer: int, names: dict[int, str] | None = None) -> Family | None:
+    """The channels of ``layer``'s gated MLP (None when its MLP block is removed)."""
+    if adapter.is_removed(Block.of(layer, MLP)):
+        return None
+    names = names if names is not None else parameter_names(adapter.model)
+    m = adapter.mlp(layer)
+    n = m.gate.out_features
+    rows = _blocks(n, 1)
+    parts = [
+        _part(m.gate, "weight", 0, rows, "gate", names), _part(m.gate, "bias", 0, rows, "gate", names),
+        _part(m.up, "weight", 0, rows, "up", names), _part(m.up, "bias", 0, rows, "up", names),
+        _part(m.down, "weight", 1, rows, "down", names),
+    ]
+    return Family(MLP, layer, n, [p for p in parts if p is not None])
+
+
+def hidden_family(adapter: ModelAdapter, names: dict[int, str] | None = None) -> Family:
+    """The hidden (residual-stream) channels of the whole model, in forward order of their parts."""
+    names = names if names is not None else parameter_names(adapter.model)
+    n = adapter.embed.weight.shape[1]
+    idx = _blocks(n, 1)
+    parts: list[Part | None] = [_part(adapter.embed, "weight", 1, idx, "embed", names)]
+    for layer in range(adapter.num_layers):
+        for kind in (ATTN, MLP):
+            block = Block.of(layer, kind)
+            if adapter.is_removed(block):
+                continue
+            norm = adapter.block_modules(block)[0]
+            parts += [_part(norm, "weight", 0, idx, "norm", names), _part(norm, "bias", 0, idx, "norm", names)]
+            if kind == ATTN:
+                a = adapter.attention(layer)
+                parts += [_part(lin, "weight", 1, idx, r, names) for lin, r in ((a.q, "q"), (a.k, "k"), (a.v, "v"))]
+                parts += [_part(a.o, "weight", 0, idx, "o", names), _part(a.o, "bias", 0, idx, "o", names)]
+            else:
+                m = adapter.mlp(layer)
+                parts += [_part(m.gate, "weight", 1, idx, "gate", names), _part(m.up, "weight", 1, idx, "up", names)]
+                parts += [_part(m.down, "weight", 0, idx, "down", names), _part(m.down, "bias", 0, idx, "down", names)]
+    norm = adapter.final_norm
+    parts += [_part(norm, "weight", 0, idx, "norm", names), _part(norm, "bias", 0, idx, "norm", names)]
+    if adapter.lm_head.weight is not adapter.embed.weight:  # a tied head is the embedding: counted once
+        parts.append(_part(adapter.lm_head, "weight", 1, idx, "lm_head", names))
+    return Family("hidden", None, n, [p for p in parts if p is not None])
+
+
+def block_families(adapter: ModelAdapter, start: int, end: int) -> list[Family]:
+    """Attention and MLP families of layers ``start <= layer < end`` (removed blocks skipped)."""
+    names = parameter_names(adapter.model)
+    out = []
+    for layer in range(start, end):
+        for fam in (attention_family(adapter, layer, names), mlp_family(adapter, layer, names)):
+            if fam is not None:
+                out.append(fam)
+    return out
+
+
+@torch.no_grad()
+def trace_kv_readers(adapter: ModelAdapter, layer: int, layer_kwargs: dict, hidden: torch.Tensor) -> list[list[int]]:
+    """Which query heads read each KV head, observed on the model rather than assumed.
+
+    Runs the attention of ``layer`` on ``hidden`` (``[batch, seq, hidden_size]``, already
+    normalised or not: only differences matter) with the layer's keyword inputs, once as is and
+    once per KV head ``g`` with 1 added to ``g``'s value rows (so even all-zero weights show); the query heads whose slice of o's
+    input changes are the ones that read ``g``. Returns one sorted list per KV head.
+    """
+    a = adapter.attention(layer)
+    attn = adapter.block_modules(Block.of(layer, ATTN))[1]
+    seen: list[torch.Tensor] = []
+    hook = a.o.register_forward_pre_hook(lambda mod, args: seen.append(args[0].detach().clone()))
+    try:
+        attn(hidden_states=hidden, **layer_kwargs)
+        base = seen.pop()
+        readers = []
+        for g in range(a.num_kv_heads):
+            rows = slice(g * a.head_dim, (g + 1) * a.head_dim)
+            saved = a.v.weight[rows].clone()
+            a.v.weight[rows] += 1.0
+            try:
+                attn(hidden_states=hidden, **layer_kwargs)
+            finally:
+                a.v.weight[rows] = saved
+            diff = (seen.pop() - base).abs().reshape(*base.shape[:-1], a.num_heads, a.head_dim)
+            changed = diff.amax(dim=tuple(range(diff.dim() - 2)) + (diff.dim() - 1,))
+            readers.append([h for h in range(a.num_heads) if float(changed[h]) > 0.0])
+        return readers
+    finally:
+        hook.remove()

@@ -1,0 +1,323 @@
+"""``prunekit compare``: every depth method at every budget, evaluated on held-out text.
+
+For each method (optionally with a search, ``blockpruner/beam:3``) one search serves every ratio:
+a greedy trajectory and a one-shot ranking are nested, so the search runs to the largest ratio
+and each ratio's plan is the shortest prefix that reaches it; ``beam:K`` answers all ratios in one
+run (see :mod:`prunekit.methods.depth.beam`) and ``greedy+swap`` refines each ratio's greedy prefix. Each
+cell (method x ratio) is evaluated with its blocks skipped on the loaded model (the same model a
+saved plan gives) and written at once, atomically, to ``DIR/cells/``; a re-run skips finished
+cells, and refuses a directory made from other inputs (model, calibration, evaluation).
+
+``llm-pruner`` (or ``llm-pruner/IMPORTANCE``) adds width-pruned cells on the same calibration and
+evaluation windows (:mod:`prunekit.pipeline.compare_width`).
+
+Outputs in ``DIR``: ``results.csv``, ``results.md``, ``ppl_vs_ratio.png``, ``layer_map.png``,
+``plans/<cell>.json`` (a plan per cell, appliable with ``prunekit eval --plan``),
+``reports/<cell>/report.md`` (each cell's run report, linked from ``results.md``) and
+``compare.json`` (the inputs). ``search_seconds`` of a cell: wall time from the method's engine
+set-up to the moment its answer for that ratio was known (one-shot: the whole ranking).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from prunekit.core.errors import PrunekitError, check_choice
+from prunekit.core.io import write_json_atomic
+from prunekit.data.calibration import CalibConfig, calibration_windows
+from prunekit.data.windows import build_windows
+from prunekit.engine.runner import Engine, default_cache_bytes
+from prunekit.evaluation.compare_report import row_label, write_outputs
+from prunekit.evaluation.perplexity import perplexity
+from prunekit.evaluation.report import render_report
+from prunekit.methods.depth.beam import Budgets
+from prunekit.methods.depth.planner import stop_rule
+from prunekit.methods.depth.units import make_units, unit_params
+from prunekit.methods.options import DepthConfig
+from prunekit.methods.registry import METHODS, get_method
+from prunekit.models.adapter import Block
+from prunekit.models.loading import LoadedModel
+from prunekit.pipeline.compare_width import check_variant, width_cells
+from prunekit.pipeline.load import as_loaded
+from prunekit.plan.schema import build_plan, model_record, read_plan, write_plan
+
+_CALIB = "<calibration windows>"  # the in-sample evaluation, kept apart from --eval names
+LogFn = Callable[[str], None]
+ProgressFn = Callable[[str, int, int], None]
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    """A method and the search it runs: ``blockpruner``, ``blockpruner/beam:3``, ``sleb/greedy+swap``."""
+
+    method: str
+    search: str = "greedy"
+
+    @property
+    def name(self) -> str:
+        return self.method if self.search == "greedy" else f"{self.method}/{self.search}"
+
+    @property
+    def slug(self) -> str:
+        return self.name.replace("/", "__").replace(":", "-").replace("+", "-")
+
+
+def parse_methods(text: str) -> list[MethodSpec]:
+    """``--methods a,b/beam:3,...`` -> specs; unknown names and searches are refused with the fix."""
+    specs = []
+    for item in [t.strip() for t in text.split(",") if t.strip()]:
+        method, _, search = item.partition("/")
+        check_choice("`methods`", method, sorted(METHODS))
+        search = search or "greedy"
+        if get_method(method).kind == "width":
+            check_variant(search)  # llm-pruner/IMPORTANCE
+        else:
+            get_method(method).check(DepthConfig(method=method, ratio=0.1, search=search))  # the search fits the method
+        specs.append(MethodSpec(method, search))
+    if not specs:
+        raise PrunekitError("`methods` is empty.", "Give a comma-separated list, e.g. `methods` blockpruner,sleb,shortgpt.")
+    if len({s.name for s in specs}) != len(specs):
+        raise PrunekitError(f"`methods` '{text}' names a method twice.", "Give each method once.")
+    return specs
+
+
+def parse_ratios(text: str) -> list[float]:
+    """``--ratios 0.1,0.2,0.3`` -> sorted distinct fractions in (0, 1)."""
+    try:
+        ratios = [float(t) for t in text.split(",") if t.strip()]
+    except ValueError:
+        raise PrunekitError(f"`ratios` '{text}' is not a list of numbers.", "Use e.g. `ratios` 0.1,0.2,0.3.") from None
+    if not ratios or any(not 0.0 < r < 1.0 for r in ratios):
+        raise PrunekitError(f"`ratios` '{text}' needs fractions in (0, 1).", "Use e.g. `ratios` 0.1,0.2,0.3.")
+    return sorted(set(ratios))
+
+
+def _cell_name(spec: MethodSpec, ratio: float) -> str:
+    return f"{spec.slug}__r{ratio:g}"
+
+
+def _manifest(loaded: LoadedModel, windows, calib: CalibConfig, evals: dict, blocks_kind: str) -> dict:
+
+    rec = model_record(loaded)
+    return {
+        "model": {"spec": rec["spec"], "weights_sha256": rec["weights_sha256"], "parameters": rec["parameters"]},
+        "calibration": windows.fingerprint() | {"batch_size": calib.batch_size},
+        "evaluation": {src: w.fingerprint() for src, w in evals.items()},
+        "blocks_kind": blocks_kind,
+    }
+
+
+def _check_manifest(out: Path, manifest: dict, overwrite: bool) -> None:
+    path = out / "compare.json"
+    if path.exists() and not overwrite:
+        old = json.loads(path.read_text(encoding="utf-8"))
+        if old != manifest:
+            diff = [k for k in manifest if old.get(k) != manifest[k]]
+            raise PrunekitError(
+                f"'{out}' holds a comparison made from other inputs ({', '.join(diff)} differ).",
+                "Use another `out`, or pass `overwrite` to start it again.",
+            )
+    if overwrite:
+        for p in list((out / "cells").glob("*.json")) + list((out / "plans").glob("*.json")):
+            p.unlink()
+    write_json_atomic(path, manifest)
+
+
+def _evaluate_blocks(loaded: LoadedModel, blocks: list[int], evals: dict, batch_size: int) -> tuple[dict, int]:
+    """Perplexity per source (name -> windows) of the model with ``blocks`` skipped, and its parameter count."""
+
+    adapter = loaded.adapter
+    with adapter.skipping([Block(b) for b in blocks]), torch.inference_mode():
+        params = adapter.total_params()
+        ppl = {src: perplexity(loaded, w, batch_size) for src, w in evals.items()}
+    return ppl, params
+
+
+def _write_cell(out: Path, name: str, cell: dict, say: LogFn) -> None:
+    write_json_atomic(out / "cells" / f"{name}.json", cell)
+    say(f"  {row_label(cell)} @ {cell['target_ratio']:g}: removed {cell['ratio_removed']:.1%} of parameters, "
+        + ", ".join(f"{s} ppl {v:.3f}" for s, v in cell["ppl"].items()) + f", search {cell['search_seconds']:.1f} s")
+
+
+def _cell_report(model_spec: str, plan: dict, out: Path, name: str, seconds: float) -> str:
+    """``reports/<cell>/report.md`` (the run report of that cell's plan); returns its path relative to ``out``."""
+    render_report(plan, out / "reports" / name, {"search_seconds": seconds}, name=name,
+                  next_cmds=[f"prunekit eval {model_spec} --plan {out}/plans/{name}.json --data wiki-test,news",
+                             f"prunekit prune {model_spec} ...   # the same options, with --out, to save the model"])
+    return f"reports/{name}/report.md"
+
+
+def _backfill(out: Path, names: list[str], loaded: LoadedModel, windows, batch_size: int) -> None:
+    """Complete cells written by an older version: the in-sample calibration perplexity and, but for
+    the dense row, the run report. Each cell is read once and rewritten only when something was added."""
+    for name in names:
+        path = out / "cells" / f"{name}.json"
+        cell = json.loads(path.read_text(encoding="utf-8"))
+        added = False
+        if "calib_ppl" not in cell:
+            cell["calib_ppl"] = _evaluate_blocks(loaded, cell["blocks"], {_CALIB: windows}, batch_size)[0][_CALIB]
+            added = True
+        if name != "dense" and not cell.get("report"):
+            plan = read_plan(out / cell["plan"])
+            cell["report"] = _cell_report(loaded.spec, plan, out, name, cell["search_seconds"])
+            added = True
+        if added:
+            write_json_atomic(path, cell)
+
+
+def _width_method(loaded: LoadedModel, spec: MethodSpec, todo: list[float], calib: CalibConfig, windows, evals: dict,
+                  eval_batch_size: int, out: Path, progress: ProgressFn | None, say: LogFn) -> None:
+    """LLM-Pruner cells (see :mod:`prunekit.pipeline.compare_width`): one gradient pass, a pruned copy per ratio."""
+
+    def evaluate(pruned: LoadedModel) -> dict:
+        with torch.inference_mode():
+            return {src: perplexity(pruned, w, eval_batch_size) for src, w in (evals | {_CALIB: windows}).items()}
+
+    importance = check_variant(spec.search)
+    for ratio, plan, ppl, params_after, seconds, removed in width_cells(
+            loaded, importance, todo, calib, windows.n_windows, evaluate, progress):
+        name = _cell_name(spec, ratio)
+        write_plan(out / "plans" / f"{name}.json", plan)
+        calib_ppl = ppl.pop(_CALIB)
+        n = plan["params_before"] - params_after
+        cell = {
+            "method": spec.method, "search": spec.search, "importance": importance, "target_ratio": ratio,
+            "ratio_removed": n / plan["params_before"], "params_removed": n, "params_after": params_after, "ppl": ppl,
+            "blocks": [], "units": [], "width_removed": removed, "search_seconds": seconds, "search_work": None,
+            "search_macs": None, "calib_value": None, "criterion": importance,
+            "calib_ppl": calib_ppl, "plan": f"plans/{name}.json",
+            "report": _cell_report(loaded.spec, plan, out, name, seconds),
+        }
+        _write_cell(out, name, cell, say)
+
+
+def _levels(outcome, stops: list, stamps: list[tuple[float, float]]) -> list:
+    """One (units, records, seconds, counted MACs, extra) per stop: the search's own, or prefixes of a nested order."""
+    if "levels" in outcome.extra or "seconds" in outcome.extra:  # beam:K, greedy+swap: one answer per stop
+        outs = outcome.extra.get("levels", [outcome])
+        return [(o.units, o.records, o.extra["seconds"], o.extra["macs"], o.extra) for o in outs]
+    res = []
+    for stop in stops:
+        k = next((i + 1 for i in range(len(outcome.units)) if stop(outcome.units[: i + 1])), len(outcome.units))
+        res.append((outcome.units[:k], outcome.records[:k], *stamps[k - 1], outcome.extra))
+    return res
+
+
+def dense_forward_macs(engine: Engine) -> float:
+    """MACs of one forward of the dense model over the calibration windows, head included (the work unit)."""
+    w = engine.windows
+    return sum(engine.macs) * w.n_tokens + engine.head_macs * w.n_windows * (w.seq_len - 1)
+
+
+def compare(
+    model: str | LoadedModel, methods: list[MethodSpec] | str, ratios: list[float] | str, calib: CalibConfig,
+    eval_sources: list[str] | tuple[str, ...], out: str | Path, eval_windows: int | None = 8, eval_seq_len: int = 256,
+    eval_batch_size: int = 4, blocks_kind: str = "mix", cache_gb: float | None = None, overwrite: bool = False,
+    progress: ProgressFn | None = None, log: LogFn | None = None, dtype: str = "float32", device: str | None = None,
+) -> list[dict]:
+    """Run every method at every ratio, evaluate, write the results (see the module docstring). Returns the rows."""
+
+    methods = parse_methods(methods) if isinstance(methods, str) else list(methods)
+    ratios = parse_ratios(ratios) if isinstance(ratios, str) else sorted(set(ratios))
+    if not eval_sources:
+        raise PrunekitError("`eval` names no source.", "Use e.g. `eval` wiki-test,news.")
+    check_choice("`blocks_kind`", blocks_kind, ("mix", "attn", "mlp"))
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise PrunekitError(f"`out` '{out}' is a file.", "Give `out` a directory path.")
+    say = log or (lambda _msg: None)
+    loaded = as_loaded(model, dtype, device)
+    adapter = loaded.adapter
+    windows = calibration_windows(loaded, calib)
+    max_pos = getattr(loaded.model.config, "max_position_embeddings", None)
+    evals = {src: build_windows(loaded.tokenizer, src, eval_seq_len, eval_windows, max_positions=max_pos) for src in eval_sources}
+    (out / "cells").mkdir(parents=True, exist_ok=True)
+    (out / "plans").mkdir(parents=True, exist_ok=True)
+    _check_manifest(out, _manifest(loaded, windows, calib, evals, blocks_kind), overwrite)
+    record = model_record(loaded)
+    params_before = adapter.total_params()
+    ignore = loaded.model.config.pad_token_id
+    calibration = windows.fingerprint() | {"batch_size": calib.batch_size, "ignore_index": ignore}
+    cache_bytes = cache_gb * 2**30 if cache_gb else default_cache_bytes(loaded.device)
+
+    dense_path = out / "cells" / "dense.json"
+    if not dense_path.exists():
+        say("evaluating the dense model")
+        ppl, params = _evaluate_blocks(loaded, [], evals | {_CALIB: windows}, eval_batch_size)
+        calib_ppl = ppl.pop(_CALIB)
+        write_json_atomic(dense_path, {"method": "dense", "search": "", "target_ratio": 0.0, "ratio_removed": 0.0,
+                                       "params_removed": 0, "params_after": params, "ppl": ppl, "blocks": [],
+                                       "units": [], "search_seconds": 0.0, "search_work": 0.0, "calib_ppl": calib_ppl})
+    for spec in methods:
+        todo = [r for r in ratios if not (out / "cells" / f"{_cell_name(spec, r)}.json").exists()]
+        if not todo:
+            say(f"{spec.name}: all ratios done, skipped")
+            continue
+        say(f"{spec.name}: searching for ratios {', '.join(f'{r:g}' for r in todo)}")
+        if get_method(spec.method).kind == "width":
+            _width_method(loaded, spec, todo, calib, windows, evals, eval_batch_size, out, progress, say)
+            continue
+        depth = DepthConfig(method=spec.method, blocks_kind=blocks_kind, ratio=max(todo), search=spec.search, cache_gb=cache_gb)
+        method = get_method(spec.method)
+        kind = method.unit_kind(blocks_kind)
+        units = make_units(adapter, kind)
+        stops = [stop_rule(loaded, units, DepthConfig(method=spec.method, blocks_kind=blocks_kind, ratio=r), kind) for r in todo]
+        stamps: list[tuple[float, float]] = []
+        t0 = time.perf_counter()
+        engine = Engine(adapter, windows, batch_size=calib.batch_size, ignore_index=ignore, cache_bytes=cache_bytes)
+        dense_value = engine.perplexity(engine.total_score(frozenset()))
+        engine.counter = type(engine.counter)()
+        outcome = method.run(loaded, engine, units, Budgets(stops), depth, progress, None,
+                                             lambda _rec: stamps.append((time.perf_counter() - t0, engine.counter.total_macs)))
+        unit_work = dense_forward_macs(engine)
+        for ratio, (cell_units, recs, seconds, macs, extra) in zip(todo, _levels(outcome, stops, stamps)):
+            blocks = [b for u in cell_units for b in u]
+            options = depth.plan_options() | {"ratio": ratio, "criterion": extra.get("criterion", "ppl")}
+            plan = build_plan(spec.method, options, record, calibration, params_before,
+                              steps=[(unit_params(adapter, u), rec) for u, rec in zip(cell_units, recs)], dense_value=dense_value)
+            n = params_before - plan["params_after"]
+            removed = plan["removed"]
+            name = _cell_name(spec, ratio)
+            write_plan(out / "plans" / f"{name}.json", plan)
+            report = _cell_report(loaded.spec, plan, out, name, seconds)
+            ppl, params_after = _evaluate_blocks(loaded, blocks, evals | {_CALIB: windows}, eval_batch_size)
+            calib_ppl = ppl.pop(_CALIB)
+            if params_after != plan["params_after"]:
+                raise AssertionError(f"parameter accounting differs for {name}: {params_after} vs {plan['params_after']}")
+            cell = {
+                "method": spec.method, "search": spec.search, "target_ratio": ratio, "ratio_removed": n / params_before,
+                "params_removed": n, "params_after": params_after, "ppl": ppl, "blocks": blocks,
+                "units": [r["unit"] for r in removed], "search_seconds": seconds,
+                "search_work": macs / unit_work, "search_macs": macs,
+                "calib_value": recs[-1]["value"] if recs else None, "criterion": extra.get("criterion", "ppl"),
+                "calib_ppl": calib_ppl,
+                "plan": f"plans/{name}.json", "report": report,
+            }
+            _write_cell(out, name, cell, say)
+    _backfill(out, ["dense"] + [_cell_name(s, r) for s in methods for r in ratios], loaded, windows, eval_batch_size)
+    rows = collect_rows(out, methods, ratios)
+    write_outputs(out, rows, list(eval_sources), adapter.num_layers, _describe(loaded, calib, windows, evals))
+    return rows
+
+
+def _describe(loaded: LoadedModel, calib: CalibConfig, windows, evals: dict) -> dict:
+    return {
+        "model": loaded.spec, "parameters": loaded.adapter.total_params(),
+        "calibration": f"{calib.source}, {windows.n_windows} windows x {windows.seq_len} tokens",
+        "evaluation": ", ".join(f"{s} ({w.n_windows} x {w.seq_len} tokens)" for s, w in evals.items()),
+    }
+
+
+def collect_rows(out: Path, methods: list[MethodSpec], ratios: list[float]) -> list[dict]:
+    """The dense row, then one row per (method, ratio) from the finished cells, in the given order."""
+    rows = [json.loads((out / "cells" / "dense.json").read_text(encoding="utf-8"))]
+    for spec in methods:
+        for r in ratios:
+            rows.append(json.loads((out / "cells" / f"{_cell_name(spec, r)}.json").read_text(encoding="utf-8")))
+    return rows

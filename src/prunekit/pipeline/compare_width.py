@@ -1,0 +1,75 @@
+"""LLM-Pruner inside ``prunekit compare``: width-pruned cells beside the depth methods.
+
+``--methods llm-pruner`` (the default importance, ``param_first``) or ``llm-pruner/IMPORTANCE``
+(``llm-pruner/l2``, ``llm-pruner/element1``...) runs the block strategy with its default layer
+range at every ratio. On the same footing as the depth methods: the gradients come from the same
+calibration windows (source, length and count as ``--calib``/``--seq-len``/``--windows``), once
+per method (every ratio and Taylor importance reuses them), each ratio removes at least that fraction
+of the parameters (``--at-least``, the depth methods' rule), and each ratio's pruned model is a copy
+of the loaded one, evaluated on the same held-out windows.
+
+A width cell has no removed blocks; it records the heads and MLP channels removed
+(``width_removed``) and its ``search_seconds`` is the gradient pass plus that ratio's scoring. Its
+``search_work`` is ``None``: the block engine does not count a backward pass.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+from prunekit.core.errors import check_choice
+from prunekit.data.calibration import CalibConfig
+from prunekit.methods.width.llm_pruner import width_gradients
+from prunekit.methods.width.options import IMPORTANCES, WidthConfig
+from prunekit.models.loading import LoadedModel
+from prunekit.pipeline.prune import prune_width
+
+WIDTH_METHOD = "llm-pruner"
+
+
+def check_variant(variant: str) -> str:
+    """``llm-pruner/VARIANT``: an importance name (``greedy``, the default search, means ``param_first``)."""
+    if variant in ("", "greedy"):
+        return WidthConfig().importance
+    check_choice("`methods` llm-pruner/IMPORTANCE", variant, IMPORTANCES)
+    return variant
+
+
+def width_removed(adapter, width: dict) -> dict:
+    """Heads and MLP channels the plan's ``width`` record removes, counted on the base ``adapter``, and
+    the layers whose attention / MLP it narrows (for the layer map)."""
+    heads = channels = 0
+    attn_layers, mlp_layers = [], []
+    for entry in width["layers"]:
+        layer = entry["layer"]
+        if "num_heads" in entry and entry["num_heads"] < adapter.attention(layer).num_heads:
+            heads += adapter.attention(layer).num_heads - entry["num_heads"]
+            attn_layers.append(layer)
+        if "intermediate_size" in entry and entry["intermediate_size"] < adapter.mlp(layer).up.out_features:
+            channels += adapter.mlp(layer).up.out_features - entry["intermediate_size"]
+            mlp_layers.append(layer)
+    return {"heads": heads, "mlp_channels": channels, "attn_layers": attn_layers, "mlp_layers": mlp_layers}
+
+
+def width_cells(
+    loaded: LoadedModel, importance: str, ratios: list[float], calib: CalibConfig, n_windows: int,
+    evaluate: Callable[[LoadedModel], dict], progress=None,
+):
+    """Yield ``(ratio, plan, ppl, params_after, seconds, removed)`` for each ratio; ``loaded`` is left unchanged.
+
+    ``evaluate(pruned)`` returns the perplexity per source of a pruned copy; ``n_windows``: the
+    calibration windows the depth methods use (the gradient samples).
+    """
+    t0 = time.perf_counter()
+    base = WidthConfig(ratio=max(ratios), importance=importance, samples=n_windows, at_least=True)
+    grads = width_gradients(loaded, base, calib, progress) if base.needs_gradients else None
+    grad_seconds = time.perf_counter() - t0
+    for ratio in ratios:
+        t1 = time.perf_counter()
+        res = prune_width(loaded, WidthConfig(ratio=ratio, importance=importance, samples=n_windows, at_least=True), calib,
+                          progress=progress, gradients=grads)
+        seconds = grad_seconds + time.perf_counter() - t1
+        ppl = evaluate(res.loaded)
+        yield ratio, res.plan, ppl, res.loaded.adapter.total_params(), seconds, width_removed(loaded.adapter, res.plan["width"])
+        del res

@@ -1,0 +1,155 @@
+"""The public operations ``prune`` and ``evaluate``: typed functions over (model, config, calibration).
+
+``prune`` looks the method up in the registry (:mod:`prunekit.methods.registry`), has it make a
+plan (:func:`~prunekit.methods.depth.planner.plan_depth` or
+:func:`~prunekit.methods.width.llm_pruner.plan_width`), applies the plan with
+:func:`~prunekit.plan.apply.apply_plan` and, given ``out``, writes the pruned model, the journal,
+``timing.json`` and the run report. The caller's model is never changed: the plan is applied to a
+copy (``loaded`` given as a :class:`LoadedModel`) or to the model loaded here (a spec).
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from prunekit.core.io import check_output_dir
+from prunekit.core.journal import Journal
+from prunekit.data.calibration import CalibConfig, calibration_windows
+from prunekit.data.windows import build_windows
+from prunekit.engine.runner import default_cache_bytes
+from prunekit.evaluation.perplexity import perplexity
+from prunekit.evaluation.report import write_report
+from prunekit.methods.depth.planner import plan_depth
+from prunekit.methods.options import DepthConfig
+from prunekit.methods.registry import method_for
+from prunekit.methods.width.importance import check_gradient_dtype
+from prunekit.methods.width.llm_pruner import Gradients
+from prunekit.methods.width.options import WidthConfig
+from prunekit.models.loading import LoadedModel
+from prunekit.models.registry import get_adapter
+from prunekit.pipeline.load import as_loaded
+from prunekit.plan.apply import apply_plan, save_pruned
+from prunekit.plan.schema import Plan, model_record
+
+ProgressFn = Callable[[str, int, int], None]
+
+
+@dataclass
+class PruneResult:
+    """The plan, the pruned model and the run's timings and counted work."""
+
+    plan: Plan
+    loaded: LoadedModel
+    timing: dict = field(default_factory=dict)
+
+
+def with_plan(loaded: LoadedModel, plan: Plan, owned: bool, check: bool = False) -> LoadedModel:
+    """``loaded`` with ``plan`` applied: in place when this call loaded the model itself (``owned``),
+    else on a copy, so a caller's model is never changed."""
+    if not owned:
+        model = copy.deepcopy(loaded.model)
+        loaded = LoadedModel(model, loaded.tokenizer, get_adapter(model), loaded.spec, dict(loaded.info))
+    apply_plan(loaded.model, plan, check=check)
+    return loaded
+
+
+def prune(
+    model: str | LoadedModel, config: DepthConfig | WidthConfig, calib: CalibConfig, out: str | Path | None = None,
+    overwrite: bool = False, resume: bool = False, progress: ProgressFn | None = None,
+    on_step: Callable[[dict], None] | None = None, dtype: str = "float32", device: str | None = None,
+) -> PruneResult:
+    """Plan what to remove with ``config.method``, remove it, and write ``out`` when given.
+
+    ``config``: a :class:`DepthConfig` for the depth methods, a :class:`WidthConfig` for
+    llm-pruner. With ``out``, every finished step (depth) or gradient point (width) is journaled in
+    ``out``; ``resume=True`` continues a killed run from there (same inputs required). The output
+    directory is assembled aside and renamed into place.
+    """
+    method = method_for(config)
+    if method.kind == "width":
+        return prune_width(model, config, calib, progress=progress, out=out, overwrite=overwrite, resume=resume,
+                           dtype=dtype, device=device)
+    if out is not None and not resume:
+        check_output_dir(Path(out), overwrite)
+    loaded = as_loaded(model, dtype, device)
+    windows = calibration_windows(loaded, calib)
+    calibration = windows.fingerprint() | {"batch_size": calib.batch_size, "ignore_index": loaded.model.config.pad_token_id}
+    journal = None
+    if out is not None:
+        fingerprint = {"model": model_record(loaded)["weights_sha256"], "calibration": calibration, "options": config.plan_options()}
+        journal = Journal.open(Path(out), fingerprint, resume)
+
+    def on_record(rec: dict) -> None:
+        if journal is not None:
+            journal.append(rec)
+        if on_step is not None:
+            on_step(rec)
+
+    cache_bytes = config.cache_gb * 2**30 if config.cache_gb else default_cache_bytes(loaded.device)
+    res = plan_depth(loaded, method.run, method.unit_kind(config.blocks_kind), config, windows, calib.batch_size,
+                     cache_bytes, calibration, progress, journal.records if journal is not None else None, on_record)
+    pruned = with_plan(loaded, res.plan, owned=not isinstance(model, LoadedModel))
+    if pruned.adapter.total_params() != res.plan["params_after"]:
+        raise AssertionError("parameter accounting differs from the pruned model")
+    if out is not None:
+        save_pruned(pruned, res.plan, out, overwrite=True, extra_files={"timing.json": res.timing}, copy_files=[journal.path])
+        write_report(out)
+    return PruneResult(res.plan, pruned, res.timing)
+
+
+def prune_width(
+    model: str | LoadedModel, width: WidthConfig, calib: CalibConfig, progress: ProgressFn | None = None,
+    out: str | Path | None = None, overwrite: bool = False, gradients: Gradients | None = None, resume: bool = False,
+    dtype: str = "float32", device: str | None = None,
+) -> PruneResult:
+    """LLM-Pruner: score, choose, slice; write ``out`` when given.
+
+    ``gradients``: from :func:`prunekit.methods.width.llm_pruner.width_gradients` on the same model
+    and families, to share one gradient pass between runs (e.g. several importances or ratios).
+    Without them, and with ``out``, the gradient pass is journaled in ``out`` and ``resume``
+    continues a killed one.
+    """
+    method = method_for(width)
+    if out is not None and not resume:
+        check_output_dir(Path(out), overwrite)
+    loaded = as_loaded(model, dtype, device)
+    if width.needs_gradients:
+        check_gradient_dtype(next(loaded.model.parameters()).dtype, loaded.device)
+    res = method.run(loaded, width, calib, progress, gradients=gradients, journal_dir=out, resume=resume)
+    pruned = with_plan(loaded, res.plan, owned=not isinstance(model, LoadedModel))
+    if pruned.adapter.total_params() != res.plan["params_after"]:
+        raise AssertionError(f"parameter accounting differs: plan {res.plan['params_after']}, model {pruned.adapter.total_params()}")
+    if out is not None:
+        journaled = [res.journal] if res.journal is not None else []
+        save_pruned(pruned, res.plan, out, overwrite=overwrite or resume or bool(journaled),
+                    extra_files={"timing.json": res.timing}, copy_files=journaled)
+        write_report(out)
+    return PruneResult(res.plan, pruned, res.timing)
+
+
+def evaluate(
+    model: str | LoadedModel, sources: list[str] | tuple[str, ...] = ("wiki-test",), seq_len: int = 256,
+    windows: int | None = 16, batch_size: int = 4, plan: Plan | None = None, dtype: str = "float32",
+    device: str | None = None,
+) -> dict:
+    """Perplexity on each source (first ``windows`` windows of ``seq_len``) and the parameter count.
+
+    With ``plan``, the plan is applied to a copy of the model first (the caller's model is left as it is).
+    """
+    loaded = as_loaded(model, dtype, device)
+    if plan is not None:
+        loaded = with_plan(loaded, plan, owned=not isinstance(model, LoadedModel), check=True)
+    out = {"model": loaded.spec, "parameters": loaded.adapter.total_params(), "perplexity": {}, "tokens": {}}
+    max_pos = getattr(loaded.model.config, "max_position_embeddings", None)
+    for src in sources:
+        w = build_windows(loaded.tokenizer, src, seq_len, windows, max_positions=max_pos)
+        with torch.inference_mode():
+            out["perplexity"][src] = perplexity(loaded, w, batch_size)
+        out["tokens"][src] = w.n_tokens
+    return out
+

@@ -1,0 +1,332 @@
+"""LoRA recovery of a pruned model (``prunekit recover OUT --out OUT2``), LLM-Pruner's post-training.
+
+Recipe (the paper's defaults): LoRA adapters (peft) of rank ``r = 8``, ``alpha = 16``, dropout
+0.05 on every q, k, v, o, gate, up and down projection the pruned model still has; AdamW at a
+constant ``lr = 1e-4``; 2 epochs over the training windows; then the adapters are merged into
+the weights (``merge_and_unload``) and a plain pruned model directory is written with
+:func:`prunekit.plan.apply.save_pruned` (its plan gains a ``recovery`` record), so ``load_model(OUT2)``
+reloads it.
+
+Data: ``alpaca-cleaned`` (the paper's; instruction/input/output rows in the Alpaca prompt
+format) when the hub is reachable, else the embedded ``wiki`` calibration split (``--data auto``,
+the default), or any source :func:`prunekit.data.corpora.load_texts` knows. Texts are joined and
+cut into ``seq_len``-token windows (:func:`prunekit.data.windows.windows_from_texts`); the loss
+of a batch is the mean next-token NLL over its windows (targets equal to the pad id ignored).
+
+Held-out perplexity (exp of the token-weighted mean NLL, :func:`prunekit.pipeline.prune.perplexity`) on
+``eval_data`` is measured before and after. A checkpoint (LoRA weights, optimizer state, step,
+losses) is written atomically to ``OUT2/.recover-ckpt/`` every ``save_every`` steps and at each
+epoch's end; a rerun with the same inputs and options resumes from it.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import random
+import shutil
+import socket
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from prunekit.core.errors import PrunekitError
+from prunekit.core.io import check_output_dir, options_hash
+from prunekit.data.windows import build_windows, windows_from_texts
+from prunekit.evaluation.perplexity import perplexity
+from prunekit.models.adapter import ATTN, MLP, Block, ModelAdapter
+from prunekit.models.loading import LoadedModel
+from prunekit.models.registry import get_adapter
+from prunekit.pipeline.load import load_model
+from prunekit.plan.apply import save_pruned
+
+#: ``progress(stage, done, total, info)``; ``info`` carries ``loss`` during training.
+RecoverProgress = Callable[[str, int, int, dict], None]
+CKPT = ".recover-ckpt"
+ALPACA_PROMPT = (
+    "Below is an instruction that describes a task{ctx}. Write a response that appropriately completes the request.\n\n"
+    "### Instruction:\n{instruction}\n\n{input_block}### Response:\n{output}"
+)
+
+
+@dataclass
+class RecoverConfig:
+    """Options of ``prunekit recover`` (flags in parentheses)."""
+
+    data: str = "auto"            # --data: auto | alpaca-cleaned | wiki | news | a .txt/.jsonl file
+    epochs: int = 2               # --epochs
+    lora_r: int = 8               # --lora-r
+    lora_alpha: int = 16          # --lora-alpha
+    lora_dropout: float = 0.05    # --lora-dropout
+    lr: float = 1e-4              # --lr
+    seq_len: int = 256            # --seq-len: tokens per training window
+    batch_size: int = 4           # --batch-size: windows per step
+    windows: int | None = None    # --windows: training windows (default: all)
+    max_steps: int | None = None  # --max-steps: stop after this many steps in all
+    save_every: int = 50          # --save-every: checkpoint interval in steps
+    eval_data: tuple[str, ...] = ("wiki-test", "news")  # --eval-data
+    eval_windows: int = 8         # --eval-windows
+    eval_seq_len: int = 256       # --eval-seq-len
+    seed: int = 0                 # --seed: data order and LoRA initialisation
+    rows: int = 2000              # --rows: alpaca-cleaned rows used
+
+    def __post_init__(self) -> None:
+        for flag, v in (("`epochs`", self.epochs), ("`lora_r`", self.lora_r), ("`lora_alpha`", self.lora_alpha),
+                        ("`seq_len`", self.seq_len), ("`batch_size`", self.batch_size), ("`save_every`", self.save_every),
+                        ("`eval_windows`", self.eval_windows), ("`eval_seq_len`", self.eval_seq_len), ("`rows`", self.rows)):
+            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+                raise PrunekitError(f"{flag} {v} is out of range.", f"Use a whole number of 1 or more for {flag}.")
+        for flag, v in (("`windows`", self.windows), ("`max_steps`", self.max_steps)):
+            if v is not None and (not isinstance(v, int) or v < 1):
+                raise PrunekitError(f"{flag} {v} is out of range.", f"Use 1 or more for {flag}.")
+        if not (self.lr > 0 and math.isfinite(self.lr)):
+            raise PrunekitError(f"`lr` {self.lr} must be a positive number.", "Use e.g. `lr` 1e-4.")
+        if not (0.0 <= self.lora_dropout < 1.0):
+            raise PrunekitError(f"`lora_dropout` {self.lora_dropout} is outside [0, 1).", "Use e.g. `lora_dropout` 0.05.")
+        self.eval_data = tuple(self.eval_data)
+        if not self.eval_data:
+            raise PrunekitError("`eval_data` names no source.", "Use e.g. `eval_data` wiki-test,news.")
+
+    def as_dict(self) -> dict:
+        return asdict(self) | {"eval_data": list(self.eval_data)}
+
+
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """True when huggingface.co answers on port 443 (and no offline switch is set)."""
+    if os.environ.get("HF_HUB_OFFLINE") == "1" or os.environ.get("HF_DATASETS_OFFLINE") == "1":
+        return False
+    try:
+        with socket.create_connection(("huggingface.co", 443), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def alpaca_cleaned_texts(rows: int, seed: int) -> list[str]:
+    """``rows`` rows of yahma/alpaca-cleaned (drawn with ``seed``) in the Alpaca prompt format."""
+    import datasets
+
+    try:
+        ds = datasets.load_dataset("yahma/alpaca-cleaned", split="train")
+    except (OSError, ConnectionError, ValueError) as e:
+        raise PrunekitError(
+            f"could not fetch 'alpaca-cleaned' from the hub ({str(e).splitlines()[0][:160]}).",
+            "Check the network, or use `data` wiki (the embedded calibration split) or a local .txt/.jsonl file.",
+        ) from None
+    pick = sorted(random.Random(seed).sample(range(len(ds)), min(rows, len(ds))))
+    out = []
+    for i in pick:
+        r = ds[i]
+        has_input = bool(str(r.get("input") or "").strip())
+        out.append(ALPACA_PROMPT.format(
+            ctx=", paired with an input that provides further context" if has_input else "",
+            instruction=r["instruction"], input_block=f"### Input:\n{r['input']}\n\n" if has_input else "",
+            output=r["output"]))
+    return out
+
+
+def training_windows(tokenizer, cfg: RecoverConfig, max_positions: int | None):
+    """(windows, the source actually used): ``auto`` -> alpaca-cleaned online, else the embedded wiki split."""
+    source = cfg.data
+    if source == "auto":
+        source = "alpaca-cleaned" if hub_reachable() else "wiki"
+    if source == "alpaca-cleaned":
+        texts = alpaca_cleaned_texts(cfg.rows, cfg.seed)
+        return windows_from_texts(tokenizer, texts, cfg.seq_len, cfg.windows, source=source, max_positions=max_positions), source
+    return build_windows(tokenizer, source, cfg.seq_len, cfg.windows, max_positions=max_positions), source
+
+
+def lora_targets(adapter: ModelAdapter) -> list[str]:
+    """Full module names of every q, k, v, o, gate, up, down projection the model still has."""
+    wanted: dict[int, str] = {}
+    for layer in range(adapter.num_layers):
+        if not adapter.is_removed(Block.of(layer, ATTN)):
+            a = adapter.attention(layer)
+            wanted.update({id(m): "" for m in (a.q, a.k, a.v, a.o)})
+        if not adapter.is_removed(Block.of(layer, MLP)):
+            m = adapter.mlp(layer)
+            wanted.update({id(x): "" for x in (m.gate, m.up, m.down)})
+    names = [n for n, mod in adapter.model.named_modules() if id(mod) in wanted]
+    if not names:
+        raise PrunekitError("the model has no projection left to adapt.", "Recover a model that keeps some attention or MLP blocks.")
+    return names
+
+
+def attach_lora(model: nn.Module, adapter: ModelAdapter, cfg: RecoverConfig) -> nn.Module:
+    """Wrap ``model`` with fresh LoRA adapters (initialised from ``cfg.seed``); only they train."""
+    from peft import LoraConfig, get_peft_model
+
+    torch.manual_seed(cfg.seed)
+    lcfg = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
+                      target_modules=lora_targets(adapter), bias="none", task_type="CAUSAL_LM")
+    return get_peft_model(model, lcfg)
+
+
+def merge_lora(peft_model: nn.Module) -> nn.Module:
+    """Fold the adapters into the base weights; returns the plain model."""
+    return peft_model.merge_and_unload()
+
+
+def _trainable(peft_model: nn.Module) -> dict[str, nn.Parameter]:
+    return {n: p for n, p in peft_model.named_parameters() if p.requires_grad}
+
+
+def _save_ckpt(ckpt_dir: Path, state: dict) -> None:
+    """Atomic: write to a temporary file, fsync, rename over the previous checkpoint."""
+    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    tmp = ckpt_dir / f".state.pt.{os.getpid()}.tmp"
+    with open(tmp, "wb") as f:
+        torch.save(state, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, ckpt_dir / "state.pt")
+
+
+def _load_ckpt(ckpt_dir: Path, fingerprint: str) -> dict | None:
+    path = ckpt_dir / "state.pt"
+    if not path.exists():
+        return None
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as e:  # a checkpoint that cannot be read is refused, never silently replaced
+        raise PrunekitError(f"the checkpoint '{path}' cannot be read ({type(e).__name__}).", "Pass `overwrite` to start over.") from None
+    if state.get("fingerprint") != fingerprint:
+        raise PrunekitError(
+            f"the checkpoint in '{ckpt_dir}' was made with other inputs or options.",
+            "Rerun with the same options to resume, or pass `overwrite` to start over.",
+        )
+    return state
+
+
+@dataclass
+class TrainResult:
+    losses: list[float] = field(default_factory=list)
+    steps: int = 0
+    resumed_from: int = 0
+    seconds: float = 0.0
+
+
+def train_lora(
+    peft_model: nn.Module, ids: torch.Tensor, cfg: RecoverConfig, ignore_index: int | None = None,
+    ckpt_dir: Path | None = None, fingerprint: str = "", progress: RecoverProgress | None = None,
+) -> TrainResult:
+    """Train the adapters on windows ``ids`` ``[n, T]``: ``epochs`` passes in a seeded order, batches of ``batch_size``."""
+    params = _trainable(peft_model)
+    opt = torch.optim.AdamW(params.values(), lr=cfg.lr, weight_decay=0.0)
+    n = ids.shape[0]
+    per_epoch = math.ceil(n / cfg.batch_size)
+    total = cfg.epochs * per_epoch if cfg.max_steps is None else min(cfg.max_steps, cfg.epochs * per_epoch)
+    result = TrainResult()
+    state = _load_ckpt(ckpt_dir, fingerprint) if ckpt_dir is not None else None
+    if state is not None:
+        with torch.no_grad():
+            for name, value in state["lora"].items():
+                params[name].copy_(value)
+        opt.load_state_dict(state["optimizer"])
+        result.losses = list(state["losses"])
+        result.resumed_from = result.steps = int(state["step"])
+    device = next(iter(params.values())).device
+    t0 = time.perf_counter()
+    peft_model.train()
+    step = result.steps
+    for epoch in range(cfg.epochs):
+        order = torch.randperm(n, generator=torch.Generator().manual_seed(cfg.seed * 1000 + epoch))
+        for b in range(per_epoch):
+            global_step = epoch * per_epoch + b
+            if global_step < step:
+                continue
+            if global_step >= total:
+                break
+            torch.manual_seed(cfg.seed * 1_000_003 + global_step)  # LoRA dropout: the same masks when resumed
+            x = ids[order[b * cfg.batch_size:(b + 1) * cfg.batch_size]].to(device)
+            labels = x.clone()
+            if ignore_index is not None:
+                labels[labels == ignore_index] = -100
+            loss = peft_model(input_ids=x, labels=labels, use_cache=False).loss
+            if not torch.isfinite(loss):
+                raise PrunekitError(f"the training loss became {float(loss)} at step {global_step + 1}.", "Use a smaller `lr` or `dtype` float32.")
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            step = global_step + 1
+            result.losses.append(float(loss.detach()))
+            if progress:
+                progress("recover", step, total, {"loss": result.losses[-1], "epoch": epoch + 1})
+            end_of_epoch = b == per_epoch - 1
+            if ckpt_dir is not None and (step % cfg.save_every == 0 or end_of_epoch) and step < total:
+                _save_ckpt(ckpt_dir, {"fingerprint": fingerprint, "step": step, "losses": result.losses,
+                                      "optimizer": opt.state_dict(),
+                                      "lora": {k: v.detach().cpu().clone() for k, v in params.items()}})
+    peft_model.eval()
+    result.steps = step
+    result.seconds = time.perf_counter() - t0
+    return result
+
+
+def _held_out(loaded: LoadedModel, cfg: RecoverConfig, progress: RecoverProgress | None, stage: str) -> dict[str, float]:
+    out = {}
+    max_pos = getattr(loaded.model.config, "max_position_embeddings", None)
+    for i, src in enumerate(cfg.eval_data):
+        w = build_windows(loaded.tokenizer, src, cfg.eval_seq_len, cfg.eval_windows, max_positions=max_pos)
+        with torch.inference_mode():
+            out[src] = perplexity(loaded, w, batch_size=4)
+        if progress:
+            progress(stage, i + 1, len(cfg.eval_data), {})
+    return out
+
+
+def prepare_output(src: Path, out: Path, overwrite: bool) -> Path:
+    """Check OUT2 and return its checkpoint directory: resume when only a checkpoint is there."""
+    if out.resolve() == src.resolve():
+        raise PrunekitError("`out` is the input directory.", "Write the recovered model to another directory.")
+    ckpt = out / CKPT
+    if out.is_dir() and overwrite:
+        shutil.rmtree(ckpt, ignore_errors=True)
+    elif out.is_dir() and any(out.iterdir()) and {p.name for p in out.iterdir()} != {CKPT}:
+        check_output_dir(out, overwrite)
+    elif out.exists() and not out.is_dir():
+        check_output_dir(out, overwrite)
+    return ckpt
+
+
+def recover(
+    pruned: str | Path, cfg: RecoverConfig, out: str | Path, overwrite: bool = False, dtype: str = "float32",
+    device: str | None = None, progress: RecoverProgress | None = None,
+) -> dict:
+    """LoRA-train a pruned model directory, merge, write ``out``; returns the run's report (also in ``recover.json``)."""
+    src = Path(pruned)
+    if not (src.is_dir() and (src / "plan.json").exists()):
+        raise PrunekitError(f"'{pruned}' is not a prunekit output directory (no plan.json).", "Give the `out` directory of prunekit prune.")
+    out = Path(out)
+    ckpt = prepare_output(src, out, overwrite)
+    loaded = load_model(str(src), dtype=dtype, device=device)
+    plan = loaded.info["plan"]
+    if loaded.tokenizer is None:
+        raise PrunekitError(f"'{src}' has no tokenizer files.", "Re-run the pruning; it saves the tokenizer beside the weights.")
+    max_pos = getattr(loaded.model.config, "max_position_embeddings", None)
+    windows, source = training_windows(loaded.tokenizer, cfg, max_pos)
+    fingerprint = options_hash({"plan": plan, "options": cfg.as_dict(), "source": source, "data": windows.fingerprint()})
+    before = _held_out(loaded, cfg, progress, "held-out before")
+    params = loaded.adapter.total_params()
+    peft_model = attach_lora(loaded.model, loaded.adapter, cfg)
+    trained = train_lora(peft_model, windows.ids, cfg, loaded.model.config.pad_token_id, ckpt, fingerprint, progress)
+    merged = merge_lora(peft_model).eval()
+    done = LoadedModel(merged, loaded.tokenizer, get_adapter(merged), str(out), {"source": "recovered", "plan": plan})
+    if done.adapter.total_params() != params:
+        raise AssertionError("merging the adapters changed the parameter count")
+    after = _held_out(done, cfg, progress, "held-out after")
+    report = {
+        "input": str(src), "options": cfg.as_dict(), "data": source, "train_windows": windows.n_windows,
+        "train_tokens": windows.n_tokens, "steps": trained.steps, "resumed_from_step": trained.resumed_from,
+        "first_loss": trained.losses[0] if trained.losses else None,
+        "last_loss": trained.losses[-1] if trained.losses else None, "losses": trained.losses,
+        "train_seconds": trained.seconds, "perplexity_before": before, "perplexity_after": after,
+        "parameters": params,
+    }
+    new_plan = dict(plan) | {"recovery": {k: v for k, v in report.items() if k != "losses"}}
+    save_pruned(done, new_plan, out, overwrite=True, extra_files={"recover.json": report})
+    return report

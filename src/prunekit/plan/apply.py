@@ -1,0 +1,123 @@
+"""Apply a plan to a model, save the pruned model, load it back.
+
+``apply_plan`` is the only function that mutates a model. A pruned output directory holds
+``plan.json``, ``config.json`` (the base model's config), ``model.safetensors`` (only the weights
+that are kept) and the tokenizer; :func:`load_pruned` rebuilds the base architecture without
+allocating its weights, applies the plan's structure and loads the kept weights.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import torch
+from accelerate import init_empty_weights
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_model
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+from prunekit.core.errors import PrunekitError
+from prunekit.core.io import atomic_dir, check_disk_space, weights_hash, write_json_atomic
+from prunekit.models.adapter import Block, ModelAdapter
+from prunekit.models.loading import LoadedModel, check_device, resolve_dtype
+from prunekit.models.registry import get_adapter
+from prunekit.plan.schema import read_plan, removed_blocks, validate_plan
+from prunekit.plan.slicing import apply_width
+
+GEOMETRY = ("model_type", "num_hidden_layers", "hidden_size", "num_attention_heads", "num_key_value_heads", "intermediate_size", "vocab_size")
+
+
+def check_plan_matches(model: torch.nn.Module, plan: dict, check_weights: bool = True) -> None:
+    """Refuse a plan made for another model: geometry first, then the weights hash."""
+    config = model.config.to_dict()
+    for key in GEOMETRY:
+        want, have = plan["model"]["config"].get(key), config.get(key)
+        if want != have:
+            raise PrunekitError(
+                f"the plan was made for another model: {key} is {want} in the plan, {have} in this model.",
+                "Apply the plan to the model it was made from (plan.model.spec).",
+            )
+    if check_weights and plan["model"].get("weights_sha256"):
+        if weights_hash(model) != plan["model"]["weights_sha256"]:
+            raise PrunekitError(
+                "the plan was made for another model: the weights hash differs (same geometry, other weights).",
+                "Apply the plan to the model it was made from (plan.model.spec).",
+            )
+
+
+def apply_plan(model: torch.nn.Module, plan: dict, check: bool = True) -> ModelAdapter:
+    """Prune ``model`` in place as ``plan`` says (blocks removed, widths sliced); return its adapter."""
+    validate_plan(plan)
+    if check:
+        check_plan_matches(model, plan)
+    adapter = get_adapter(model)
+    for b in removed_blocks(plan):
+        if b >= adapter.num_blocks:
+            raise PrunekitError(f"the plan removes block {b}, but the model has {adapter.num_blocks}.", "Use the plan with its own model.")
+        adapter.remove_block(Block(b))
+    if plan.get("width"):
+        apply_width(adapter, plan["width"])
+    return adapter
+
+
+def save_pruned(loaded: LoadedModel, plan: dict, out: str | Path, overwrite: bool = False,
+                extra_files: dict | None = None, copy_files: list[Path] | None = None) -> Path:
+    """Write the pruned model (kept weights only), its plan, config and tokenizer to ``out`` atomically.
+
+    ``extra_files``: name -> JSON data written beside; ``copy_files``: files copied in (the journal).
+    """
+    model = loaded.model
+    needed = sum(p.numel() * p.element_size() for p in model.parameters()) + (64 << 20)
+    check_disk_space(Path(out).parent if not Path(out).exists() else Path(out), needed)
+    with atomic_dir(out, overwrite=overwrite) as tmp:
+        write_json_atomic(tmp / "plan.json", plan)
+        (tmp / "config.json").write_text(json.dumps(plan["model"]["config"], indent=2, sort_keys=True) + "\n")
+        save_model(model, str(tmp / "model.safetensors"))
+        if loaded.tokenizer is not None:
+            loaded.tokenizer.save_pretrained(tmp)
+        for name, data in (extra_files or {}).items():
+            write_json_atomic(tmp / name, data)
+        for path in copy_files or []:
+            shutil.copy2(path, tmp / Path(path).name)
+    return Path(out)
+
+
+def load_pruned(out: str | Path, dtype: str | torch.dtype = "float32", device: str = "cpu") -> LoadedModel:
+    """Rebuild a pruned model written by :func:`save_pruned`."""
+    out = Path(out)
+    plan = read_plan(out / "plan.json")
+    torch_dtype = resolve_dtype(dtype)
+    dev = check_device(device, torch_dtype)
+    cfg = dict(plan["model"]["config"])
+    config = AutoConfig.for_model(**cfg)
+    with init_empty_weights(include_buffers=False):
+        model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    apply_plan(model, plan, check=False)
+    try:
+        state = load_file(str(out / "model.safetensors"))
+    except (SafetensorError, OSError, FileNotFoundError) as e:
+        raise PrunekitError(
+            f"could not read the weights in '{out / 'model.safetensors'}' ({e}): missing, corrupted or truncated.",
+            "Re-run the pruning (or restore the file).",
+        ) from None
+    if getattr(config, "tie_word_embeddings", False) and "lm_head.weight" not in state:
+        state["lm_head.weight"] = state["model.embed_tokens.weight"]
+    elif getattr(config, "tie_word_embeddings", False) and "model.embed_tokens.weight" not in state and "lm_head.weight" in state:
+        # safetensors' save_model keeps one name of a tied pair (the first in sorted order: lm_head.weight)
+        state["model.embed_tokens.weight"] = state["lm_head.weight"]
+    missing, unexpected = model.load_state_dict(state, strict=False, assign=True)
+    missing = [k for k in missing if not k.endswith("rotary_emb.inv_freq")]
+    if missing or unexpected:
+        raise PrunekitError(
+            f"the weights in '{out}' do not match its plan (missing {missing[:3]}, unexpected {unexpected[:3]}).",
+            "Re-run the pruning; the directory was modified by hand.",
+        )
+    if getattr(config, "tie_word_embeddings", False):
+        model.lm_head.weight = model.model.embed_tokens.weight
+    model.to(device=dev, dtype=torch_dtype).eval()
+    tokenizer = None
+    if (out / "tokenizer_config.json").exists() or (out / "tokenizer.json").exists():
+        tokenizer = AutoTokenizer.from_pretrained(out)
+    return LoadedModel(model, tokenizer, get_adapter(model), str(out), {"source": "pruned", "plan": plan})

@@ -1,0 +1,142 @@
+"""Physical width pruning: slice the kept structures out of the weights, so the model is smaller.
+
+:func:`apply_width` is what :func:`prunekit.plan.apply.apply_plan` calls for a plan whose ``width``
+field is set. The ``width`` record (kept indices, so the plan re-applies to the base model)::
+
+    {
+      "strategy": "block" | "channel",
+      "layers": [                                  # only the layers that change
+        {"layer": 7, "kv_heads": [0, 2], "heads": [0, 1, 2, 6, 7, 8], "mlp_channels": [...],
+         "num_heads": 6, "num_kv_heads": 2, "intermediate_size": 1152}, ...],
+      "hidden": null | [kept hidden channels],     # --strategy channel
+      "hidden_size": 576,                          # after pruning
+      ...                                          # how the choice was made (importance, fractions)
+    }
+
+Slicing works on real weights and on a model built under ``accelerate.init_empty_weights`` (meta
+tensors: ``index_select`` only computes shapes), which is how :func:`prunekit.plan.apply.load_pruned`
+rebuilds a pruned model before loading its kept weights. After slicing, the attention modules
+still satisfy transformers' attention code: whole KV groups are removed, so each module's
+``num_key_value_groups`` (query heads per KV head) and ``head_dim`` stay true, and the q/k/v
+reshapes infer the head count (``view(..., -1, head_dim)``). The per-layer sizes are recorded on
+``model.config.prunekit_width`` (the base geometry fields of the config are left as they are:
+a plan is checked against them).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from prunekit.core.errors import PrunekitError
+from prunekit.models.adapter import ModelAdapter
+from prunekit.models.groups import Family, attention_family, hidden_family, kv_readers, mlp_family, parameter_names
+
+
+def _check_kept(kept: object, n: int, what: str) -> list[int]:
+    if not isinstance(kept, list) or not kept or not all(isinstance(i, int) and not isinstance(i, bool) for i in kept):
+        raise PrunekitError(f"the plan's width record keeps no valid {what} (corrupted or hand-edited?).", "Use a plan.json written by prunekit.")
+    if sorted(set(kept)) != kept or kept[0] < 0 or kept[-1] >= n:
+        raise PrunekitError(
+            f"the plan's width record lists {what} that are not sorted, unique indices below {n}.",
+            "Use the plan with the model it was made for.",
+        )
+    return kept
+
+
+def _slice_param(module: nn.Module, attr: str, dim: int, idx: torch.Tensor) -> None:
+    p = getattr(module, attr)
+    new = p.data.index_select(dim, idx.to(p.device) if p.device.type != "meta" else idx)
+    if p.device.type != "meta":
+        new = new.clone()
+    setattr(module, attr, nn.Parameter(new, requires_grad=p.requires_grad))
+
+
+def _fix_module(module: nn.Module) -> None:
+    """Keep a module's size attributes true to its sliced weight."""
+    w = module.weight
+    if isinstance(module, nn.Linear):
+        module.out_features, module.in_features = w.shape
+    elif isinstance(module, nn.Embedding):
+        module.num_embeddings, module.embedding_dim = w.shape
+    elif hasattr(module, "normalized_shape"):
+        module.normalized_shape = tuple(w.shape)
+
+
+def slice_family(family: Family, kept: list[int]) -> None:
+    """Keep structures ``kept`` (sorted indices) of ``family`` in every part, drop the rest."""
+    sel = torch.tensor(kept, dtype=torch.long)
+    touched: dict[int, nn.Module] = {}
+    for part in family.parts:
+        idx = part.index[sel].reshape(-1)
+        _slice_param(part.module, part.attr, part.dim, idx)
+        touched[id(part.module)] = part.module
+    for module in touched.values():
+        _fix_module(module)
+
+
+def _slice_layer(adapter: ModelAdapter, entry: dict, names: dict[int, str]) -> None:
+    layer = entry.get("layer")
+    if not isinstance(layer, int) or not (0 <= layer < adapter.num_layers):
+        raise PrunekitError(f"the plan's width record names layer {layer!r}, but the model has {adapter.num_layers}.", "Use the plan with its own model.")
+    if entry.get("kv_heads") is not None:
+        fam = attention_family(adapter, layer, names)
+        if fam is None:
+            raise PrunekitError(f"the plan slices the heads of layer {layer}, whose attention is removed.", "Use a plan.json written by prunekit.")
+        a = adapter.attention(layer)
+        kept = _check_kept(entry["kv_heads"], fam.n, f"KV heads of layer {layer}")
+        readers = kv_readers(a.num_heads, a.num_kv_heads)
+        heads = sorted(h for g in kept for h in readers[g])
+        if entry.get("heads") is not None and entry["heads"] != heads:
+            raise PrunekitError(
+                f"the plan's query heads of layer {layer} split a KV group ({entry['heads']} vs the groups' {heads}).",
+                "Use a plan.json written by prunekit.",
+            )
+        slice_family(fam, kept)
+    if entry.get("mlp_channels") is not None:
+        fam = mlp_family(adapter, layer, names)
+        if fam is None:
+            raise PrunekitError(f"the plan slices the MLP of layer {layer}, which is removed.", "Use a plan.json written by prunekit.")
+        slice_family(fam, _check_kept(entry["mlp_channels"], fam.n, f"MLP channels of layer {layer}"))
+
+
+def apply_width(adapter: ModelAdapter, width: dict) -> None:
+    """Slice ``adapter.model`` in place as the plan's ``width`` record says (see the module docstring)."""
+    if not isinstance(width, dict) or not isinstance(width.get("layers", []), list):
+        raise PrunekitError("the plan's width record is not an object with a 'layers' list.", "Use a plan.json written by prunekit.")
+    model = adapter.model
+    if getattr(model.config, "prunekit_width", None):
+        raise PrunekitError("this model is already width-pruned; a width plan applies to the base model.", "Apply the plan to the model it was made from.")
+    tied = adapter.lm_head.weight is adapter.embed.weight
+    names = parameter_names(model)
+    for entry in width.get("layers", []):
+        if not isinstance(entry, dict):
+            raise PrunekitError("the plan's width record has a layer entry that is not an object.", "Use a plan.json written by prunekit.")
+        _slice_layer(adapter, entry, names)
+    if width.get("hidden") is not None:
+        fam = hidden_family(adapter, names)
+        slice_family(fam, _check_kept(width["hidden"], fam.n, "hidden channels"))
+        if tied:
+            adapter.lm_head.weight = adapter.embed.weight
+            _fix_module(adapter.lm_head)
+    model.config.prunekit_width = layer_sizes(adapter)
+
+
+def layer_sizes(adapter: ModelAdapter) -> dict:
+    """Per-layer geometry as the model holds it now (``None`` for a removed block)."""
+    heads, kv, inter = [], [], []
+    for layer in range(adapter.num_layers):
+        fam = attention_family(adapter, layer)
+        if fam is None:
+            heads.append(None)
+            kv.append(None)
+        else:
+            a = adapter.attention(layer)
+            heads.append(a.num_heads)
+            kv.append(a.num_kv_heads)
+        m = mlp_family(adapter, layer)
+        inter.append(None if m is None else m.n)
+    return {
+        "hidden_size": int(adapter.embed.weight.shape[1]), "num_attention_heads": heads,
+        "num_key_value_heads": kv, "intermediate_size": inter,
+    }
