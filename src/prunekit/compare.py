@@ -16,6 +16,13 @@ Outputs in ``DIR``: ``results.csv``, ``results.md``, ``ppl_vs_ratio.png``, ``lay
 ``reports/<cell>/report.md`` (each cell's run report, linked from ``results.md``) and
 ``compare.json`` (the inputs). ``search_seconds`` of a cell: wall time from the method's engine
 set-up to the moment its answer for that ratio was known (one-shot: the whole ranking).
+
+A ratio a method cannot reach (the budget needs more than all but one unit, the method ran out of
+units, e.g. Taylor+'s spared layers, or llm-pruner would remove every KV group of a layer) becomes
+an *unreachable* cell: ``{"unreachable": reason}`` with no plan, written like any other cell (so a
+re-run does not search for it again), shown as such in the table and the figures; the other cells
+are computed as usual. When the method itself refuses its largest budget, that ratio is recorded
+and the method runs again for the smaller ones.
 """
 
 from __future__ import annotations
@@ -31,7 +38,7 @@ from pathlib import Path
 import torch
 
 from .compare_report import row_label
-from .compare_width import WIDTH_METHOD, check_variant, width_cells
+from .compare_width import WIDTH_METHOD, check_variant, unreachable_ratios, width_cells
 from .config import CalibConfig, DepthConfig, default_cache_bytes
 from .data.windows import build_windows
 from .depth.beam import Budgets
@@ -146,6 +153,14 @@ def _write_cell(out: Path, name: str, cell: dict, say: LogFn) -> None:
         + ", ".join(f"{s} ppl {v:.3f}" for s, v in cell["ppl"].items()) + f", search {cell['search_seconds']:.1f} s")
 
 
+def _write_unreachable(out: Path, spec: MethodSpec, ratio: float, reason: str, say: LogFn, **extra) -> None:
+    """The cell of a ratio ``spec`` cannot reach: no plan, no perplexity, the reason."""
+    cell = {"method": spec.method, "search": spec.search, "target_ratio": ratio, "unreachable": reason,
+            "ppl": {}, "blocks": [], "units": []} | extra
+    write_json_atomic(out / "cells" / f"{_cell_name(spec, ratio)}.json", cell)
+    say(f"  {row_label(cell)} @ {ratio:g}: unreachable: {reason}")
+
+
 def _cell_report(model_spec: str, plan: dict, out: Path, name: str, seconds: float) -> str:
     """``reports/<cell>/report.md`` (the run report of that cell's plan); returns its path relative to ``out``."""
     render_report(plan, out / "reports" / name, {"search_seconds": seconds}, name=name,
@@ -160,6 +175,8 @@ def _backfill(out: Path, names: list[str], loaded: LoadedModel, windows, batch_s
     for name in names:
         path = out / "cells" / f"{name}.json"
         cell = json.loads(path.read_text(encoding="utf-8"))
+        if cell.get("unreachable"):
+            continue
         added = False
         if "calib_ppl" not in cell:
             cell["calib_ppl"] = _evaluate_blocks(loaded, cell["blocks"], {_CALIB: windows}, batch_size)[0][_CALIB]
@@ -182,6 +199,12 @@ def _width_method(loaded: LoadedModel, spec: MethodSpec, todo: list[float], cali
             return {src: perplexity(pruned, w, eval_batch_size) for src, w in (evals | {_CALIB: windows}).items()}
 
     importance = check_variant(spec.search)
+    blocked = unreachable_ratios(loaded, importance, todo, windows.n_windows)
+    for ratio, reason in blocked.items():
+        _write_unreachable(out, spec, ratio, reason, say, importance=importance)
+    todo = [r for r in todo if r not in blocked]
+    if not todo:
+        return
     for ratio, plan, ppl, params_after, seconds, removed in width_cells(
             loaded, importance, todo, calib, windows.n_windows, evaluate, progress):
         name = _cell_name(spec, ratio)
@@ -200,14 +223,15 @@ def _width_method(loaded: LoadedModel, spec: MethodSpec, todo: list[float], cali
 
 
 def _levels(outcome, stops: list, stamps: list[tuple[float, float]]) -> list:
-    """One (units, records, seconds, counted MACs, extra) per stop: the search's own, or prefixes of a nested order."""
+    """One (units, records, seconds, counted MACs, extra) per stop: the search's own, or prefixes of a nested order;
+    None for a stop that no prefix meets (the search ran out of units before that budget)."""
     if "levels" in outcome.extra or "seconds" in outcome.extra:  # beam:K, greedy+swap: one answer per stop
         outs = outcome.extra.get("levels", [outcome])
         return [(o.units, o.records, o.extra["seconds"], o.extra["macs"], o.extra) for o in outs]
     res = []
     for stop in stops:
-        k = next((i + 1 for i in range(len(outcome.units)) if stop(outcome.units[: i + 1])), len(outcome.units))
-        res.append((outcome.units[:k], outcome.records[:k], *stamps[k - 1], outcome.extra))
+        k = next((i + 1 for i in range(len(outcome.units)) if stop(outcome.units[: i + 1])), None)
+        res.append(None if k is None else (outcome.units[:k], outcome.records[:k], *stamps[k - 1], outcome.extra))
     return res
 
 
@@ -269,16 +293,41 @@ def compare(
             continue
         depth = DepthConfig(method=spec.method, blocks_kind=blocks_kind, ratio=max(todo), search=spec.search, cache_gb=cache_gb)
         units = make_units(adapter, unit_kind(depth))
-        stops = [_stop_rule(loaded, units, DepthConfig(method=spec.method, blocks_kind=blocks_kind, ratio=r)) for r in todo]
-        stamps: list[tuple[float, float]] = []
-        t0 = time.perf_counter()
-        engine = Engine(adapter, windows, batch_size=calib.batch_size, ignore_index=ignore, cache_bytes=cache_bytes)
-        dense_value = engine.perplexity(engine.total_score(frozenset()))
-        engine.counter = type(engine.counter)()
-        outcome = DEPTH_METHODS[spec.method](loaded, engine, units, Budgets(stops), depth, progress, None,
-                                             lambda _rec: stamps.append((time.perf_counter() - t0, engine.counter.total_macs)))
+        reach, stops = [], []
+        for r in todo:
+            try:
+                stops.append(_stop_rule(loaded, units, DepthConfig(method=spec.method, blocks_kind=blocks_kind, ratio=r)))
+                reach.append(r)
+            except PrunekitError as e:  # more than all units but one
+                _write_unreachable(out, spec, r, str(e), say)
+        outcome = None
+        while reach and outcome is None:
+            depth = DepthConfig(method=spec.method, blocks_kind=blocks_kind, ratio=max(reach), search=spec.search,
+                                cache_gb=cache_gb)
+            stamps: list[tuple[float, float]] = []
+            t0 = time.perf_counter()
+            engine = Engine(adapter, windows, batch_size=calib.batch_size, ignore_index=ignore, cache_bytes=cache_bytes)
+            dense_value = engine.perplexity(engine.total_score(frozenset()))
+            engine.counter = type(engine.counter)()
+            try:
+                outcome = DEPTH_METHODS[spec.method](
+                    loaded, engine, units, Budgets(stops), depth, progress, None,
+                    lambda _rec: stamps.append((time.perf_counter() - t0, engine.counter.total_macs)))
+            except PrunekitError as e:  # the method cannot reach its largest budget (e.g. Taylor+'s spared layers)
+                _write_unreachable(out, spec, reach.pop(), str(e), say)
+                stops.pop()
+                if reach:
+                    say(f"{spec.name}: searching again for ratios {', '.join(f'{r:g}' for r in reach)}")
+        if outcome is None:
+            continue
         unit_work = dense_forward_macs(engine)
-        for ratio, (cell_units, recs, seconds, macs, extra) in zip(todo, _levels(outcome, stops, stamps)):
+        for ratio, stop, level in zip(reach, stops, _levels(outcome, stops, stamps)):
+            if level is None or not stop(level[0]):
+                n = sum(unit_params(adapter, u) for u in outcome.units)
+                _write_unreachable(out, spec, ratio, f"{spec.name} ran out of units before reaching the budget: all "
+                                   f"{len(outcome.units)} units it removed are {n / params_before:.3f} of the parameters.", say)
+                continue
+            cell_units, recs, seconds, macs, extra = level
             blocks = [b for u in cell_units for b in u]
             removed, n = [], 0
             for u, rec in zip(cell_units, recs):
@@ -324,7 +373,7 @@ def _describe(loaded: LoadedModel, calib: CalibConfig, windows, evals: dict) -> 
 
 
 def collect_rows(out: Path, methods: list[MethodSpec], ratios: list[float]) -> list[dict]:
-    """The dense row, then one row per (method, ratio) from the finished cells, in the given order."""
+    """The dense row, then one row per (method, ratio) from the finished cells (unreachable ones included), in the given order."""
     rows = [json.loads((out / "cells" / "dense.json").read_text(encoding="utf-8"))]
     for spec in methods:
         for r in ratios:
@@ -334,13 +383,17 @@ def collect_rows(out: Path, methods: list[MethodSpec], ratios: list[float]) -> l
 
 def rows_csv(rows: list[dict], sources: list[str]) -> str:
     """CSV text: one line per row; perplexities as ``ppl_<source>``; blocks as ``attn 3;mlp 7``; width
-    cells (llm-pruner) count their removed heads and MLP channels instead; ``report``: the cell's run report."""
+    cells (llm-pruner) count their removed heads and MLP channels instead; ``report``: the cell's run report;
+    ``unreachable``: why the method cannot reach that ratio (every measured field of that line is empty)."""
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(["method", "search", "target_ratio", "ratio_removed", "params_removed", "params_after",
                 "attn_removed", "mlp_removed", "heads_removed", "mlp_channels_removed", *[f"ppl_{s}" for s in sources],
-                "calib_ppl", "search_seconds", "search_work", "removed", "report"])
+                "calib_ppl", "search_seconds", "search_work", "removed", "report", "unreachable"])
     for r in rows:
+        if r.get("unreachable"):
+            w.writerow([r["method"], r["search"], f"{r['target_ratio']:g}", *[""] * (12 + len(sources)), r["unreachable"]])
+            continue
         kinds = [Block(b).kind for b in r["blocks"]]
         width = r.get("width_removed") or {}
         work = r.get("search_work")
@@ -348,5 +401,5 @@ def rows_csv(rows: list[dict], sources: list[str]) -> str:
                     r["params_after"], kinds.count(ATTN), len(kinds) - kinds.count(ATTN), width.get("heads", 0),
                     width.get("mlp_channels", 0), *[f"{r['ppl'][s]:.4f}" for s in sources], f"{r['calib_ppl']:.4f}",
                     f"{r['search_seconds']:.2f}", "" if work is None else f"{work:.2f}", ";".join(r["units"]),
-                    r.get("report", "")])
+                    r.get("report", ""), ""])
     return buf.getvalue()
