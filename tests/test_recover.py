@@ -216,7 +216,8 @@ def test_recover_resumes_after_kill_9_to_the_same_result(pruned_dir, text_file, 
     for kill, step, files in (("commit", 2, ["state-000000002.safetensors", "state-000000004.safetensors", "state.json"]),
                               ("step", 4, ["state-000000004.safetensors", "state.json"])):
         args = {"kill": kill, "src": str(pruned_dir), "out": str(out), "cfg": cfg.as_dict()}
-        res = subprocess.run([sys.executable, "-c", KILLER, json.dumps(args)], capture_output=True, text=True, timeout=300)
+        res = subprocess.run([sys.executable, "-c", KILLER, json.dumps(args)], capture_output=True, text=True, timeout=300,
+                             check=False)
         assert res.returncode == -signal.SIGKILL, res.stderr[-3000:]
         assert json.loads((out / CKPT / "state.json").read_text())["step"] == step
         assert sorted(p.name for p in (out / CKPT).iterdir()) == files

@@ -312,7 +312,8 @@ def compare(
             try:
                 outcome = DEPTH_METHODS[spec.method](
                     loaded, engine, units, Budgets(stops), depth, progress, None,
-                    lambda _rec: stamps.append((time.perf_counter() - t0, engine.counter.total_macs)))
+                    lambda _rec, stamps=stamps, t0=t0, engine=engine: stamps.append(
+                        (time.perf_counter() - t0, engine.counter.total_macs)))
             except PrunekitError as e:  # the method cannot reach its largest budget (e.g. Taylor+'s spared layers)
                 _write_unreachable(out, spec, reach.pop(), str(e), say)
                 stops.pop()

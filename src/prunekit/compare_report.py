@@ -132,9 +132,8 @@ def plot_ppl(rows: list[dict], sources: list[str], path: Path, about: dict) -> N
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from matplotlib.ticker import FuncFormatter, NullFormatter
-
     from matplotlib.lines import Line2D
+    from matplotlib.ticker import FuncFormatter, NullFormatter
     from matplotlib.transforms import offset_copy
 
     dense, cells = rows[0], rows[1:]
