@@ -167,3 +167,93 @@ def test_compare_llm_pruner_cells(setup):
     assert int(w["heads_removed"]) + int(w["mlp_channels_removed"]) > 0 and w["search_work"] == ""
     with pytest.raises(PrunekitError, match="Did you mean 'l2'"):
         parse_methods("llm-pruner/l3")
+
+
+def test_unreachable_cells_are_recorded_and_the_rest_finishes(setup, monkeypatch):
+    """A method that cannot reach a ratio gives an 'unreachable' cell with its reason (table, CSV, both
+    figures); every other cell is computed, the command exits 0, and a re-run searches nothing again."""
+    import matplotlib.figure
+    import matplotlib.text
+
+    from prunekit import compare as compare_mod
+
+    root, _, calib, held = setup
+    # 16 layers: Taylor+ spares layers 0, 1 and 15, so it removes at most 13 layers (0.762 of the parameters)
+    # while 15 layers (0.879) are within every layer method's budget rule; llm-pruner's uniform fraction
+    # would remove every KV group of a layer from 0.5 on.
+    ckpt = str(save_tiny_checkpoint(root / "tiny16", "llama", num_hidden_layers=16))
+    out = root / "unreachable"
+    figures = {}
+    real_savefig = matplotlib.figure.Figure.savefig
+
+    def savefig(fig, path, *a, **k):  # record each figure's texts (annotations, legend, notes)
+        name = str(path).split(".tmp.png")[0].lstrip(".").rsplit("/.", 1)[-1]
+        figures[name] = [t.get_text() for t in fig.findobj(matplotlib.text.Text)]
+        return real_savefig(fig, path, *a, **k)
+
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", savefig)
+    args = ["compare", ckpt, "--methods", "taylor,shortgpt,llm-pruner", "--ratios", "0.2,0.8,0.9", "--calib", calib,
+            "--eval", held, "--windows", "4", "--seq-len", "24", "--eval-windows", "2", "--eval-seq-len", "24",
+            "--out", str(out)]
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 0, res.output
+    unreachable = {("taylor", "0.8"): "taylor ran out of units before reaching the budget (3 units are kept",
+                   ("taylor", "0.9"): "--ratio 0.9 cannot be reached",
+                   ("shortgpt", "0.9"): "--ratio 0.9 cannot be reached",
+                   ("llm-pruner", "0.8"): "would remove every KV group",
+                   ("llm-pruner", "0.9"): "would remove every KV group"}
+    rows = list(csv.DictReader((out / "results.csv").open()))
+    assert [(r["method"], r["target_ratio"]) for r in rows[1:]] == [
+        (m, r) for m in ("taylor", "shortgpt", "llm-pruner") for r in ("0.2", "0.8", "0.9")]
+    for r in rows[1:]:
+        key = (r["method"], r["target_ratio"])
+        if key in unreachable:
+            assert unreachable[key] in r["unreachable"]
+            assert r[f"ppl_{held}"] == r["ratio_removed"] == r["params_after"] == ""
+            cell = json.loads((out / "cells" / f"{r['method']}__r{r['target_ratio']}.json").read_text())
+            assert unreachable[key] in cell["unreachable"] and "plan" not in cell
+            assert not (out / "plans" / f"{r['method']}__r{r['target_ratio']}.json").exists()
+        else:  # the reachable cells are all there, each with a plan that reaches its ratio
+            assert r["unreachable"] == ""
+            assert float(r["ratio_removed"]) >= float(r["target_ratio"]) and float(r[f"ppl_{held}"]) > 1.0
+            assert read_plan(out / "plans" / f"{r['method']}__r{r['target_ratio']}.json")["ratio_removed"] >= float(r["target_ratio"])
+    md = (out / "results.md").read_text()
+    assert "| 0.8 | taylor | unreachable |" in md and "| 0.9 | llm-pruner | unreachable |" in md
+    assert "- taylor @ 0.8: taylor ran out of units before reaching the budget" in md
+    assert "- shortgpt @ 0.9: --ratio 0.9 cannot be reached" in md
+    assert "| taylor | " in md.split(f"**{held} perplexity by method and ratio**")[1]
+    pivot = md.split(f"**{held} perplexity by method and ratio**")[1]
+    assert next(line for line in pivot.splitlines() if line.startswith("| shortgpt |")).endswith("| unreachable |")
+    ppl_fig = figures["ppl_vs_ratio.png"]  # a legend entry per method naming its unreachable ratios, a label per ratio
+    assert "taylor: unreachable at 0.8, 0.9" in ppl_fig and "shortgpt: unreachable at 0.9" in ppl_fig
+    assert "llm-pruner: unreachable at 0.8, 0.9" in ppl_fig and ppl_fig.count("unreachable") == 2
+    assert figures["layer_map.png"].count("unreachable: no plan removes this fraction (see results.md)") == 5
+    for name in ("ppl_vs_ratio.png", "layer_map.png"):
+        assert (out / name).read_bytes().startswith(PNG)
+
+    # a re-run treats the unreachable cells as finished: no search, no gradient pass, no cell rewritten
+    stamps = {p: p.stat().st_mtime_ns for p in (out / "cells").glob("*.json")}
+    for method in ("taylor", "shortgpt"):
+        monkeypatch.setitem(methods_mod.DEPTH_METHODS, method, lambda *a, **k: pytest.fail("searched again"))
+    monkeypatch.setattr(compare_mod, "width_cells", lambda *a, **k: pytest.fail("llm-pruner searched again"))
+    monkeypatch.setattr(compare_mod, "unreachable_ratios", lambda *a, **k: pytest.fail("llm-pruner checked again"))
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 0, res.output
+    assert "taylor: all ratios done" in res.output and "llm-pruner: all ratios done" in res.output
+    assert {p: p.stat().st_mtime_ns for p in (out / "cells").glob("*.json")} == stamps
+    assert (out / "results.csv").read_text().count("would remove every KV group") == 2
+
+
+def test_a_search_that_stops_short_gives_no_cell_below_its_budget(setup, monkeypatch):
+    """A method whose answer does not reach a ratio (here: a wrapper that stops at the smallest budget) gets an
+    unreachable cell for the larger ratio, never a cell that removes less than its target."""
+    from prunekit.depth.beam import Budgets
+
+    root, ckpt, calib, held = setup
+    real = methods_mod.DEPTH_METHODS["shortgpt"]
+    monkeypatch.setitem(methods_mod.DEPTH_METHODS, "shortgpt",
+                        lambda loaded, engine, units, stop, *a: real(loaded, engine, units, Budgets(stop.levels[:1]), *a))
+    rows = compare(ckpt, "shortgpt", "0.2,0.4", _calib(calib), [held], root / "short", eval_windows=2, eval_seq_len=24)
+    assert rows[1]["target_ratio"] == 0.2 and rows[1]["ratio_removed"] >= 0.2 and "unreachable" not in rows[1]
+    assert rows[2]["target_ratio"] == 0.4 and "ppl" in rows[2] and rows[2]["ppl"] == {}
+    assert rows[2]["unreachable"].startswith("shortgpt ran out of units before reaching the budget: all 2 units it removed are 0.395")

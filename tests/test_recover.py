@@ -3,9 +3,15 @@
 from __future__ import annotations
 
 import json
+import pickle
+import signal
+import subprocess
+import sys
+import textwrap
 
 import pytest
 import torch
+from safetensors.torch import load_file
 
 from prunekit.core.errors import PrunekitError
 from prunekit.data.calibration import CalibConfig
@@ -110,7 +116,7 @@ def test_recover_resumes_from_its_checkpoint(pruned_dir, text_file, tmp_path):
 
     with pytest.raises(Stop):
         recover(pruned_dir, cfg, tmp_path / "cut", device="cpu", progress=stop_at_5)
-    assert (tmp_path / "cut" / CKPT / "state.pt").exists()
+    assert (tmp_path / "cut" / CKPT / "state.json").exists()
     resumed = recover(pruned_dir, cfg, tmp_path / "cut", device="cpu")
     assert resumed["resumed_from_step"] == 4
     assert resumed["losses"] == whole["losses"]
@@ -122,6 +128,104 @@ def test_recover_resumes_from_its_checkpoint(pruned_dir, text_file, tmp_path):
         recover(pruned_dir, cfg, tmp_path / "cut2", device="cpu", progress=stop_at_5)
     with pytest.raises(PrunekitError, match="other inputs or options"):
         recover(pruned_dir, _cfg(text_file, epochs=2, windows=8, max_steps=6, save_every=2, lr=2e-2), tmp_path / "cut2", device="cpu")
+
+
+class _Stop(Exception):
+    pass
+
+
+def _stop_at(step):
+    def progress(stage, done, total, info):
+        if stage == "recover" and done == step:
+            raise _Stop
+
+    return progress
+
+
+def _same_weights(dir_a, dir_b):
+    a = load_model(str(dir_a), device="cpu").model.state_dict()
+    b = load_model(str(dir_b), device="cpu").model.state_dict()
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_recover_checkpoint_holds_no_pickle(pruned_dir, text_file, tmp_path, monkeypatch):
+    """The checkpoint is safetensors (LoRA weights, AdamW's per-parameter tensors) plus JSON, and a resume
+    with every unpickler disabled gives the uninterrupted run's losses and weights."""
+    cfg = _cfg(text_file, epochs=2, windows=8, max_steps=6, save_every=2)
+    whole = recover(pruned_dir, cfg, tmp_path / "whole", device="cpu")
+    with pytest.raises(_Stop):
+        recover(pruned_dir, cfg, tmp_path / "cut", device="cpu", progress=_stop_at(5))
+    ckpt = tmp_path / "cut" / CKPT
+    assert sorted(p.name for p in ckpt.rglob("*")) == ["state-000000004.safetensors", "state.json"]
+    meta = json.loads((ckpt / "state.json").read_text())
+    assert meta["step"] == 4 and meta["tensors"] == "state-000000004.safetensors" and meta["losses"] == whole["losses"][:4]
+    tensors = load_file(ckpt / meta["tensors"])
+    n = 2 * len(lora_targets(load_model(str(pruned_dir), device="cpu").adapter))  # lora_A and lora_B of each target
+    lora = sorted(k for k in tensors if k.startswith("lora."))
+    assert len(lora) == n and all(k.endswith((".lora_A.default.weight", ".lora_B.default.weight")) for k in lora)
+    assert set(tensors) - set(lora) == {f"optimizer.state.{i}.{name}" for i in range(n) for name in ("exp_avg", "exp_avg_sq", "step")}
+    assert all(tensors[f"optimizer.state.{i}.step"].item() == 4.0 for i in range(n))
+    (group,) = meta["optimizer"]["param_groups"]
+    assert group["params"] == list(range(n)) and group["lr"] == cfg.lr and group["betas"] == [0.9, 0.999]
+
+    def unpickle(*a, **k):
+        raise AssertionError("a checkpoint was unpickled")
+
+    for owner, name in ((torch, "load"), (pickle, "load"), (pickle, "loads")):
+        monkeypatch.setattr(owner, name, unpickle)
+    resumed = recover(pruned_dir, cfg, tmp_path / "cut", device="cpu")
+    assert resumed["resumed_from_step"] == 4 and resumed["losses"] == whole["losses"]
+    assert _same_weights(tmp_path / "whole", tmp_path / "cut")
+
+
+def test_recover_refuses_an_old_pickle_checkpoint(pruned_dir, text_file, tmp_path):
+    (tmp_path / "old" / CKPT).mkdir(parents=True)
+    torch.save({"step": 2}, tmp_path / "old" / CKPT / "state.pt")
+    with pytest.raises(PrunekitError, match=r"older prunekit \(state.pt, a pickle\), which is not read"):
+        recover(pruned_dir, _cfg(text_file, max_steps=2), tmp_path / "old", device="cpu")
+
+
+KILLER = textwrap.dedent('''
+    import json, os, signal, sys
+    import torch
+    from prunekit import recover as rec
+    torch.set_num_threads(1)
+    args = json.loads(sys.argv[1])
+    progress = None
+    if args["kill"] == "commit":  # SIGKILL once step 4's tensors file is in place, before state.json names it
+        real = rec.write_json_atomic
+
+        def commit(path, data):
+            if data.get("step") == 4:
+                os.kill(os.getpid(), signal.SIGKILL)
+            real(path, data)
+
+        rec.write_json_atomic = commit
+    else:  # SIGKILL during step 5, after step 4's checkpoint
+        def progress(stage, done, total, info):
+            if stage == "recover" and done == 5:
+                os.kill(os.getpid(), signal.SIGKILL)
+    rec.recover(args["src"], rec.RecoverConfig(**args["cfg"]), args["out"], device="cpu", progress=progress)
+''')
+
+
+def test_recover_resumes_after_kill_9_to_the_same_result(pruned_dir, text_file, tmp_path):
+    """kill -9 in the middle of writing a checkpoint, resume, kill -9 again between checkpoints, resume:
+    the same losses and weights as an uninterrupted run."""
+    cfg = _cfg(text_file, epochs=2, windows=8, max_steps=6, save_every=2)
+    whole = recover(pruned_dir, cfg, tmp_path / "whole", device="cpu")
+    out = tmp_path / "killed"
+    for kill, step, files in (("commit", 2, ["state-000000002.safetensors", "state-000000004.safetensors", "state.json"]),
+                              ("step", 4, ["state-000000004.safetensors", "state.json"])):
+        args = {"kill": kill, "src": str(pruned_dir), "out": str(out), "cfg": cfg.as_dict()}
+        res = subprocess.run([sys.executable, "-c", KILLER, json.dumps(args)], capture_output=True, text=True, timeout=300,
+                             check=False)
+        assert res.returncode == -signal.SIGKILL, res.stderr[-3000:]
+        assert json.loads((out / CKPT / "state.json").read_text())["step"] == step
+        assert sorted(p.name for p in (out / CKPT).iterdir()) == files
+    resumed = recover(pruned_dir, cfg, out, device="cpu")
+    assert resumed["resumed_from_step"] == 4 and resumed["losses"] == whole["losses"]
+    assert _same_weights(tmp_path / "whole", out)
 
 
 def test_recover_refuses_bad_inputs(pruned_dir, text_file, tmp_path):

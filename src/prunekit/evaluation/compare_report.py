@@ -9,6 +9,12 @@
 
 In ``results.md`` each method's name links to its cell's run report (``reports/<cell>/report.md``).
 
+An unreachable cell (``"unreachable": reason``, no plan) reads "unreachable" in both tables, with
+its reason in a list under them; ``ppl_vs_ratio.png`` marks it with an x in the method's colour at
+its target ratio on the top edge of each panel, labelled "unreachable", and a legend entry per method
+naming its unreachable ratios; ``layer_map.png`` shades its rows
+and writes "unreachable" across them.
+
 Rows are the cells written by :func:`prunekit.pipeline.compare.compare` (``ppl`` per source,
 ``ratio_removed``, ``blocks``, ``search_seconds``...).
 """
@@ -38,6 +44,8 @@ def row_label(row: dict) -> str:
 
 def removed_text(row: dict) -> str:
     """``attn / mlp`` blocks removed, or, for a width cell, the heads and MLP channels it removed."""
+    if row.get("unreachable"):
+        return "unreachable"
     if row.get("width_removed"):
         w = row["width_removed"]
         return f"width: {w['heads']} heads, {w['mlp_channels']:,} MLP channels"
@@ -68,8 +76,13 @@ def markdown(rows: list[dict], sources: list[str], about: dict) -> str:
     ]
     for ratio in ratios:
         group = [r for r in cells if r["target_ratio"] == ratio]
-        best = {s: min(r["ppl"][s] for r in group) for s in sources}
+        reached = [r for r in group if not r.get("unreachable")]
+        best = {s: min(r["ppl"][s] for r in reached) for s in sources} if reached else {}
         for r in group:
+            if r.get("unreachable"):
+                lines.append(f"| {ratio:g} | {row_label(r)} | unreachable | - | " + " | ".join("-" for _ in sources)
+                             + " | - | - | - |")
+                continue
             ppl = [f"**{r['ppl'][s]:.3f}**" if r["ppl"][s] == best[s] else f"{r['ppl'][s]:.3f}" for s in sources]
             method = f"[{row_label(r)}]({r['report']})" if r.get("report") else row_label(r)
             work = "-" if r.get("search_work") is None else f"{r['search_work']:.1f}"
@@ -77,12 +90,18 @@ def markdown(rows: list[dict], sources: list[str], about: dict) -> str:
                 f"| {ratio:g} | {method} | {r['params_removed']:,} ({r['ratio_removed']:.1%}) | {removed_text(r)} | "
                 + " | ".join(ppl) + f" | {r['calib_ppl']:.3f} | {r['search_seconds']:.1f} | {work} |"
             )
+    blocked = [r for r in cells if r.get("unreachable")]
+    if blocked:
+        lines += ["", "**Unreachable cells** (the method cannot remove that fraction of the parameters; no plan):", ""]
+        lines += [f"- {row_label(r)} @ {r['target_ratio']:g}: {r['unreachable']}" for r in blocked]
     for s in sources:
         lines += ["", f"**{s} perplexity by method and ratio** (dense: {dense['ppl'][s]:.3f})", "",
                   "| method | " + " | ".join(f"{r:g}" for r in ratios) + " |", "|---|" + "---:|" * len(ratios)]
         for label in dict.fromkeys(row_label(r) for r in cells):
-            vals = {r["target_ratio"]: r["ppl"][s] for r in cells if row_label(r) == label}
-            lines.append(f"| {label} | " + " | ".join(f"{vals[r]:.3f}" if r in vals else "-" for r in ratios) + " |")
+            vals = {r["target_ratio"]: "unreachable" if r.get("unreachable") else r["ppl"][s]
+                    for r in cells if row_label(r) == label}
+            lines.append(f"| {label} | " + " | ".join(
+                ("-" if r not in vals else vals[r] if isinstance(vals[r], str) else f"{vals[r]:.3f}") for r in ratios) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -113,16 +132,32 @@ def plot_ppl(rows: list[dict], sources: list[str], path: Path, about: dict) -> N
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.lines import Line2D
     from matplotlib.ticker import FuncFormatter, NullFormatter
+    from matplotlib.transforms import offset_copy
 
     dense, cells = rows[0], rows[1:]
     labels = list(dict.fromkeys(row_label(r) for r in cells))
     style = _styles(labels)
+    blocked = [r for r in cells if r.get("unreachable")]
+    cells = [r for r in cells if not r.get("unreachable")]
     fig, axes = plt.subplots(1, len(sources), figsize=(5.4 * len(sources) + 3.0, 4.8), squeeze=False, layout="constrained")
     for ax, s in zip(axes[0], sources):
         for lab in labels:
             pts = sorted((r["ratio_removed"] * 100, r["ppl"][s]) for r in cells if row_label(r) == lab)
             ax.plot([p[0] for p in pts], [p[1] for p in pts], label=lab, markersize=6, linewidth=1.6, alpha=0.9, **style[lab])
+        for ratio in sorted({r["target_ratio"] for r in blocked}):  # no point to plot: x marks on the top edge
+            here = [r for r in blocked if r["target_ratio"] == ratio]
+            for k, r in enumerate(here):  # side by side, in each method's colour, centred on the target ratio
+                shift = offset_copy(ax.get_xaxis_transform(), fig=fig, x=7 * (k - (len(here) - 1) / 2), units="points")
+                ax.plot([ratio * 100], [0.96], transform=shift, marker="x", markersize=7, markeredgewidth=2,
+                        linestyle="none", color=style[row_label(r)]["color"], clip_on=False)
+            ax.annotate("unreachable", (ratio * 100, 0.96), xycoords=ax.get_xaxis_transform(), xytext=(0, -11),
+                        textcoords="offset points", fontsize=7, ha="center", va="top")
+        if blocked:  # the marks are not data points: widen the x range to hold them
+            targets = [r["target_ratio"] * 100 for r in blocked]
+            lo, hi = ax.get_xlim()
+            ax.set_xlim(min(lo, min(targets) - 3), max(hi, max(targets) + 3))
         ax.axhline(dense["ppl"][s], color="black", linestyle=":", linewidth=1.2, label="dense model")
         ax.annotate(f"dense {dense['ppl'][s]:.2f}", (0.01, dense["ppl"][s]), xycoords=("axes fraction", "data"),
                     xytext=(0, 3), textcoords="offset points", fontsize=8)
@@ -138,6 +173,10 @@ def plot_ppl(rows: list[dict], sources: list[str], path: Path, about: dict) -> N
         ax.set_title(f"evaluation: {s}", fontsize=11)
         ax.grid(True, which="major", alpha=0.35)
     handles, labs = axes[0][0].get_legend_handles_labels()
+    for lab in dict.fromkeys(row_label(r) for r in blocked):  # x: no plan reaches that target (reasons in results.md)
+        handles.append(Line2D([], [], color=style[lab]["color"], marker="x", markeredgewidth=2, linestyle="none"))
+        labs.append(f"{lab}: unreachable at "
+                    + ", ".join(f"{r['target_ratio']:g}" for r in blocked if row_label(r) == lab))
     fig.legend(handles, labs, loc="outside right center", fontsize=9, frameon=False, title="method (search)")
     fig.suptitle(f"{about['model']}: held-out perplexity vs parameters removed (calibration: {about['calibration']})", fontsize=11)
     fig.savefig(path, dpi=130)
@@ -159,13 +198,19 @@ def plot_layer_map(rows: list[dict], num_layers: int, path: Path, about: dict) -
     n_rows = 2 * len(labels)
     fig, axes = plt.subplots(len(ratios), 1, squeeze=False, layout="constrained",
                              figsize=(max(8.0, 0.26 * num_layers + 5.0), (0.19 * n_rows + 0.9) * len(ratios) + 0.7))
-    colors = {"kept": "#eeeeee", ATTN: "#1f77b4", "mlp": "#ff7f0e", "narrowed": "#b39ddb"}
-    cmap = ListedColormap([colors["kept"], colors[ATTN], colors["mlp"], colors["narrowed"]])
+    colors = {"kept": "#eeeeee", ATTN: "#1f77b4", "mlp": "#ff7f0e", "narrowed": "#b39ddb", "unreachable": "#f2c4c4"}
+    cmap = ListedColormap([colors["kept"], colors[ATTN], colors["mlp"], colors["narrowed"], colors["unreachable"]])
     narrowing = any(r.get("width_removed") for r in cells)
+    blocked = any(r.get("unreachable") for r in cells)
     for ax, ratio in zip(axes[:, 0], ratios):
         grid = np.zeros((n_rows, num_layers))
+        notes = []
         for i, lab in enumerate(labels):
             row = next((r for r in cells if row_label(r) == lab and r["target_ratio"] == ratio), None)
+            if row is not None and row.get("unreachable"):
+                grid[2 * i: 2 * i + 2, :] = 4
+                notes.append(2 * i + 0.5)
+                continue
             for b in row["blocks"] if row else []:
                 blk = Block(b)
                 grid[2 * i + (0 if blk.kind == ATTN else 1), blk.layer] = 1 if blk.kind == ATTN else 2
@@ -173,7 +218,10 @@ def plot_layer_map(rows: list[dict], num_layers: int, path: Path, about: dict) -
             for k, key in ((0, "attn_layers"), (1, "mlp_layers")):
                 for layer in width.get(key, []):
                     grid[2 * i + k, layer] = 3
-        ax.imshow(grid, cmap=cmap, vmin=0, vmax=3, aspect="auto", interpolation="nearest")
+        ax.imshow(grid, cmap=cmap, vmin=0, vmax=4, aspect="auto", interpolation="nearest")
+        for y in notes:
+            ax.text((num_layers - 1) / 2, y, "unreachable: no plan removes this fraction (see results.md)",
+                    ha="center", va="center", fontsize=7.5, color="#7f1d1d")
         ax.set_yticks(range(n_rows))
         ax.set_yticklabels([f"{lab} · {k}" for lab in labels for k in ("attn", "mlp")], fontsize=7.5)
         step = 1 if num_layers <= 16 else 2
@@ -189,8 +237,9 @@ def plot_layer_map(rows: list[dict], num_layers: int, path: Path, about: dict) -
         ax.set_xlabel("decoder layer")
     fig.legend(handles=[Patch(color=colors[ATTN], label="attention block removed"),
                         Patch(color=colors["mlp"], label="MLP block removed"), Patch(color=colors["kept"], label="kept")]
-               + ([Patch(color=colors["narrowed"], label="narrowed (some heads / MLP channels removed)")] if narrowing else []),
-               loc="outside lower center", fontsize=8.5, ncol=4, frameon=False)
+               + ([Patch(color=colors["narrowed"], label="narrowed (some heads / MLP channels removed)")] if narrowing else [])
+               + ([Patch(color=colors["unreachable"], label="unreachable budget (no plan)")] if blocked else []),
+               loc="outside lower center", fontsize=8.5, ncol=3 if narrowing and blocked else 4, frameon=False)
     fig.suptitle(f"{about['model']}: blocks removed by each method", fontsize=11)
     fig.savefig(path, dpi=130)
     plt.close(fig)
@@ -210,13 +259,17 @@ def write_outputs(out: Path, rows: list[dict], sources: list[str], num_layers: i
 
 def rows_csv(rows: list[dict], sources: list[str]) -> str:
     """CSV text: one line per row; perplexities as ``ppl_<source>``; blocks as ``attn 3;mlp 7``; width
-    cells (llm-pruner) count their removed heads and MLP channels instead; ``report``: the cell's run report."""
+    cells (llm-pruner) count their removed heads and MLP channels instead; ``report``: the cell's run report;
+    ``unreachable``: why the method cannot reach that ratio (every measured field of that line is empty)."""
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(["method", "search", "target_ratio", "ratio_removed", "params_removed", "params_after",
                 "attn_removed", "mlp_removed", "heads_removed", "mlp_channels_removed", *[f"ppl_{s}" for s in sources],
-                "calib_ppl", "search_seconds", "search_work", "removed", "report"])
+                "calib_ppl", "search_seconds", "search_work", "removed", "report", "unreachable"])
     for r in rows:
+        if r.get("unreachable"):
+            w.writerow([r["method"], r["search"], f"{r['target_ratio']:g}", *[""] * (12 + len(sources)), r["unreachable"]])
+            continue
         kinds = [Block(b).kind for b in r["blocks"]]
         width = r.get("width_removed") or {}
         work = r.get("search_work")
@@ -224,5 +277,5 @@ def rows_csv(rows: list[dict], sources: list[str]) -> str:
                     r["params_after"], kinds.count(ATTN), len(kinds) - kinds.count(ATTN), width.get("heads", 0),
                     width.get("mlp_channels", 0), *[f"{r['ppl'][s]:.4f}" for s in sources], f"{r['calib_ppl']:.4f}",
                     f"{r['search_seconds']:.2f}", "" if work is None else f"{work:.2f}", ";".join(r["units"]),
-                    r.get("report", "")])
+                    r.get("report", ""), ""])
     return buf.getvalue()

@@ -16,6 +16,13 @@ Outputs in ``DIR``: ``results.csv``, ``results.md``, ``ppl_vs_ratio.png``, ``lay
 ``reports/<cell>/report.md`` (each cell's run report, linked from ``results.md``) and
 ``compare.json`` (the inputs). ``search_seconds`` of a cell: wall time from the method's engine
 set-up to the moment its answer for that ratio was known (one-shot: the whole ranking).
+
+A ratio a method cannot reach (the budget needs more than all but one unit, the method ran out of
+units, e.g. Taylor+'s spared layers, or llm-pruner would remove every KV group of a layer) becomes
+an *unreachable* cell: ``{"unreachable": reason}`` with no plan, written like any other cell (so a
+re-run does not search for it again), shown as such in the table and the figures; the other cells
+are computed as usual. When the method itself refuses its largest budget, that ratio is recorded
+and the method runs again for the smaller ones.
 """
 
 from __future__ import annotations
@@ -43,7 +50,7 @@ from prunekit.methods.options import DepthConfig
 from prunekit.methods.registry import METHODS, get_method
 from prunekit.models.adapter import Block
 from prunekit.models.loading import LoadedModel
-from prunekit.pipeline.compare_width import check_variant, width_cells
+from prunekit.pipeline.compare_width import check_variant, unreachable_ratios, width_cells
 from prunekit.pipeline.load import as_loaded
 from prunekit.plan.schema import build_plan, model_record, read_plan, write_plan
 
@@ -145,6 +152,14 @@ def _write_cell(out: Path, name: str, cell: dict, say: LogFn) -> None:
         + ", ".join(f"{s} ppl {v:.3f}" for s, v in cell["ppl"].items()) + f", search {cell['search_seconds']:.1f} s")
 
 
+def _write_unreachable(out: Path, spec: MethodSpec, ratio: float, reason: str, say: LogFn, **extra) -> None:
+    """The cell of a ratio ``spec`` cannot reach: no plan, no perplexity, the reason."""
+    cell = {"method": spec.method, "search": spec.search, "target_ratio": ratio, "unreachable": reason,
+            "ppl": {}, "blocks": [], "units": []} | extra
+    write_json_atomic(out / "cells" / f"{_cell_name(spec, ratio)}.json", cell)
+    say(f"  {row_label(cell)} @ {ratio:g}: unreachable: {reason}")
+
+
 def _cell_report(model_spec: str, plan: dict, out: Path, name: str, seconds: float) -> str:
     """``reports/<cell>/report.md`` (the run report of that cell's plan); returns its path relative to ``out``."""
     render_report(plan, out / "reports" / name, {"search_seconds": seconds}, name=name,
@@ -159,6 +174,8 @@ def _backfill(out: Path, names: list[str], loaded: LoadedModel, windows, batch_s
     for name in names:
         path = out / "cells" / f"{name}.json"
         cell = json.loads(path.read_text(encoding="utf-8"))
+        if cell.get("unreachable"):
+            continue
         added = False
         if "calib_ppl" not in cell:
             cell["calib_ppl"] = _evaluate_blocks(loaded, cell["blocks"], {_CALIB: windows}, batch_size)[0][_CALIB]
@@ -180,6 +197,12 @@ def _width_method(loaded: LoadedModel, spec: MethodSpec, todo: list[float], cali
             return {src: perplexity(pruned, w, eval_batch_size) for src, w in (evals | {_CALIB: windows}).items()}
 
     importance = check_variant(spec.search)
+    blocked = unreachable_ratios(loaded, importance, todo, windows.n_windows)
+    for ratio, reason in blocked.items():
+        _write_unreachable(out, spec, ratio, reason, say, importance=importance)
+    todo = [r for r in todo if r not in blocked]
+    if not todo:
+        return
     for ratio, plan, ppl, params_after, seconds, removed in width_cells(
             loaded, importance, todo, calib, windows.n_windows, evaluate, progress):
         name = _cell_name(spec, ratio)
@@ -198,14 +221,15 @@ def _width_method(loaded: LoadedModel, spec: MethodSpec, todo: list[float], cali
 
 
 def _levels(outcome, stops: list, stamps: list[tuple[float, float]]) -> list:
-    """One (units, records, seconds, counted MACs, extra) per stop: the search's own, or prefixes of a nested order."""
+    """One (units, records, seconds, counted MACs, extra) per stop: the search's own, or prefixes of a nested order;
+    None for a stop that no prefix meets (the search ran out of units before that budget)."""
     if "levels" in outcome.extra or "seconds" in outcome.extra:  # beam:K, greedy+swap: one answer per stop
         outs = outcome.extra.get("levels", [outcome])
         return [(o.units, o.records, o.extra["seconds"], o.extra["macs"], o.extra) for o in outs]
     res = []
     for stop in stops:
-        k = next((i + 1 for i in range(len(outcome.units)) if stop(outcome.units[: i + 1])), len(outcome.units))
-        res.append((outcome.units[:k], outcome.records[:k], *stamps[k - 1], outcome.extra))
+        k = next((i + 1 for i in range(len(outcome.units)) if stop(outcome.units[: i + 1])), None)
+        res.append(None if k is None else (outcome.units[:k], outcome.records[:k], *stamps[k - 1], outcome.extra))
     return res
 
 
@@ -267,16 +291,42 @@ def compare(
         method = get_method(spec.method)
         kind = method.unit_kind(blocks_kind)
         units = make_units(adapter, kind)
-        stops = [stop_rule(loaded, units, DepthConfig(method=spec.method, blocks_kind=blocks_kind, ratio=r), kind) for r in todo]
-        stamps: list[tuple[float, float]] = []
-        t0 = time.perf_counter()
-        engine = Engine(adapter, windows, batch_size=calib.batch_size, ignore_index=ignore, cache_bytes=cache_bytes)
-        dense_value = engine.perplexity(engine.total_score(frozenset()))
-        engine.counter = type(engine.counter)()
-        outcome = method.run(loaded, engine, units, Budgets(stops), depth, progress, None,
-                                             lambda _rec: stamps.append((time.perf_counter() - t0, engine.counter.total_macs)))
+        reach, stops = [], []
+        for r in todo:
+            try:
+                stops.append(stop_rule(loaded, units, DepthConfig(method=spec.method, blocks_kind=blocks_kind, ratio=r), kind))
+                reach.append(r)
+            except PrunekitError as e:  # more than all units but one
+                _write_unreachable(out, spec, r, str(e), say)
+        outcome = None
+        while reach and outcome is None:
+            depth = DepthConfig(method=spec.method, blocks_kind=blocks_kind, ratio=max(reach), search=spec.search,
+                                cache_gb=cache_gb)
+            stamps: list[tuple[float, float]] = []
+            t0 = time.perf_counter()
+            engine = Engine(adapter, windows, batch_size=calib.batch_size, ignore_index=ignore, cache_bytes=cache_bytes)
+            dense_value = engine.perplexity(engine.total_score(frozenset()))
+            engine.counter = type(engine.counter)()
+            try:
+                outcome = method.run(
+                    loaded, engine, units, Budgets(stops), depth, progress, None,
+                    lambda _rec, stamps=stamps, t0=t0, engine=engine: stamps.append(
+                        (time.perf_counter() - t0, engine.counter.total_macs)))
+            except PrunekitError as e:  # the method cannot reach its largest budget (e.g. Taylor+'s spared layers)
+                _write_unreachable(out, spec, reach.pop(), str(e), say)
+                stops.pop()
+                if reach:
+                    say(f"{spec.name}: searching again for ratios {', '.join(f'{r:g}' for r in reach)}")
+        if outcome is None:
+            continue
         unit_work = dense_forward_macs(engine)
-        for ratio, (cell_units, recs, seconds, macs, extra) in zip(todo, _levels(outcome, stops, stamps)):
+        for ratio, stop, level in zip(reach, stops, _levels(outcome, stops, stamps)):
+            if level is None or not stop(level[0]):
+                n = sum(unit_params(adapter, u) for u in outcome.units)
+                _write_unreachable(out, spec, ratio, f"{spec.name} ran out of units before reaching the budget: all "
+                                   f"{len(outcome.units)} units it removed are {n / params_before:.3f} of the parameters.", say)
+                continue
+            cell_units, recs, seconds, macs, extra = level
             blocks = [b for u in cell_units for b in u]
             options = depth.plan_options() | {"ratio": ratio, "criterion": extra.get("criterion", "ppl")}
             plan = build_plan(spec.method, options, record, calibration, params_before,
@@ -315,7 +365,7 @@ def _describe(loaded: LoadedModel, calib: CalibConfig, windows, evals: dict) -> 
 
 
 def collect_rows(out: Path, methods: list[MethodSpec], ratios: list[float]) -> list[dict]:
-    """The dense row, then one row per (method, ratio) from the finished cells, in the given order."""
+    """The dense row, then one row per (method, ratio) from the finished cells (unreachable ones included), in the given order."""
     rows = [json.loads((out / "cells" / "dense.json").read_text(encoding="utf-8"))]
     for spec in methods:
         for r in ratios:

@@ -11,6 +11,10 @@ of the loaded one, evaluated on the same held-out windows.
 A width cell has no removed blocks; it records the heads and MLP channels removed
 (``width_removed``) and its ``search_seconds`` is the gradient pass plus that ratio's scoring. Its
 ``search_work`` is ``None``: the block engine does not count a backward pass.
+
+A ratio that the uniform fraction cannot reach (it would remove every KV group or every MLP channel
+of a layer in the range) is found by :func:`unreachable_ratios` before the gradient pass, with the
+same check ``prune_width`` runs first; ``compare`` records it as an unreachable cell.
 """
 
 from __future__ import annotations
@@ -18,9 +22,11 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-from prunekit.core.errors import check_choice
+import torch
+
+from prunekit.core.errors import PrunekitError, check_choice
 from prunekit.data.calibration import CalibConfig
-from prunekit.methods.width.llm_pruner import width_gradients
+from prunekit.methods.width.llm_pruner import choose_groups, families_for, width_gradients
 from prunekit.methods.width.options import IMPORTANCES, WidthConfig
 from prunekit.models.loading import LoadedModel
 from prunekit.pipeline.prune import prune_width
@@ -50,6 +56,22 @@ def width_removed(adapter, width: dict) -> dict:
             channels += adapter.mlp(layer).up.out_features - entry["intermediate_size"]
             mlp_layers.append(layer)
     return {"heads": heads, "mlp_channels": channels, "attn_layers": attn_layers, "mlp_layers": mlp_layers}
+
+
+def unreachable_ratios(loaded: LoadedModel, importance: str, ratios: list[float], n_windows: int) -> dict[float, str]:
+    """The ratios no llm-pruner plan reaches on ``loaded``, each with the reason (the refusal ``prune_width``
+    would raise: the same choice on zero scores, which needs no gradients)."""
+    adapter = loaded.adapter
+    total = adapter.total_params()
+    found = {}
+    for ratio in ratios:
+        width = WidthConfig(ratio=ratio, importance=importance, samples=n_windows, at_least=True)
+        families, _ = families_for(adapter, width)
+        try:
+            choose_groups(width, families, [torch.zeros(f.n, dtype=torch.float64) for f in families], ratio * total, total)
+        except PrunekitError as e:
+            found[ratio] = str(e)
+    return found
 
 
 def width_cells(

@@ -15,12 +15,20 @@ of a batch is the mean next-token NLL over its windows (targets equal to the pad
 
 Held-out perplexity (exp of the token-weighted mean NLL, :func:`prunekit.pipeline.prune.perplexity`) on
 ``eval_data`` is measured before and after. A checkpoint (LoRA weights, optimizer state, step,
-losses) is written atomically to ``OUT2/.recover-ckpt/`` every ``save_every`` steps and at each
-epoch's end; a rerun with the same inputs and options resumes from it.
+losses) is written to ``OUT2/.recover-ckpt/`` every ``save_every`` steps and at each epoch's end;
+a rerun with the same inputs and options resumes from it, to the same result as an uninterrupted run.
+
+The checkpoint holds no pickle: the tensors (LoRA weights; AdamW's per-parameter ``exp_avg``,
+``exp_avg_sq`` and ``step``) go to ``state-<step>.safetensors``, everything else (fingerprint,
+step, losses, the optimizer's ``param_groups``) to ``state.json``, which names its tensors file and
+is replaced last (temp file, fsync, rename): it is the commit, so a kill at any moment leaves the
+previous complete checkpoint. The random state needs no saving: the data order comes from
+``(seed, epoch)`` and the dropout masks from ``(seed, step)``.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import random
@@ -32,10 +40,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
+from safetensors.torch import load_file, save_file
 from torch import nn
 
 from prunekit.core.errors import PrunekitError
-from prunekit.core.io import check_output_dir, options_hash
+from prunekit.core.io import check_output_dir, options_hash, write_json_atomic
 from prunekit.data.windows import build_windows, windows_from_texts
 from prunekit.evaluation.perplexity import perplexity
 from prunekit.models.adapter import ATTN, MLP, Block, ModelAdapter
@@ -47,6 +56,9 @@ from prunekit.plan.apply import save_pruned
 #: ``progress(stage, done, total, info)``; ``info`` carries ``loss`` during training.
 RecoverProgress = Callable[[str, int, int, dict], None]
 CKPT = ".recover-ckpt"
+CKPT_STATE = "state.json"  # the commit record; it names the tensors file (state-<step>.safetensors)
+CKPT_FORMAT = 1
+LORA_KEY, OPT_KEY = "lora.", "optimizer.state."
 ALPACA_PROMPT = (
     "Below is an instruction that describes a task{ctx}. Write a response that appropriately completes the request.\n\n"
     "### Instruction:\n{instruction}\n\n{input_block}### Response:\n{output}"
@@ -175,30 +187,77 @@ def _trainable(peft_model: nn.Module) -> dict[str, nn.Parameter]:
     return {n: p for n, p in peft_model.named_parameters() if p.requires_grad}
 
 
-def _save_ckpt(ckpt_dir: Path, state: dict) -> None:
-    """Atomic: write to a temporary file, fsync, rename over the previous checkpoint."""
+def _flatten_optimizer(opt_state: dict) -> tuple[dict[str, torch.Tensor], dict]:
+    """An optimizer ``state_dict`` as safetensors tensors (``optimizer.state.<index>.<name>``) and JSON (the rest)."""
+    tensors, rest = {}, {}
+    for index, entry in opt_state["state"].items():
+        rest[str(index)] = {}
+        for name, value in entry.items():
+            if isinstance(value, torch.Tensor):
+                tensors[f"{OPT_KEY}{index}.{name}"] = value.detach().cpu().contiguous().clone()
+            else:
+                rest[str(index)][name] = value
+    return tensors, {"state": rest, "param_groups": opt_state["param_groups"]}
+
+
+def _unflatten_optimizer(tensors: dict[str, torch.Tensor], meta: dict, like: dict) -> dict:
+    """The ``state_dict`` :func:`_flatten_optimizer` took apart; ``like``: the fresh optimizer's own, whose
+    ``param_groups`` give back the tuples JSON turned into lists (AdamW's ``betas``)."""
+    state: dict[int, dict] = {int(i): dict(rest) for i, rest in meta["state"].items()}
+    for key, value in tensors.items():
+        if key.startswith(OPT_KEY):
+            index, name = key[len(OPT_KEY):].split(".", 1)
+            state.setdefault(int(index), {})[name] = value
+    groups = [{k: tuple(v) if isinstance(fresh.get(k), tuple) else v for k, v in group.items()}
+              for group, fresh in zip(meta["param_groups"], like["param_groups"])]
+    return {"state": state, "param_groups": groups}
+
+
+def _save_ckpt(ckpt_dir: Path, fingerprint: str, step: int, losses: list[float], lora: dict[str, torch.Tensor],
+               opt_state: dict) -> None:
+    """Tensors to ``state-<step>.safetensors`` (temp file, fsync, rename), then ``state.json`` naming it
+    (atomically: the commit), then older tensors files are removed."""
     ckpt_dir.mkdir(parents=True, exist_ok=True)
-    tmp = ckpt_dir / f".state.pt.{os.getpid()}.tmp"
-    with open(tmp, "wb") as f:
-        torch.save(state, f)
-        f.flush()
+    opt_tensors, opt_meta = _flatten_optimizer(opt_state)
+    tensors = {f"{LORA_KEY}{k}": v.detach().cpu().contiguous().clone() for k, v in lora.items()} | opt_tensors
+    name = f"state-{step:09d}.safetensors"
+    tmp = ckpt_dir / f".{name}.{os.getpid()}.tmp"
+    save_file(tensors, str(tmp))
+    with open(tmp, "rb+") as f:
         os.fsync(f.fileno())
-    os.replace(tmp, ckpt_dir / "state.pt")
+    os.replace(tmp, ckpt_dir / name)
+    write_json_atomic(ckpt_dir / CKPT_STATE, {"format": CKPT_FORMAT, "fingerprint": fingerprint, "step": step,
+                                              "losses": list(losses), "tensors": name, "optimizer": opt_meta})
+    for old in ckpt_dir.glob("state-*.safetensors"):
+        if old.name != name:
+            old.unlink(missing_ok=True)
 
 
 def _load_ckpt(ckpt_dir: Path, fingerprint: str) -> dict | None:
-    path = ckpt_dir / "state.pt"
+    """The checkpoint's JSON record with its tensors (``tensors``), or None when there is none. Reads no pickle."""
+    if (ckpt_dir / "state.pt").exists():
+        raise PrunekitError(f"'{ckpt_dir}' holds a checkpoint of an older prunekit (state.pt, a pickle), which is not read.",
+                            "Pass `overwrite` to start over.")
+    path = ckpt_dir / CKPT_STATE
     if not path.exists():
         return None
     try:
-        state = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as e:  # a checkpoint that cannot be read is refused, never silently replaced
+        state = json.loads(path.read_text(encoding="utf-8"))
+        known = state.get("format") == CKPT_FORMAT
+    except (OSError, ValueError, AttributeError) as e:  # a checkpoint that cannot be read is refused, never silently replaced
         raise PrunekitError(f"the checkpoint '{path}' cannot be read ({type(e).__name__}).", "Pass `overwrite` to start over.") from None
+    if not known:
+        raise PrunekitError(f"the checkpoint '{path}' has an unknown format.", "Pass `overwrite` to start over.")
     if state.get("fingerprint") != fingerprint:
         raise PrunekitError(
             f"the checkpoint in '{ckpt_dir}' was made with other inputs or options.",
             "Rerun with the same options to resume, or pass `overwrite` to start over.",
         )
+    try:
+        state["tensors"] = load_file(str(ckpt_dir / state["tensors"]), device="cpu")
+    except Exception as e:
+        raise PrunekitError(f"the checkpoint tensors '{ckpt_dir / str(state['tensors'])}' cannot be read ({type(e).__name__}).",
+                            "Pass `overwrite` to start over.") from None
     return state
 
 
@@ -223,10 +282,15 @@ def train_lora(
     result = TrainResult()
     state = _load_ckpt(ckpt_dir, fingerprint) if ckpt_dir is not None else None
     if state is not None:
+        tensors = state["tensors"]
+        lora = {k[len(LORA_KEY):]: v for k, v in tensors.items() if k.startswith(LORA_KEY)}
+        if set(lora) != set(params):
+            raise PrunekitError(f"the checkpoint in '{ckpt_dir}' holds other LoRA weights than this model's.",
+                                "Pass `overwrite` to start over.")
         with torch.no_grad():
-            for name, value in state["lora"].items():
+            for name, value in lora.items():
                 params[name].copy_(value)
-        opt.load_state_dict(state["optimizer"])
+        opt.load_state_dict(_unflatten_optimizer(tensors, state["optimizer"], opt.state_dict()))
         result.losses = list(state["losses"])
         result.resumed_from = result.steps = int(state["step"])
     device = next(iter(params.values())).device
@@ -258,9 +322,7 @@ def train_lora(
                 progress("recover", step, total, {"loss": result.losses[-1], "epoch": epoch + 1})
             end_of_epoch = b == per_epoch - 1
             if ckpt_dir is not None and (step % cfg.save_every == 0 or end_of_epoch) and step < total:
-                _save_ckpt(ckpt_dir, {"fingerprint": fingerprint, "step": step, "losses": result.losses,
-                                      "optimizer": opt.state_dict(),
-                                      "lora": {k: v.detach().cpu().clone() for k, v in params.items()}})
+                _save_ckpt(ckpt_dir, fingerprint, step, result.losses, params, opt.state_dict())
     peft_model.eval()
     result.steps = step
     result.seconds = time.perf_counter() - t0

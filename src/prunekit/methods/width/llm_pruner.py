@@ -94,7 +94,7 @@ def _width_record(families: list[Family], choice: Choice, strategy: str, adapter
     }
 
 
-def _choose(width: WidthConfig, families: list[Family], scores: list[torch.Tensor], target: float, total: int) -> Choice:
+def choose_groups(width: WidthConfig, families: list[Family], scores: list[torch.Tensor], target: float, total: int) -> Choice:
     if width.strategy == "channel":
         return count_for(families[0], scores[0], target, total, width.ratio, width.at_least)
     if width.global_:
@@ -179,7 +179,7 @@ def plan_width(
     check_groups(loaded, families)
     total = adapter.total_params()
     target = width.ratio * total
-    _choose(width, families, [torch.zeros(f.n, dtype=torch.float64) for f in families], target, total)  # refuse before any work
+    choose_groups(width, families, [torch.zeros(f.n, dtype=torch.float64) for f in families], target, total)  # refuse before any work
     record = model_record(loaded)
     stats, calibration = None, {"source": None, "note": f"--importance {width.importance} reads no calibration data"}
     if width.needs_gradients:
@@ -197,7 +197,7 @@ def plan_width(
         scores.append(s)
         if progress:
             progress("scores", i + 1, len(families))
-    choice = _choose(width, families, scores, target, total)
+    choice = choose_groups(width, families, scores, target, total)
     options = width.as_dict() | {
         "layers": layer_range,
         "ratio_is": "fraction of the total parameters (the paper's --pruning_ratio is per layer: see width.per_layer_fraction)",
