@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 
 import pytest
@@ -11,7 +12,7 @@ from typer.testing import CliRunner
 from prunekit.cli.main import app
 from prunekit.core.errors import PrunekitError
 from prunekit.data.calibration import CalibConfig
-from prunekit.methods.depth import blockpruner as methods_mod
+from prunekit.methods import registry
 from prunekit.methods.options import DepthConfig
 from prunekit.models.tiny import TINY_TEXT, save_tiny_checkpoint
 from prunekit.pipeline import prune as api
@@ -89,23 +90,28 @@ def test_one_search_serves_every_ratio(setup):
         assert read_plan(root / "nested" / r["plan"])["options"] == alone.plan["options"]
 
 
+def _swap_run(monkeypatch, name: str, run) -> None:
+    """Replace the entry point of registry method ``name`` for one test."""
+    monkeypatch.setitem(registry.METHODS, name, dataclasses.replace(registry.METHODS[name], run=run))
+
+
 def test_rerun_skips_finished_cells_after_a_crash(setup, monkeypatch):
     root, ckpt, calib, held = setup
     out = root / "crash"
-    real = methods_mod.DEPTH_METHODS["shortgpt"]
+    real = registry.METHODS["shortgpt"].run
 
     def crash(*a, **k):
         raise RuntimeError("simulated crash")
 
-    monkeypatch.setitem(methods_mod.DEPTH_METHODS, "shortgpt", crash)
+    _swap_run(monkeypatch, "shortgpt", crash)
     with pytest.raises(RuntimeError, match="simulated crash"):
         compare(ckpt, "layer-ppl,shortgpt", "0.2,0.4", _calib(calib), [held], out, eval_windows=2, eval_seq_len=24)
     done = sorted(p.name for p in (out / "cells").glob("*.json"))
     assert done == ["dense.json", "layer-ppl__r0.2.json", "layer-ppl__r0.4.json"]
     stamps = {p: p.stat().st_mtime_ns for p in (out / "cells").glob("*.json")}
-    monkeypatch.setitem(methods_mod.DEPTH_METHODS, "shortgpt", real)
+    _swap_run(monkeypatch, "shortgpt", real)
     calls = []
-    monkeypatch.setitem(methods_mod.DEPTH_METHODS, "layer-ppl", lambda *a, **k: calls.append(1))
+    _swap_run(monkeypatch, "layer-ppl", lambda *a, **k: calls.append(1))
     log = []
     rows = compare(ckpt, "layer-ppl,shortgpt", "0.2,0.4", _calib(calib), [held], out, eval_windows=2, eval_seq_len=24, log=log.append)
     assert calls == [] and any("layer-ppl: all ratios done" in m for m in log)
@@ -175,7 +181,7 @@ def test_unreachable_cells_are_recorded_and_the_rest_finishes(setup, monkeypatch
     import matplotlib.figure
     import matplotlib.text
 
-    from prunekit import compare as compare_mod
+    from prunekit.pipeline import compare as compare_mod
 
     root, _, calib, held = setup
     # 16 layers: Taylor+ spares layers 0, 1 and 15, so it removes at most 13 layers (0.762 of the parameters)
@@ -198,8 +204,8 @@ def test_unreachable_cells_are_recorded_and_the_rest_finishes(setup, monkeypatch
     res = CliRunner().invoke(app, args)
     assert res.exit_code == 0, res.output
     unreachable = {("taylor", "0.8"): "taylor ran out of units before reaching the budget (3 units are kept",
-                   ("taylor", "0.9"): "--ratio 0.9 cannot be reached",
-                   ("shortgpt", "0.9"): "--ratio 0.9 cannot be reached",
+                   ("taylor", "0.9"): "`ratio` 0.9 cannot be reached",
+                   ("shortgpt", "0.9"): "`ratio` 0.9 cannot be reached",
                    ("llm-pruner", "0.8"): "would remove every KV group",
                    ("llm-pruner", "0.9"): "would remove every KV group"}
     rows = list(csv.DictReader((out / "results.csv").open()))
@@ -220,7 +226,7 @@ def test_unreachable_cells_are_recorded_and_the_rest_finishes(setup, monkeypatch
     md = (out / "results.md").read_text()
     assert "| 0.8 | taylor | unreachable |" in md and "| 0.9 | llm-pruner | unreachable |" in md
     assert "- taylor @ 0.8: taylor ran out of units before reaching the budget" in md
-    assert "- shortgpt @ 0.9: --ratio 0.9 cannot be reached" in md
+    assert "- shortgpt @ 0.9: `ratio` 0.9 cannot be reached" in md
     assert "| taylor | " in md.split(f"**{held} perplexity by method and ratio**")[1]
     pivot = md.split(f"**{held} perplexity by method and ratio**")[1]
     assert next(line for line in pivot.splitlines() if line.startswith("| shortgpt |")).endswith("| unreachable |")
@@ -234,7 +240,7 @@ def test_unreachable_cells_are_recorded_and_the_rest_finishes(setup, monkeypatch
     # a re-run treats the unreachable cells as finished: no search, no gradient pass, no cell rewritten
     stamps = {p: p.stat().st_mtime_ns for p in (out / "cells").glob("*.json")}
     for method in ("taylor", "shortgpt"):
-        monkeypatch.setitem(methods_mod.DEPTH_METHODS, method, lambda *a, **k: pytest.fail("searched again"))
+        _swap_run(monkeypatch, method, lambda *a, **k: pytest.fail("searched again"))
     monkeypatch.setattr(compare_mod, "width_cells", lambda *a, **k: pytest.fail("llm-pruner searched again"))
     monkeypatch.setattr(compare_mod, "unreachable_ratios", lambda *a, **k: pytest.fail("llm-pruner checked again"))
     res = CliRunner().invoke(app, args)
@@ -247,12 +253,11 @@ def test_unreachable_cells_are_recorded_and_the_rest_finishes(setup, monkeypatch
 def test_a_search_that_stops_short_gives_no_cell_below_its_budget(setup, monkeypatch):
     """A method whose answer does not reach a ratio (here: a wrapper that stops at the smallest budget) gets an
     unreachable cell for the larger ratio, never a cell that removes less than its target."""
-    from prunekit.depth.beam import Budgets
+    from prunekit.methods.depth.beam import Budgets
 
     root, ckpt, calib, held = setup
-    real = methods_mod.DEPTH_METHODS["shortgpt"]
-    monkeypatch.setitem(methods_mod.DEPTH_METHODS, "shortgpt",
-                        lambda loaded, engine, units, stop, *a: real(loaded, engine, units, Budgets(stop.levels[:1]), *a))
+    real = registry.METHODS["shortgpt"].run
+    _swap_run(monkeypatch, "shortgpt", lambda loaded, engine, units, stop, *a: real(loaded, engine, units, Budgets(stop.levels[:1]), *a))
     rows = compare(ckpt, "shortgpt", "0.2,0.4", _calib(calib), [held], root / "short", eval_windows=2, eval_seq_len=24)
     assert rows[1]["target_ratio"] == 0.2 and rows[1]["ratio_removed"] >= 0.2 and "unreachable" not in rows[1]
     assert rows[2]["target_ratio"] == 0.4 and "ppl" in rows[2] and rows[2]["ppl"] == {}

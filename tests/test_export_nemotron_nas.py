@@ -106,5 +106,5 @@ def test_refuses_what_it_cannot_express(case, match, tmp_path):
         loaded = pruned_tiny("llama", "blocks")  # intermediate 96
     with pytest.raises(PrunekitError, match=match) as err:
         export(loaded, "nemotron-nas", tmp_path / "nas")
-    assert "--format hf" in str(err.value)
+    assert "`format` hf" in str(err.value)
     assert not (tmp_path / "nas").exists()

@@ -43,8 +43,8 @@ def pruned_dir(tmp_path_factory, text_file):
     root = tmp_path_factory.mktemp("pruned")
     save_tiny_checkpoint(root / "base", "qwen2")
     loaded = load_model(str(root / "base"), device="cpu")
-    prune_width(loaded, WidthConfig(ratio=0.15, importance="param_first", samples=4), CalibConfig(source=text_file, seq_len=32),
-                out=root / "out")
+    loaded = prune_width(loaded, WidthConfig(ratio=0.15, importance="param_first", samples=4), CalibConfig(source=text_file, seq_len=32),
+                out=root / "out").loaded
     return root / "out"
 
 
@@ -61,7 +61,7 @@ def _mean_loss(model, ids):
 
 def test_training_lowers_loss_and_merge_keeps_outputs(text_file):
     loaded = wrap_model(tiny_model("llama"), tiny_tokenizer())
-    prune_width(loaded, WidthConfig(ratio=0.15, importance="l2"), CalibConfig(source=text_file, seq_len=32))
+    loaded = prune_width(loaded, WidthConfig(ratio=0.15, importance="l2"), CalibConfig(source=text_file, seq_len=32)).loaded
     ids = loaded.tokenizer((TINY_TEXT + "\n\n") * 4, return_tensors="pt")["input_ids"][0, :8 * 24].reshape(8, 24)
     before = _mean_loss(loaded.model, ids)
     cfg = _cfg(text_file, epochs=6)
@@ -188,7 +188,7 @@ def test_recover_refuses_an_old_pickle_checkpoint(pruned_dir, text_file, tmp_pat
 KILLER = textwrap.dedent('''
     import json, os, signal, sys
     import torch
-    from prunekit import recover as rec
+    from prunekit.pipeline import recover as rec
     torch.set_num_threads(1)
     args = json.loads(sys.argv[1])
     progress = None
@@ -237,6 +237,6 @@ def test_recover_refuses_bad_inputs(pruned_dir, text_file, tmp_path):
     (tmp_path / "full" / "f").write_text("x")
     with pytest.raises(PrunekitError, match="already exists"):
         recover(pruned_dir, _cfg(text_file), tmp_path / "full")
-    for kw, flag in (({"epochs": 0}, "--epochs"), ({"lora_r": 0}, "--lora-r"), ({"lr": -1.0}, "--lr"), ({"max_steps": 0}, "--max-steps")):
+    for kw, flag in (({"epochs": 0}, "`epochs`"), ({"lora_r": 0}, "`lora_r`"), ({"lr": -1.0}, "`lr`"), ({"max_steps": 0}, "`max_steps`")):
         with pytest.raises(PrunekitError, match=flag):
             _cfg(text_file, **kw)

@@ -115,11 +115,11 @@ def test_random_is_seeded():
 
 
 def test_config_errors_name_the_flag():
-    for kw, flag in (({"importance": "taylor"}, "--importance"), ({"aggregate": "median"}, "--aggregate"),
-                     ({"strategy": "layer"}, "--strategy"), ({"ratio": 1.2}, "--ratio"), ({"ratio": None}, "--ratio"),
-                     ({"samples": 0}, "--samples"), ({"layers": "a:b"}, "--layers"),
-                     ({"strategy": "channel", "global_": True}, "--global"), ({"global_": True, "aggregate": "prod"}, "--aggregate"),
-                     ({"importance": "vector", "aggregate": "max"}, "--aggregate")):
+    for kw, flag in (({"importance": "taylor"}, "`importance`"), ({"aggregate": "median"}, "`aggregate`"),
+                     ({"strategy": "layer"}, "`strategy`"), ({"ratio": 1.2}, "`ratio`"), ({"ratio": None}, "`ratio`"),
+                     ({"samples": 0}, "`samples`"), ({"layers": "a:b"}, "`layers`"),
+                     ({"strategy": "channel", "global_": True}, "`global`"), ({"global_": True, "aggregate": "prod"}, "`aggregate`"),
+                     ({"importance": "vector", "aggregate": "max"}, "`aggregate`")):
         with pytest.raises(PrunekitError, match=flag):
             WidthConfig(**kw)
     with pytest.raises(PrunekitError, match="Did you mean 'element2'"):
@@ -148,5 +148,5 @@ def test_non_finite_half_precision_loss_is_refused():
     with torch.no_grad():
         model.lm_head.weight.mul_(3e4)  # float16 logits overflow to inf
     a = wrap_model(model).adapter
-    with pytest.raises(PrunekitError, match="float16.*Use --dtype float32"):
+    with pytest.raises(PrunekitError, match="float16.*Use `dtype` float32"):
         collect_gradients(model, IDS, needed_parameters([mlp_family(a, 1)]), fisher=False)

@@ -16,7 +16,7 @@ from prunekit.models.loading import wrap_model
 from prunekit.models.tiny import TINY_TEXT, tiny_model, tiny_tokenizer
 from prunekit.pipeline.load import load_model
 from prunekit.pipeline.prune import prune_width
-from prunekit.plan.apply import apply_plan, load_pruned, save_pruned
+from prunekit.plan.apply import apply_plan, load_pruned
 
 
 @pytest.fixture(autouse=True)
@@ -89,6 +89,7 @@ def test_removing_zero_structures_leaves_logits_unchanged(model_type, calib_file
     removed = 2 * (group + len(zero_channels) * 3 * I // I * H)
     total = loaded.adapter.total_params()
     res = prune_width(loaded, WidthConfig(ratio=removed / total, importance="l1", global_=True), _calib(calib_file))
+    loaded = res.loaded  # prune_width works on a copy of a LoadedModel
     assert res.plan["params_after"] == total - removed
     for entry in res.plan["width"]["layers"]:
         assert entry["kv_heads"] == [0]
@@ -105,6 +106,7 @@ def test_slicing_equals_masking(model_type, importance, glob, calib_file):
                      **({"head_dim": 8} if model_type == "qwen3" else {}))
     dense = copy.deepcopy(loaded.model)
     res = prune_width(loaded, WidthConfig(ratio=0.12, importance=importance, global_=glob, layers="0:4"), _calib(calib_file))
+    loaded = res.loaded  # prune_width works on a copy of a LoadedModel
     w = res.plan["width"]
     assert w["layers"], "nothing was pruned"
     da = wrap_model(dense).adapter
@@ -141,6 +143,7 @@ def test_parameter_count_matches_plan_arithmetic(model_type, kw, calib_file):
     hd = H // nq
     before = sum(p.numel() for p in loaded.model.parameters())
     res = prune_width(loaded, WidthConfig(ratio=0.15, importance="element2"), _calib(calib_file))
+    loaded = res.loaded  # prune_width works on a copy of a LoadedModel
     q_bias = hd * (nq // nkv) if (kw.get("attention_bias") or model_type == "qwen2") else 0
     kv_bias = 2 * hd if (kw.get("attention_bias") or model_type == "qwen2") else 0
     per_group = (2 * (nq // nkv) * hd * H) + 2 * hd * H + q_bias + kv_bias
@@ -161,6 +164,7 @@ def test_channel_strategy_params_and_shapes(calib_file):
     loaded.model.tie_weights()
     before = loaded.adapter.total_params()
     res = prune_width(loaded, WidthConfig(ratio=0.2, strategy="channel", importance="param_first"), _calib(calib_file))
+    loaded = res.loaded  # prune_width works on a copy of a LoadedModel
     w = res.plan["width"]
     k = 64 - w["hidden_size"]
     assert len(w["hidden"]) == w["hidden_size"] and k > 0
@@ -180,6 +184,7 @@ def test_save_reload_same_logits(strategy, tmp_path, calib_file):
     loaded = _loaded("qwen2")
     res = prune_width(loaded, WidthConfig(ratio=0.15, strategy=strategy, importance="param_mix"), _calib(calib_file),
                       out=tmp_path / "out")
+    loaded = res.loaded  # prune_width works on a copy of a LoadedModel
     want = _logits(loaded.model)
     back = load_pruned(tmp_path / "out")
     torch.testing.assert_close(_logits(back.model), want, rtol=0, atol=0)
@@ -193,6 +198,7 @@ def test_plan_reapplies_to_base_model(calib_file):
     base = tiny_model("llama")
     loaded = wrap_model(copy.deepcopy(base), tiny_tokenizer())
     res = prune_width(loaded, WidthConfig(ratio=0.15, importance="element1"), _calib(calib_file))
+    loaded = res.loaded  # prune_width works on a copy of a LoadedModel
     apply_plan(base, res.plan)
     torch.testing.assert_close(_logits(base), _logits(loaded.model), rtol=0, atol=0)
     with pytest.raises(PrunekitError, match="already width-pruned"):
@@ -201,7 +207,7 @@ def test_plan_reapplies_to_base_model(calib_file):
 
 def test_generate_with_kv_cache_matches_no_cache(calib_file):
     loaded = _loaded("mistral", num_attention_heads=6, num_key_value_heads=3, hidden_size=48)
-    prune_width(loaded, WidthConfig(ratio=0.12, importance="random", layers="0:4"), _calib(calib_file))
+    loaded = prune_width(loaded, WidthConfig(ratio=0.12, importance="random", layers="0:4"), _calib(calib_file)).loaded
     prompt = IDS[:1, :6]
     cached = loaded.model.generate(prompt, max_new_tokens=8, do_sample=False, use_cache=True)
     plain = loaded.model.generate(prompt, max_new_tokens=8, do_sample=False, use_cache=False)
@@ -216,7 +222,7 @@ def test_same_inputs_same_plan(calib_file):
 
 def test_pruned_input_is_refused(calib_file):
     loaded = _loaded("llama")
-    prune_width(loaded, WidthConfig(ratio=0.15, importance="l2"), _calib(calib_file))
+    loaded = prune_width(loaded, WidthConfig(ratio=0.15, importance="l2"), _calib(calib_file)).loaded
     with pytest.raises(PrunekitError, match="already pruned"):
         prune_width(loaded, WidthConfig(ratio=0.15, importance="l2"), _calib(calib_file))
 
@@ -240,8 +246,10 @@ def test_public_prune_dispatches_width_configs(calib_file):
     import prunekit
 
     loaded = _loaded("llama")
+    before = loaded.adapter.total_params()
     res = prunekit.prune(loaded, prunekit.WidthConfig(ratio=0.15, importance="l1"), _calib(calib_file))
-    assert res.plan["method"] == "llm-pruner" and loaded.adapter.total_params() == res.plan["params_after"]
+    assert res.plan["method"] == "llm-pruner" and res.loaded.adapter.total_params() == res.plan["params_after"]
+    assert loaded.adapter.total_params() == before == res.plan["params_before"]  # the caller's model is not pruned
 
 
 def test_tied_embeddings_save_and_reload(tmp_path, calib_file):
@@ -249,8 +257,8 @@ def test_tied_embeddings_save_and_reload(tmp_path, calib_file):
     for strategy in ("block", "channel"):
         loaded = _loaded("llama", tie_word_embeddings=True)
         loaded.model.tie_weights()
-        prune_width(loaded, WidthConfig(ratio=0.2, strategy=strategy, importance="l2"), _calib(calib_file),
-                    out=tmp_path / strategy)
+        loaded = prune_width(loaded, WidthConfig(ratio=0.2, strategy=strategy, importance="l2"), _calib(calib_file),
+                    out=tmp_path / strategy).loaded
         back = load_pruned(tmp_path / strategy)
         assert back.model.lm_head.weight is back.model.model.embed_tokens.weight
         torch.testing.assert_close(_logits(back.model), _logits(loaded.model), rtol=0, atol=0)

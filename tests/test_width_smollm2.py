@@ -20,6 +20,7 @@ def test_smollm2_block_pruning_20_percent(tmp_path):
     total = loaded.adapter.total_params()
     res = prune_width(loaded, WidthConfig(ratio=0.2, importance="param_first", samples=2),
                       CalibConfig(source="wiki", seq_len=32), out=tmp_path / "out")
+    loaded = res.loaded  # prune_width works on a copy of a LoadedModel
     plan = res.plan
     assert abs(plan["ratio_removed"] - 0.2) < 0.002 and plan["params_before"] == total
     assert loaded.adapter.total_params() == plan["params_after"]

@@ -71,5 +71,3 @@ def main() -> None:
         raise
 
 
-if __name__ == "__main__":
-    main()
