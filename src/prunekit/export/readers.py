@@ -136,11 +136,14 @@ def load_export(path: str | Path, dtype: str | torch.dtype = "float32", device: 
     return LoadedModel(model, tokenizer, get_adapter(model), str(path), {"source": f"export:{kind}"})
 
 
+def model_logits(model: torch.nn.Module, ids: torch.Tensor | None = None) -> torch.Tensor:
+    """float32 CPU logits of ``model`` on ``ids`` (default: 16 fixed token ids)."""
+    if ids is None:
+        ids = torch.arange(1, 17).remainder(model.config.vocab_size).unsqueeze(0)
+    with torch.inference_mode():
+        return model(input_ids=ids.to(next(model.parameters()).device)).logits.float().cpu()
+
+
 def logits_gap(a: torch.nn.Module, b: torch.nn.Module, ids: torch.Tensor | None = None) -> float:
     """max |logits_a - logits_b| on ``ids`` (default: 16 fixed token ids), in float32."""
-    if ids is None:
-        ids = torch.arange(1, 17).remainder(a.config.vocab_size).unsqueeze(0)
-    with torch.inference_mode():
-        la = a(input_ids=ids.to(next(a.parameters()).device)).logits.float().cpu()
-        lb = b(input_ids=ids.to(next(b.parameters()).device)).logits.float().cpu()
-    return (la - lb).abs().max().item()
+    return (model_logits(a, ids) - model_logits(b, ids)).abs().max().item()
