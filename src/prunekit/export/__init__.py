@@ -14,35 +14,28 @@ from __future__ import annotations
 from pathlib import Path
 
 from prunekit.core.errors import check_choice
+from prunekit.export.gguf import export_gguf
+from prunekit.export.hf import export_hf
+from prunekit.export.nemotron_nas import export_nemotron_nas
 from prunekit.models.loading import LoadedModel
 
 FORMATS = ("hf", "nemotron-nas", "gguf")
 
 
 def export(
-    model: str | LoadedModel, fmt: str, to: str | Path, overwrite: bool = False, gguf_type: str = "f16",
+    model: LoadedModel, fmt: str, to: str | Path, overwrite: bool = False, gguf_type: str = "f16",
     verify: bool = True,
 ) -> dict:
-    """Export a pruned model (a prunekit output directory, any model spec, or a LoadedModel) to ``to``.
+    """Export a loaded (pruned) model to ``to`` (:func:`prunekit.pipeline.load.load_model` loads any spec).
 
     Returns a summary dict (``format``, ``path``, layers, parameters, ``max_logit_diff`` of the
     re-read export against the in-memory model when ``verify``).
     """
     check_choice("`format`", fmt, FORMATS)
-    if not isinstance(model, LoadedModel):
-        from prunekit.pipeline.load import load_model
-
-        model = load_model(model, device="cpu")
     if fmt == "hf":
-        from prunekit.export.hf import export_hf
-
         return export_hf(model, to, overwrite=overwrite, verify=verify)
     if fmt == "nemotron-nas":
-        from prunekit.export.nemotron_nas import export_nemotron_nas
-
         return export_nemotron_nas(model, to, overwrite=overwrite, verify=verify)
-    from prunekit.export.gguf import export_gguf
-
     return export_gguf(model, to, overwrite=overwrite, gguf_type=gguf_type, verify=verify)
 
 

@@ -26,20 +26,41 @@ model with any parameter left unplaced (e.g. Qwen3's q/k norms, which ``deci`` h
 is refused. Tokenizer: copied from the source GGUF when the model came from one (the embedded
 model), else built from a byte-level BPE Hugging Face tokenizer. The base config rides along as
 ``prunekit.source_config`` so prunekit's reader (:func:`read_gguf`) can rebuild the model.
+
+Verification: the file is re-read (in its temporary name, so a refused export leaves nothing at
+``--to``) and its logits are compared with those of the pruned model *with its weights rounded as the
+file stores them* (:func:`rounded_model`: bf16/f16 rounding, q8_0 quantize + dequantize with the gguf
+package's own ``quants``), within ``VERIFY_TOL``: any type passes exactly when the layout is right,
+and a misplaced tensor or row fails. The gap of that rounded model to the pruned one is reported
+apart (``rounding_logit_diff``): it is what the chosen type costs, not an error of the file.
+
+Running the files in llama.cpp: :class:`LlamaCppModel` loads them with llama.cpp's extra buffer
+types off (``--no-repack`` in llama.cpp's tools). On CPUs with AMX, llama.cpp moves Q4_0/Q4_1/Q8_0
+and K-quant weights into its AMX buffer type; the llama-cpp-python 0.3.36 build compiled here by
+GCC 12 faults in that path's first matrix product (GCC 12's ``_tile_loadconfig`` declares an 8-byte
+operand, so the stores of the 64-byte tile configuration are dropped and ``ldtilecfg``/``tilezero``
+trap), for any quantized file, llama.cpp's own quantizations and the source SmolLM2 Q4_1 included.
+prunekit's q8_0 tensors are byte for byte what llama.cpp's own quantizer writes (tested).
 """
 
 from __future__ import annotations
 
+import copy
 import json
+import logging
 from pathlib import Path
 
+import gguf
 import numpy as np
 import torch
+from transformers import AutoConfig
+from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
 
 from prunekit.core.errors import PrunekitError, check_choice
 from prunekit.core.io import check_disk_space
 from prunekit.core.paths import package_dir
 from prunekit.export.layout import ModelLayout, model_layout
+from prunekit.export.readers import build_pruned_model, model_logits
 from prunekit.models.adapter import ATTN, MLP, Block
 from prunekit.models.loading import EMBEDDED, LoadedModel
 
@@ -47,11 +68,12 @@ ARCH = "deci"
 ZERO_FFN_WIDTH = 32
 SOURCE_KEY = "prunekit.source_config"
 GGUF_TYPES = ("f32", "f16", "bf16", "q8_0")
+# max |logits| between the re-read file and the pruned model with its weights rounded as the file stores
+# them: the same float32 values run through the same operations, so only summation order can differ.
+VERIFY_TOL = 1e-4
 
 
 def _gguf():
-    import gguf
-
     return gguf
 
 
@@ -69,9 +91,6 @@ def unpermute_rope_rows(w: np.ndarray, n_heads: int) -> np.ndarray:
 
 def _rope_freq_factors(config: dict, head_dim: int) -> np.ndarray | None:
     """llama.cpp's ``rope_freqs`` (per-frequency divisors) for a scaled RoPE, None for the default one."""
-    from transformers import AutoConfig
-    from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
-
     rope = config.get("rope_parameters") or {}
     rope_type = rope.get("rope_type", "default")
     if rope_type == "default":
@@ -208,19 +227,79 @@ def _write_tokenizer(writer, loaded: LoadedModel, n_vocab: int) -> str:
     return "built from the Hugging Face tokenizer"
 
 
-def _encode(arr: np.ndarray, kind: str):
-    """(data, raw_dtype) for ``add_tensor``; 1-D tensors and rows that do not fit a block stay float32."""
+def storage_type(shape: tuple[int, ...], kind: str):
+    """The GGML type a tensor of ``shape`` is stored as under ``--gguf-type kind``.
+
+    1-D tensors (norms, biases, RoPE factors) stay float32, as in llama.cpp's converter; q8_0 rows whose
+    length is not a multiple of its 32-value block (widths left by LLM-Pruner) are stored as f16.
+    """
+    q = _gguf().GGMLQuantizationType
+    if len(shape) == 1 or kind == "f32":
+        return q.F32
+    if kind == "f16":
+        return q.F16
+    qtype = q.BF16 if kind == "bf16" else q.Q8_0
+    if shape[-1] % _gguf().GGML_QUANT_SIZES[qtype][0]:
+        return q.F16
+    return qtype
+
+
+def _quantize(arr: np.ndarray, kind: str, name: str):
+    """(stored data, its GGML type): the gguf package's own quantization to :func:`storage_type`."""
     gguf = _gguf()
     q = gguf.GGMLQuantizationType
-    if arr.ndim == 1 or kind == "f32":
-        return arr.astype(np.float32), None
-    if kind == "f16":
-        return arr.astype(np.float16), None
-    qtype = q.BF16 if kind == "bf16" else q.Q8_0
-    block = gguf.GGML_QUANT_SIZES[qtype][0]
-    if arr.shape[-1] % block:
-        return arr.astype(np.float16), None
-    return gguf.quants.quantize(arr.astype(np.float32), qtype), qtype
+    qtype = storage_type(arr.shape, kind)
+    arr = np.ascontiguousarray(arr, dtype=np.float32)
+    limit = {q.F16: 65504.0, q.Q8_0: 65504.0 * 127}.get(qtype)  # f16's largest; q8_0 keeps max/127 as f16
+    if limit and arr.size and np.isfinite(arr).all() and np.abs(arr).max() > limit:
+        raise PrunekitError(f"{name} has values beyond the range of {kind} ({np.abs(arr).max():.4g}).", "Use `gguf_type` bf16 or f32.")
+    return gguf.quants.quantize(arr, qtype), qtype
+
+
+def _encode(arr: np.ndarray, kind: str, name: str = "a weight"):
+    """(data, raw_dtype) for ``add_tensor``."""
+    q = _gguf().GGMLQuantizationType
+    data, qtype = _quantize(arr, kind, name)
+    return data, (None if qtype in (q.F32, q.F16) else qtype)
+
+
+def rounded(arr: np.ndarray, kind: str, name: str = "a weight") -> np.ndarray:
+    """``arr`` (float32) as the file stores it under ``kind``: quantized as :func:`_encode` does, then dequantized."""
+    data, qtype = _quantize(arr, kind, name)
+    return _gguf().quants.dequantize(data, qtype).astype(np.float32, copy=False).reshape(arr.shape)
+
+
+def rounded_model(model: torch.nn.Module, kind: str) -> torch.nn.Module:
+    """A float32 CPU copy of ``model`` with every weight rounded as a ``kind`` GGUF stores it (:func:`rounded`).
+
+    Rounding is per element (f16, bf16) or per 32 values along a row (q8_0), so it commutes with the
+    q/k row permutation: this is the model a correct file holds, whatever the layout.
+    """
+    ref = copy.deepcopy(model).to("cpu", torch.float32)
+    with torch.no_grad():
+        for name, p in ref.named_parameters():  # tied weights once
+            p.copy_(torch.from_numpy(rounded(p.detach().numpy(), kind, name)))
+    return ref.eval()
+
+
+def verify_gguf(loaded: LoadedModel, path: str | Path, gguf_type: str) -> tuple[float, float]:
+    """(gap of the file at ``path`` to the rounded pruned model, gap of that rounded model to the pruned one).
+
+    Raises when the first exceeds ``VERIFY_TOL``: then the file's layout, not its type, is wrong.
+    """
+    family, config, (heads, kv, inter, head_dim), state = read_gguf(path)
+    back = model_logits(build_pruned_model(family, config, heads, kv, inter, head_dim, state))
+    del state  # one extra model in memory at a time: the re-read one, then the rounded copy
+    ref = model_logits(rounded_model(loaded.model, gguf_type))
+    diff = (back - ref).abs().max().item()
+    rounding = (model_logits(loaded.model) - ref).abs().max().item()
+    if not diff <= VERIFY_TOL:
+        raise PrunekitError(
+            f"the {gguf_type} GGUF reads back with logits {diff:.3g} away from the pruned model with its weights rounded "
+            f"to {gguf_type} (tolerance {VERIFY_TOL:g}; the rounding alone moves them {rounding:.3g}): its layout is wrong.",
+            "Report this as a prunekit bug, with the plan.json.",
+        )
+    return diff, rounding
 
 
 FILE_TYPES = {"f32": "ALL_F32", "f16": "MOSTLY_F16", "bf16": "MOSTLY_BF16", "q8_0": "MOSTLY_Q8_0"}
@@ -278,27 +357,29 @@ def export_gguf(loaded: LoadedModel, to: str | Path, overwrite: bool = False, gg
         if factors is not None:
             writer.add_tensor("rope_freqs.weight", factors)
         for name, arr in tensors:
-            data, raw = _encode(arr, gguf_type)
+            data, raw = _encode(arr, gguf_type, name)
             writer.add_tensor(name, data, raw_dtype=raw)
         writer.write_header_to_file()
         writer.write_kv_data_to_file()
         writer.write_tensors_to_file()
+    except BaseException:
+        writer.close()
+        tmp.unlink(missing_ok=True)
+        raise
     finally:
         writer.close()
-    tmp.replace(to)
-    diff = None
-    if verify:
-        from prunekit.export.readers import load_export, logits_gap
-
-        diff = logits_gap(loaded.model, load_export(to).model)
-        tol = 1e-4 if gguf_type == "f32" else 0.5
-        if not diff <= tol:
-            raise PrunekitError(f"the GGUF in '{to}' reads back with logits {diff:.3g} away from the pruned model.",
-                                "Report this as a prunekit bug, with the plan.json.")
+    del tensors
+    diff = rounding = None
+    try:
+        if verify:  # before the file takes its name: a refused export leaves nothing at --to
+            diff, rounding = verify_gguf(loaded, tmp, gguf_type)
+        tmp.replace(to)
+    finally:
+        tmp.unlink(missing_ok=True)
     return {
         "format": "gguf", "path": str(to), "arch": ARCH, "gguf_type": gguf_type, "layers": len(layout.layers),
         "bytes": to.stat().st_size, "tokenizer": tokenizer_from, "zero_ffn_layers": zero_ffn, "zero_attention_layers": zero_attn,
-        "max_logit_diff": diff,
+        "max_logit_diff": diff, "rounding_logit_diff": rounding,
     }
 
 
@@ -364,3 +445,70 @@ def read_gguf(path: str | Path) -> tuple[str, dict, tuple[list[int], list[int], 
             key = f"{names[parts[0]]}.{parts[1]}"
         state[key] = torch.from_numpy(np.ascontiguousarray(arr))
     return config["model_type"], config, (heads, kv, inter, head_dim), state
+
+
+class LlamaCppModel:
+    """A GGUF loaded by llama.cpp through llama-cpp-python (imported here: an optional dependency), for checks.
+
+    Loaded with llama.cpp's extra buffer types off (its tools' ``--no-repack``), which keeps quantized
+    weights out of the AMX path that faults on this project's machine (module docstring), and with its
+    tensor data checked. ``logits(ids)`` runs one batch in a fresh context. Use it as a context manager.
+    """
+
+    def __init__(self, path: str | Path, n_threads: int = 1):
+        import llama_cpp
+
+        quiet = logging.getLogger("llama-cpp-python")  # llama-cpp-python's log callback prints what passes this level
+        if quiet.level == logging.NOTSET:
+            quiet.setLevel(logging.ERROR)
+        self._lib, self.path, self.n_threads = llama_cpp, Path(path), n_threads
+        llama_cpp.llama_backend_init()
+        params = llama_cpp.llama_model_default_params()
+        params.use_extra_bufts = False
+        params.check_tensors = True
+        self._model = llama_cpp.llama_model_load_from_file(str(path).encode(), params)
+        if not self._model:
+            raise PrunekitError(f"llama.cpp could not load '{path}'.", f"Run llama-cli -m {path} to see its log.")
+        self.n_vocab = llama_cpp.llama_vocab_n_tokens(llama_cpp.llama_model_get_vocab(self._model))
+
+    def logits(self, ids: list[int]) -> np.ndarray:
+        """llama.cpp's logits ``[len(ids), vocab]`` at every position of ``ids``."""
+        lib = self._lib
+        cparams = lib.llama_context_default_params()
+        cparams.n_ctx = max(256, len(ids))
+        cparams.n_batch = cparams.n_ubatch = len(ids)
+        cparams.n_threads = cparams.n_threads_batch = self.n_threads
+        ctx = lib.llama_init_from_model(self._model, cparams)
+        if not ctx:
+            raise PrunekitError(f"llama.cpp could not make a context for '{self.path}'.", "Run llama-cli on it to see its log.")
+        batch = lib.llama_batch_init(len(ids), 0, 1)
+        try:
+            for i, token in enumerate(ids):
+                batch.token[i], batch.pos[i], batch.n_seq_id[i], batch.logits[i] = int(token), i, 1, 1
+                batch.seq_id[i][0] = 0
+            batch.n_tokens = len(ids)
+            status = lib.llama_decode(ctx, batch)
+            if status != 0:
+                raise PrunekitError(f"llama.cpp's decode of '{self.path}' returned {status}.", "Run llama-cli on it to see its log.")
+            return np.stack([np.ctypeslib.as_array(lib.llama_get_logits_ith(ctx, i), shape=(self.n_vocab,)).copy()
+                             for i in range(len(ids))])
+        finally:
+            lib.llama_batch_free(batch)
+            lib.llama_free(ctx)
+
+    def close(self) -> None:
+        if self._model:
+            self._lib.llama_model_free(self._model)
+            self._model = None
+
+    def __enter__(self) -> "LlamaCppModel":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def llama_cpp_logits(path: str | Path, ids: list[int], n_threads: int = 1) -> np.ndarray:
+    """llama.cpp's logits ``[len(ids), vocab]`` at every position of ``ids`` for the GGUF at ``path`` (:class:`LlamaCppModel`)."""
+    with LlamaCppModel(path, n_threads) as model:
+        return model.logits(ids)

@@ -20,10 +20,13 @@ import copy
 from pathlib import Path
 
 import torch
+from accelerate import init_empty_weights
+from transformers import AutoConfig, AutoModelForCausalLM
 
 from prunekit.core.errors import PrunekitError
 from prunekit.core.io import atomic_dir, check_disk_space
 from prunekit.export.layout import ModelLayout, layer_types_for, model_layout, renumbered_state_dict
+from prunekit.export.modeling_pruned import FAMILIES
 from prunekit.models.loading import LoadedModel
 
 CONFIG_DROP = ("architectures", "auto_map", "model_type", "transformers_version", "_name_or_path", "dtype",
@@ -48,8 +51,6 @@ def _base_kwargs(layout: ModelLayout) -> dict:
 
 def stock_config(model_type: str, layout: ModelLayout):
     """The family's own config for this layout, or None when the stock config cannot express it."""
-    from transformers import AutoConfig
-
     if not layout.layers or not layout.uniform:
         return None
     g = layout.layers[0]
@@ -64,8 +65,6 @@ def stock_config(model_type: str, layout: ModelLayout):
 
 def per_layer_config(model_type: str, layout: ModelLayout):
     """The ``prunekit_<family>`` config with per-layer lists (see modeling_pruned.py)."""
-    from prunekit.export.modeling_pruned import FAMILIES
-
     if model_type not in FAMILIES:
         raise PrunekitError(
             f"the hf export with per-layer geometry has no modeling class for model_type '{model_type}'.",
@@ -83,9 +82,6 @@ def per_layer_config(model_type: str, layout: ModelLayout):
 
 
 def _empty_model(config, cls=None) -> torch.nn.Module:
-    from accelerate import init_empty_weights
-    from transformers import AutoModelForCausalLM
-
     with init_empty_weights(include_buffers=False):
         return cls(config) if cls is not None else AutoModelForCausalLM.from_config(config)
 
@@ -106,8 +102,6 @@ def build_export_model(loaded: LoadedModel) -> tuple[torch.nn.Module, str]:
     config = stock_config(model_type, layout)
     target = _empty_model(config) if config is not None else None
     if target is None or not _shapes_match(target, state):
-        from prunekit.export.modeling_pruned import FAMILIES
-
         kind = "per-layer"
         config = per_layer_config(model_type, layout)
         target = _empty_model(config, FAMILIES[model_type][1])
@@ -129,8 +123,6 @@ def _register(model: torch.nn.Module) -> None:
 
 def verify_hf_dir(path: Path, reference: torch.nn.Module, trust_remote_code: bool, tol: float = VERIFY_TOL) -> float:
     """Reload ``path`` with transformers and return the max |logit difference| against ``reference``."""
-    from transformers import AutoModelForCausalLM
-
     loaded = AutoModelForCausalLM.from_pretrained(path, trust_remote_code=trust_remote_code, dtype=reference.dtype)
     loaded.eval()
     vocab = reference.config.vocab_size

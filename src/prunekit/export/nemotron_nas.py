@@ -17,11 +17,12 @@ import json
 import shutil
 from pathlib import Path
 
-import torch
+from safetensors.torch import save_file
 
 from prunekit.core.errors import PrunekitError
 from prunekit.core.io import atomic_dir, check_disk_space
 from prunekit.export.layout import ModelLayout, model_layout, renumbered_state_dict
+from prunekit.export.readers import build_pruned_model, logits_gap, read_safetensors
 from prunekit.models.loading import LoadedModel
 
 FFN_MULTIPLE = 256
@@ -118,8 +119,6 @@ def nas_geometry(config: dict) -> tuple[list[int], list[int], list[int], int]:
 
 def export_nemotron_nas(loaded: LoadedModel, to: str | Path, overwrite: bool = False, verify: bool = True) -> dict:
     """Write ``to``: config.json (+ configuration_decilm.py), model.safetensors, tokenizer, generation config."""
-    from safetensors.torch import save_file
-
     to = Path(to)
     layout = model_layout(loaded.adapter)
     config = nas_config(loaded, layout)
@@ -137,9 +136,9 @@ def export_nemotron_nas(loaded: LoadedModel, to: str | Path, overwrite: bool = F
             loaded.tokenizer.save_pretrained(tmp)
     diff = None
     if verify:
-        from prunekit.export.readers import load_export, logits_gap
-
-        diff = logits_gap(loaded.model, load_export(to).model)
+        config = json.loads((to / "config.json").read_text())
+        back = build_pruned_model("llama", config, *nas_geometry(config), read_safetensors(to))
+        diff = logits_gap(loaded.model, back)
         if not diff <= 1e-4:
             raise PrunekitError(f"the nemotron-nas export in '{to}' reloads with logits {diff:.3g} away from the pruned model.",
                                 "Report this as a prunekit bug, with the plan.json.")

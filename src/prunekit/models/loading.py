@@ -169,8 +169,6 @@ def _load_local(path: Path, dtype: torch.dtype, **kw):
     except (OSError, ValueError, RuntimeError, KeyError, SafetensorError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         if "model_type" in str(e) or "Unrecognized" in str(e):
-            from prunekit.models.registry import supported_model_types
-
             raise PrunekitError(
                 f"could not load '{path}': {first[:200]}",
                 f"Supported model types: {', '.join(supported_model_types())}.",

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from prunekit.export.readers import export_kind, load_export
+from prunekit.export.reading import export_kind, load_export
 from prunekit.models.loading import LoadedModel, check_device, default_device, load_base_model, resolve_dtype
 from prunekit.plan.apply import load_pruned
 
