@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from export_helpers import IDS, VOCAB, pruned_tiny
-from prunekit.errors import PrunekitError
+from prunekit.core.errors import PrunekitError
 from prunekit.export import export
 from prunekit.export import gguf as gguf_export
 from prunekit.export.gguf import GGUF_TYPES, VERIFY_TOL, ZERO_FFN_WIDTH, permute_rope_rows, rounded_model, unpermute_rope_rows

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from helpers import make_tiny_workspace, run_cli
-from prunekit.cli import main as cli
+from prunekit.cli.main import main as cli_main
 from prunekit.models.tiny import tiny_model, tiny_tokenizer
 
 
@@ -34,7 +34,7 @@ def _main(monkeypatch, capsys, *args):
     monkeypatch.setattr(sys, "argv", ["prunekit", *args])
     code = 0
     try:
-        cli.main()
+        cli_main()
     except SystemExit as e:
         code = e.code
     out = capsys.readouterr()
