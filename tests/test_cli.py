@@ -12,6 +12,11 @@ import time
 import pytest
 
 from helpers import make_tiny_workspace, run_cli
+from prunekit.cli.console import render_error
+from prunekit.cli.main import _command
+from prunekit.core.errors import PrunekitError
+from prunekit.methods.options import DepthConfig
+from prunekit.methods.width.options import WidthConfig
 
 
 @pytest.fixture(scope="module")
@@ -67,6 +72,13 @@ BAD = [
     (["prune", "{unsupported}", "--remove", "1"], "Supported model types"),
     (["prune", "{truncated}", "--remove", "1"], "corrupted or truncated"),
     (["eval", "{model}", "--plan", "{badplan}"], "not valid JSON"),
+    (["eval", "{model}", "--plan", "{twiceplan}"], "removed[1] removes attn 1 again (already removed at removed[0])"),
+    (["eval", "{model}", "--plan", "{outsideplan}"], "removed[0] names block 99 (mlp 49), outside the model's"),
+    (["eval", "{model}", "--plan", "{unorderedplan}"], "removed[0] is step 1, out of order (expected step 0)"),
+    (["prune", "{model}", "--remove", "1", "--out", "/proc/prunekit-nope/out"], "cannot be created: '/proc'"),
+    (["prune", "{model}", "--remove", "1", "--out", "{afile}/out"], "is not a directory"),
+    (["compare", "{model}", "--out", "/proc/prunekit-nope/out"], "cannot be created: '/proc'"),
+    (["prune", "{model}", "--ratio", "0.99", "--blocks-kind", "attn"], "or --blocks-kind mix"),
 ]
 
 
@@ -90,6 +102,22 @@ def test_bad_input_is_one_line_exit_2_nothing_written(ws, args, message):
     assert sorted(p.name for p in paths["nonempty_dir"].iterdir()) == before
 
 
+def _hand_plan(config: dict, steps: list[tuple[int, list[int]]]) -> dict:
+    """A plan.json as a user might edit it by hand: well-formed, with the given (step, blocks) entries."""
+    return {
+        "prunekit_plan": 1, "method": "blockpruner", "options": {}, "calibration": {}, "width": None,
+        "model": {"spec": "hand", "model_type": config["model_type"], "config": config, "weights_sha256": ""},
+        "removed": [{"step": n, "unit": "hand", "blocks": b, "score": 0.0, "value": 0.0} for n, b in steps],
+        "dense_value": 1.0, "params_before": 1, "params_after": 1, "ratio_removed": 0.0,
+    }
+
+
+def test_a_missing_option_is_one_usage_line_exit_2():
+    r = run_cli("prune", "smollm2-135m")
+    assert r.returncode == 2, r.stderr
+    assert "Missing option '--out'" in r.stderr and "Traceback" not in r.stderr
+
+
 def _bad_inputs(tmp, model_dir):
     import shutil
 
@@ -103,6 +131,9 @@ def _bad_inputs(tmp, model_dir):
         (d / "nonempty").mkdir()
         (d / "nonempty" / "keep.txt").write_text("keep me")
         (d / "bad-plan.json").write_text("{not json")
+        cfg = json.loads((model_dir / "config.json").read_text())
+        for name, steps in (("twice", [(0, [2]), (1, [2])]), ("outside", [(0, [99])]), ("unordered", [(1, [2]), (0, [3])])):
+            (d / f"{name}-plan.json").write_text(json.dumps(_hand_plan(cfg, steps)))
         unsupported = d / "unsupported"
         shutil.copytree(model_dir, unsupported)
         cfg = json.loads((unsupported / "config.json").read_text())
@@ -115,7 +146,8 @@ def _bad_inputs(tmp, model_dir):
     return {
         "empty": str(d / "empty.txt"), "latin": str(d / "latin.txt"), "short": str(d / "short.txt"),
         "afile": str(d / "afile"), "nonempty": str(d / "nonempty"), "nonempty_dir": d / "nonempty",
-        "badplan": str(d / "bad-plan.json"), "unsupported": str(d / "unsupported"), "truncated": str(d / "truncated"),
+        "badplan": str(d / "bad-plan.json"), "twiceplan": str(d / "twice-plan.json"),
+        "outsideplan": str(d / "outside-plan.json"), "unorderedplan": str(d / "unordered-plan.json"), "unsupported": str(d / "unsupported"), "truncated": str(d / "truncated"),
     }
 
 
@@ -173,3 +205,14 @@ def test_candidate_batch_flag_gives_the_same_choices(ws, tmp_path):
     assert [s["unit"] for s in plans[0]["removed"]] == [s["unit"] for s in plans[1]["removed"]]
     for a, b in zip(plans[0]["removed"], plans[1]["removed"]):
         assert a["value"] == pytest.approx(b["value"], rel=1e-5)
+
+
+def test_library_errors_name_options_and_the_cli_names_its_flags():
+    with pytest.raises(PrunekitError) as err:
+        DepthConfig(ratio=1.5)
+    message = str(err.value)
+    assert "--" not in message and "`ratio` 1.5 is outside (0, 1)" in message
+    assert render_error(message, _command(["prune", "m"])).startswith("--ratio 1.5 is outside (0, 1)")
+    with pytest.raises(PrunekitError) as err:
+        WidthConfig(ratio=0.2, strategy="channel", global_=True)
+    assert render_error(str(err.value), _command(["prune"])) == "--global applies to --strategy block only. Drop --global, or use --strategy block."

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import random
+
 import pytest
 
 from prunekit.core.errors import PrunekitError
 from prunekit.data import build_windows, load_texts, wiki_split_titles, windows_from_texts
+from prunekit.data.corpora import authors_pick
 from prunekit.models.tiny import tiny_tokenizer
 
 
@@ -91,3 +94,13 @@ def test_jsonl_rows(tok, tmp_path):
     f = tmp_path / "rows.jsonl"
     f.write_text('{"text": "first row text"}\n\n{"text": "second row"}\n')
     assert load_texts(str(f)) == ["first row text", "second row"]
+
+
+def test_alpaca_rows_are_the_authors_and_leave_the_global_random_state_alone():
+    random.seed(42)
+    theirs = random.sample(range(5000), 64)  # the authors: transformers.set_seed(42), then random.sample
+    random.seed(7)
+    state = random.getstate()
+    assert authors_pick(5000, 64) == theirs
+    assert random.getstate() == state
+    assert sorted(authors_pick(10, 64)) == list(range(10))  # fewer rows than asked: all of them

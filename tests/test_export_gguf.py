@@ -161,5 +161,5 @@ def test_refusals(tmp_path):
         export(pruned_tiny("qwen3", "blocks"), "gguf", tmp_path / "q3.gguf")
     with pytest.raises(PrunekitError, match="should name a .gguf file"):
         export(pruned_tiny("llama", "blocks"), "gguf", tmp_path / "m.bin")
-    with pytest.raises(PrunekitError, match="--gguf-type 'q4' is not known"):
+    with pytest.raises(PrunekitError, match="`gguf_type` 'q4' is not known"):
         export(pruned_tiny("llama", "blocks"), "gguf", tmp_path / "m.gguf", gguf_type="q4")

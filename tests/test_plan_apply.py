@@ -10,6 +10,7 @@ import torch
 import prunekit as pk
 from helpers import make_tiny_workspace
 from prunekit.core.errors import PrunekitError
+from prunekit.plan.schema import read_plan, validate_plan
 
 
 def _prune(model_dir, calib, out=None, **kw):
@@ -83,3 +84,40 @@ def test_corrupted_plans_are_refused(tmp_path):
         path.write_text(text)
         with pytest.raises(PrunekitError, match=matches[name]):
             pk.read_plan(path)
+
+
+def _edited(plan: dict, steps: list[tuple[int, list[int]]]) -> dict:
+    return plan | {"removed": [{"step": n, "unit": "x", "blocks": b, "score": 0.0, "value": 0.0} for n, b in steps]}
+
+
+@pytest.mark.parametrize("steps,message", [
+    ([(0, [2]), (1, [2])], r"removed\[1\] removes attn 1 again \(already removed at removed\[0\]\)"),
+    ([(0, [2, 3]), (1, [3])], r"removed\[1\] removes mlp 1 again"),
+    ([(0, [8])], r"removed\[0\] names block 8 \(attn 4\), outside the model's 8 blocks"),
+    ([(1, [2]), (0, [3])], r"removed\[0\] is step 1, out of order \(expected step 0\)"),
+])
+def test_a_hand_edited_plan_is_refused_naming_the_entry(tmp_path, steps, message):
+    model_dir, calib = make_tiny_workspace(tmp_path)
+    plan = _prune(model_dir, calib, remove=2).plan
+    bad = _edited(plan, steps)
+    with pytest.raises(PrunekitError, match=message):
+        validate_plan(bad)
+    path = tmp_path / "plan.json"
+    path.write_text(json.dumps(bad))
+    with pytest.raises(PrunekitError, match=message):
+        read_plan(path)
+    base = pk.load_model(str(model_dir), device="cpu")
+    with pytest.raises(PrunekitError, match=message):
+        pk.apply_plan(base.model, bad)
+    assert base.adapter.removed_blocks() == []  # refused before anything was removed
+    validate_plan(_edited(plan, [(0, [2]), (1, [5])]))  # the same shape, done right, is accepted
+
+
+def test_evaluate_with_a_plan_leaves_the_callers_model_as_it_is(tmp_path):
+    model_dir, calib = make_tiny_workspace(tmp_path)
+    plan = _prune(model_dir, calib, remove=2).plan
+    base = pk.load_model(str(model_dir), device="cpu")
+    before = base.adapter.total_params()
+    res = pk.evaluate(base, [str(calib)], seq_len=16, windows=2, plan=plan)
+    assert res["parameters"] == plan["params_after"] < before
+    assert base.adapter.total_params() == before and base.adapter.removed_blocks() == []

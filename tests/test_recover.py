@@ -22,13 +22,7 @@ from prunekit.pipeline.load import load_model
 from prunekit.pipeline.prune import prune_width
 from prunekit.pipeline.recover import CKPT, RecoverConfig, attach_lora, lora_targets, merge_lora, recover, train_lora
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -8,10 +8,14 @@ import pytest
 import torch
 
 from conftest import FAMILIES, random_windows
+from prunekit.core.errors import PrunekitError
 from prunekit.engine import Engine, reference_nll
+from prunekit.methods.depth.planner import stop_rule
 from prunekit.methods.depth.search import GreedySearch, naive_greedy
 from prunekit.methods.depth.units import make_units, unit_name
+from prunekit.methods.options import DepthConfig
 from prunekit.models import get_adapter
+from prunekit.models.loading import wrap_model
 from prunekit.models.tiny import tiny_model
 
 CONFIGS = [
@@ -104,18 +108,22 @@ def test_caches_count_less_work_than_naive():
 
 
 def test_trajectory_cache_is_used():
-    """After step 1, candidates before the removed block resume from their kept state."""
+    """After step 1, candidates before the removed block resume from their kept state: step 2 runs
+    fewer blocks than with the prefix cache alone, and chooses the same unit."""
     adapter = get_adapter(tiny_model("llama", num_hidden_layers=6))
     w = random_windows(4, 16)
     units = make_units(adapter, "mix")
-    engine = Engine(adapter, w, batch_size=2, cache_bytes=1e9)
-    search = GreedySearch(engine, units, cache="trajectory", early_exit=False)
-    first = search.step()
-    runs_before = engine.counter.block_runs
-    stored = sum(1 for k in engine.store._data if k[0] == "traj")
-    assert stored > 0 or first.unit[0] == 0
-    search.step()
-    assert engine.counter.block_runs > runs_before
+    runs, chosen = {}, {}
+    for cache in ("prefix", "trajectory"):
+        engine = Engine(adapter, w, batch_size=2, cache_bytes=1e9)
+        search = GreedySearch(engine, units, cache=cache, early_exit=False)
+        first = search.step()
+        assert first.unit[0] > 0, "the fixed model must first remove a block with candidates before it"
+        before = engine.counter.block_runs
+        chosen[cache] = (first.unit, search.step().unit)
+        runs[cache] = engine.counter.block_runs - before
+    assert chosen["trajectory"] == chosen["prefix"]
+    assert runs["trajectory"] < runs["prefix"], runs
 
 
 def test_chunked_nll_matches_float64_reference():
@@ -139,3 +147,11 @@ def test_ignore_index_excludes_pad_targets():
         ref = reference_nll(model(input_ids=w.ids).logits.double(), w.ids, 3)
     assert engine.n_targets == 2 * 15 - int((w.ids[:, 1:] == 3).sum())
     assert math.isclose(engine.total_score(frozenset()), ref, rel_tol=1e-6)
+
+
+def test_an_unreachable_ratio_suggests_mix_only_when_the_search_is_narrower():
+    loaded = wrap_model(tiny_model("llama"))
+    for kind, suggests in (("mix", False), ("layer", False), ("attn", True), ("mlp", True)):
+        with pytest.raises(PrunekitError, match="cannot be reached") as err:
+            stop_rule(loaded, make_units(loaded.adapter, kind), DepthConfig(ratio=0.99, blocks_kind="mix"), kind)
+        assert ("`blocks_kind` mix" in str(err.value)) is suggests, (kind, str(err.value))

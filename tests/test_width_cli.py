@@ -13,13 +13,7 @@ from helpers import make_tiny_workspace, run_cli
 from prunekit.cli.main import main as cli_main
 from prunekit.models.tiny import tiny_model, tiny_tokenizer
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -9,14 +9,7 @@ from prunekit.models.groups import attention_family, hidden_family, kv_readers, 
 from prunekit.models.loading import wrap_model
 from prunekit.models.tiny import tiny_model
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models run ~30x faster on one thread than on two contended ones on this shared machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 FAMILIES = ("llama", "mistral", "qwen2", "qwen3")

@@ -19,13 +19,7 @@ from prunekit.models.groups import attention_family, mlp_family
 from prunekit.models.loading import wrap_model
 from prunekit.models.tiny import tiny_model
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 IDS = torch.randint(0, 256, (4, 16), generator=torch.Generator().manual_seed(5))

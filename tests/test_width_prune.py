@@ -18,14 +18,7 @@ from prunekit.pipeline.load import load_model
 from prunekit.pipeline.prune import prune_width
 from prunekit.plan.apply import apply_plan, load_pruned
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models run ~30x faster on one thread than on two contended ones on this shared machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 IDS = torch.randint(0, 256, (2, 24), generator=torch.Generator().manual_seed(3))

@@ -9,7 +9,6 @@ from __future__ import annotations
 import re
 from contextlib import contextmanager
 
-import click
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
@@ -18,8 +17,11 @@ console = Console(stderr=True)
 out_console = Console()
 
 
-def render_error(message: str, command: click.Command | None) -> str:
-    """``message`` with each backticked option name replaced by ``command``'s flag for it (``--name`` otherwise)."""
+def render_error(message: str, command) -> str:
+    """``message`` with each backticked option name replaced by ``command``'s flag for it (``--name`` otherwise).
+
+    ``command``: the click command that ran (its ``params``), or None.
+    """
     flags = {}
     for p in command.params if command is not None else []:
         longs = [o for o in p.opts if o.startswith("--")]
@@ -132,7 +134,8 @@ def print_export(info: dict) -> None:
     out_console.print(t)
     if info["format"] == "hf":
         code = ", trust_remote_code=True" if info.get("trust_remote_code") else ""
-        console.print(f"load it with: AutoModelForCausalLM.from_pretrained('{info['path']}'{code})", highlight=False)
+        console.print(f"load it with: AutoModelForCausalLM.from_pretrained('{info['path']}'{code}); "
+                      f"AutoTokenizer.from_pretrained('{info['path']}', trust_remote_code=False)", highlight=False)
     elif info["format"] == "nemotron-nas":
         console.print(f"serve it with: {info['serve']}", highlight=False)
     else:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import sys
 
-import click
 import typer
 
 from prunekit.cli import compare, export, prune, recover
@@ -40,11 +39,11 @@ def _main(debug: bool = typer.Option(False, "--debug", help="Show full traceback
     """``--debug`` is read by :func:`main` from the command line."""
 
 
-def _command(argv: list[str]) -> click.Command | None:
+def _command(argv: list[str]):
     """The click command that ``argv`` runs (to name its flags in an error), or None."""
     names = [a for a in argv if not a.startswith("-")]
-    group = typer.main.get_command(app)
-    return group.commands.get(names[0]) if names and isinstance(group, click.Group) else None
+    commands = getattr(typer.main.get_command(app), "commands", {})
+    return commands.get(names[0]) if names else None
 
 
 def main() -> None:
@@ -64,8 +63,8 @@ def main() -> None:
         sys.exit(130)
     except SystemExit:
         raise
-    except Exception as e:  # click usage errors
-        if isinstance(e, click.exceptions.ClickException):
+    except Exception as e:  # click usage errors (typer ships its own click: recognised by their interface)
+        if callable(getattr(e, "show", None)) and isinstance(getattr(e, "exit_code", None), int):
             e.show()
             sys.exit(2)
         raise

@@ -49,12 +49,27 @@ def check_output_dir(out: Path, overwrite: bool) -> None:
             f"output directory '{out}' already exists and is not empty.",
             "Pass `overwrite` to replace it, or choose another `out`.",
         )
-    parent = out.resolve().parent
-    probe = parent
+    check_creatable(out)
+
+
+def check_creatable(out: Path) -> None:
+    """Refuse a path under which no directory can be created (a file, a read-only or virtual filesystem)."""
+    probe = Path(out).resolve().parent
     while not probe.exists():
         probe = probe.parent
-    if not os.access(probe, os.W_OK):
-        raise PrunekitError(f"cannot write under '{probe}'.", "Choose an `out` in a writable directory.")
+    try:  # the only sure test: create (and remove) a directory where the output's first new directory goes
+        os.rmdir(tempfile.mkdtemp(dir=probe, prefix=".prunekit-probe-"))
+    except OSError as e:
+        raise PrunekitError(
+            f"the output directory '{out}' cannot be created: '{probe}' {_why(e)}.",
+            "Choose an `out` in a writable directory.",
+        ) from None
+
+
+def _why(e: OSError) -> str:
+    if isinstance(e, NotADirectoryError):
+        return "is not a directory"
+    return f"does not accept new directories ({e.strerror or type(e).__name__})"
 
 
 @contextlib.contextmanager

@@ -31,10 +31,11 @@ def tiny_config(model_type: str = "llama", **overrides):
 
 def tiny_model(model_type: str = "llama", seed: int = 0, **overrides) -> torch.nn.Module:
     """A randomly initialised causal LM of ``model_type`` (weights scaled up so blocks matter)."""
-    torch.manual_seed(seed)
     config = tiny_config(model_type, **overrides)
     config.initializer_range = 0.2
-    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    with torch.random.fork_rng():  # seeded weights; the caller's random state is left as it was
+        torch.manual_seed(seed)
+        model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     return model.eval()
 
 

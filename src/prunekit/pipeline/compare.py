@@ -36,7 +36,7 @@ from pathlib import Path
 import torch
 
 from prunekit.core.errors import PrunekitError, check_choice
-from prunekit.core.io import write_json_atomic
+from prunekit.core.io import check_creatable, write_json_atomic
 from prunekit.data.calibration import CalibConfig, calibration_windows
 from prunekit.data.windows import build_windows
 from prunekit.engine.runner import Engine, default_cache_bytes
@@ -255,6 +255,7 @@ def compare(
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise PrunekitError(f"`out` '{out}' is a file.", "Give `out` a directory path.")
+    check_creatable(out)
     say = log or (lambda _msg: None)
     loaded = as_loaded(model, dtype, device)
     adapter = loaded.adapter

@@ -24,7 +24,8 @@ from prunekit.data.windows import build_windows
 from prunekit.engine.runner import default_cache_bytes
 from prunekit.evaluation.perplexity import perplexity
 from prunekit.evaluation.report import write_report
-from prunekit.methods.depth.planner import plan_depth
+from prunekit.methods.depth.planner import plan_depth, stop_rule
+from prunekit.methods.depth.units import make_units
 from prunekit.methods.options import DepthConfig
 from prunekit.methods.registry import method_for
 from prunekit.methods.width.importance import check_gradient_dtype
@@ -77,6 +78,8 @@ def prune(
     if out is not None and not resume:
         check_output_dir(Path(out), overwrite)
     loaded = as_loaded(model, dtype, device)
+    kind = method.unit_kind(config.blocks_kind)
+    stop_rule(loaded, make_units(loaded.adapter, kind), config, kind)  # an unreachable budget is refused before OUT is touched
     windows = calibration_windows(loaded, calib)
     calibration = windows.fingerprint() | {"batch_size": calib.batch_size, "ignore_index": loaded.model.config.pad_token_id}
     journal = None
@@ -91,7 +94,7 @@ def prune(
             on_step(rec)
 
     cache_bytes = config.cache_gb * 2**30 if config.cache_gb else default_cache_bytes(loaded.device)
-    res = plan_depth(loaded, method.run, method.unit_kind(config.blocks_kind), config, windows, calib.batch_size,
+    res = plan_depth(loaded, method.run, kind, config, windows, calib.batch_size,
                      cache_bytes, calibration, progress, journal.records if journal is not None else None, on_record)
     pruned = with_plan(loaded, res.plan, owned=not isinstance(model, LoadedModel))
     if pruned.adapter.total_params() != res.plan["params_after"]:

@@ -172,10 +172,11 @@ def attach_lora(model: nn.Module, adapter: ModelAdapter, cfg: RecoverConfig) -> 
     """Wrap ``model`` with fresh LoRA adapters (initialised from ``cfg.seed``); only they train."""
     from peft import LoraConfig, get_peft_model
 
-    torch.manual_seed(cfg.seed)
     lcfg = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
                       target_modules=lora_targets(adapter), bias="none", task_type="CAUSAL_LM")
-    return get_peft_model(model, lcfg)
+    with torch.random.fork_rng():  # seeded here; the caller's random state is restored afterwards
+        torch.manual_seed(cfg.seed)
+        return get_peft_model(model, lcfg)
 
 
 def merge_lora(peft_model: nn.Module) -> nn.Module:
@@ -273,7 +274,17 @@ def train_lora(
     peft_model: nn.Module, ids: torch.Tensor, cfg: RecoverConfig, ignore_index: int | None = None,
     ckpt_dir: Path | None = None, fingerprint: str = "", progress: RecoverProgress | None = None,
 ) -> TrainResult:
-    """Train the adapters on windows ``ids`` ``[n, T]``: ``epochs`` passes in a seeded order, batches of ``batch_size``."""
+    """Train the adapters on windows ``ids`` ``[n, T]``: ``epochs`` passes in a seeded order, batches of ``batch_size``.
+
+    Dropout masks are seeded per step (a resumed run draws the same ones) inside a forked random
+    state, so the caller's random state is the same afterwards.
+    """
+    with torch.random.fork_rng():
+        return _train(peft_model, ids, cfg, ignore_index, ckpt_dir, fingerprint, progress)
+
+
+def _train(peft_model: nn.Module, ids: torch.Tensor, cfg: RecoverConfig, ignore_index: int | None, ckpt_dir: Path | None,
+           fingerprint: str, progress: RecoverProgress | None) -> TrainResult:
     params = _trainable(peft_model)
     opt = torch.optim.AdamW(params.values(), lr=cfg.lr, weight_decay=0.0)
     n = ids.shape[0]
