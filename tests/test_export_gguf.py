@@ -13,8 +13,8 @@ import torch
 from prunekit.errors import PrunekitError
 from prunekit.export import export
 from prunekit.export import gguf as gguf_export
-from prunekit.export.readers import logits_gap
 from prunekit.export.gguf import GGUF_TYPES, VERIFY_TOL, ZERO_FFN_WIDTH, permute_rope_rows, rounded_model, unpermute_rope_rows
+from prunekit.export.readers import logits_gap
 from prunekit.models.loading import load_model
 
 from export_helpers import IDS, VOCAB, pruned_tiny
