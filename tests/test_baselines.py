@@ -25,6 +25,7 @@ from prunekit.methods.depth.baselines import (
 from prunekit.methods.depth.units import make_units, unit_name, unit_params
 from prunekit.methods.options import DepthConfig
 from prunekit.methods.registry import method_for
+from prunekit.methods.width.options import WidthConfig
 from prunekit.models import get_adapter
 from prunekit.models.adapter import Block
 from prunekit.models.loading import wrap_model
@@ -211,3 +212,11 @@ def test_search_flag_refused_for_one_shot_methods():
     model = tiny_model("llama", num_hidden_layers=2)
     layer0 = sum(p.numel() for p in model.model.layers[0].parameters())
     assert unit_params(get_adapter(model), (0, 1)) == layer0  # a layer unit counts both blocks with their norms
+
+
+def test_the_registry_refuses_options_of_the_other_kind():
+    with pytest.raises(PrunekitError, match="`method` llm-pruner is a width method, given a DepthConfig"):
+        method_for(DepthConfig(method="llm-pruner", ratio=0.2))
+    assert method_for(WidthConfig(ratio=0.2)).kind == "width"
+    with pytest.raises(PrunekitError, match="Did you mean 'sleb'"):
+        method_for(DepthConfig(method="slep", ratio=0.2))

@@ -13,7 +13,7 @@ import pytest
 
 from helpers import make_tiny_workspace, run_cli
 from prunekit.cli.console import render_error
-from prunekit.cli.main import _command
+from prunekit.cli.main import COMMANDS, _command
 from prunekit.core.errors import PrunekitError
 from prunekit.methods.options import DepthConfig
 from prunekit.methods.width.options import WidthConfig
@@ -216,3 +216,10 @@ def test_library_errors_name_options_and_the_cli_names_its_flags():
     with pytest.raises(PrunekitError) as err:
         WidthConfig(ratio=0.2, strategy="channel", global_=True)
     assert render_error(str(err.value), _command(["prune"])) == "--global applies to --strategy block only. Drop --global, or use --strategy block."
+
+
+@pytest.mark.parametrize("command", sorted(COMMANDS))
+def test_every_command_has_help(command):
+    r = run_cli(command, "--help")
+    assert r.returncode == 0, r.stderr
+    assert "Usage:" in r.stdout and f" {command} [OPTIONS]" in r.stdout and "--help" in r.stdout
