@@ -59,7 +59,6 @@ def progress_bar():
         yield update
 
 
-
 @contextmanager
 def loss_progress():
     """A rich progress bar whose rows show the latest training loss; yields ``progress(stage, done, total, info)``."""
@@ -79,7 +78,6 @@ def loss_progress():
         yield update
 
 
-
 def print_step(rec: dict) -> None:
     console.print(f"step {rec['step'] + 1}: removed {rec['unit']}, calibration value {rec['value']:.4f}", highlight=False)
 
@@ -96,7 +94,6 @@ def print_plan(plan: dict, timing: dict | None = None) -> None:
     if timing:
         work = f"; counted work vs naive search: {timing['counted_ratio']:.2f}x less" if timing.get("naive_macs") else ""
         out_console.print(f"search: {timing['search_seconds']:.1f} s{work}")
-
 
 
 def print_width_plan(plan: dict, timing: dict | None = None) -> None:
@@ -123,7 +120,6 @@ def print_width_plan(plan: dict, timing: dict | None = None) -> None:
         out_console.print(f"scoring: {timing['search_seconds']:.1f} s")
 
 
-
 def print_export(info: dict) -> None:
     t = Table(title=f"exported {info['format']} -> {info['path']}")
     t.add_column("field")
@@ -142,10 +138,8 @@ def print_export(info: dict) -> None:
         console.print(f"run it with llama.cpp: llama-cli -m {info['path']} -p 'The capital of France is' -n 16", highlight=False)
 
 
-
 def pct(v: float | None) -> str:
     return "-" if v is None else f"{100 * v:.2f}"
-
 
 
 def print_bench(res: dict) -> None:

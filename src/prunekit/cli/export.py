@@ -28,7 +28,6 @@ from prunekit.plan.schema import read_plan
 
 def _quiet_transformers() -> None:
     """No per-shard progress bars from transformers while prunekit writes and re-reads exports."""
-
     hf_logging.disable_progress_bar()
 
 
@@ -39,7 +38,6 @@ def default_export_path(out: str | Path, fmt: str) -> Path:
 
 def export_after_prune(out: str, fmt: str, gguf_type: str = "f16") -> dict:
     """``prune --export FORMAT``: export the directory ``prune`` just wrote."""
-
     _quiet_transformers()
     info = run_export(load_model(out, device="cpu"), fmt, default_export_path(out, fmt), overwrite=True, gguf_type=gguf_type)
     print_export(info)
@@ -49,7 +47,6 @@ def export_after_prune(out: str, fmt: str, gguf_type: str = "f16") -> dict:
 def run_zero_shot(model: str, tasks: str, limit: Optional[int], task_dir: Optional[str], batch_size: int,
                   plan: Optional[str], dtype: str, device: Optional[str], json_out: Optional[str] = None) -> dict:
     """``eval --tasks``: lm-eval zero-shot accuracies of MODEL (a prunekit output directory, an export, any spec)."""
-
     names = [t for t in tasks.split(",") if t.strip()]
     prepared = prepare_tasks(names, task_dir, limit)  # refuse bad names / unreachable data before loading the model
     loaded = as_loaded(model, dtype, device)
@@ -78,7 +75,6 @@ def _int_list(flag: str, text: str) -> tuple[int, ...]:
 
 def dense_spec_for(model: str) -> str | None:
     """The base model of a prunekit output directory (its plan's spec), when it can be loaded here."""
-
     plan_path = Path(model) / "plan.json"
     if not plan_path.is_file():
         return None
@@ -97,10 +93,10 @@ def export(
     verify: bool = typer.Option(True, "--verify/--no-verify", help="Re-read the export and compare its logits."),
 ) -> None:
     """Export a pruned model so that transformers, vLLM or llama.cpp load it."""
-
     _quiet_transformers()
     check_choice("`format`", fmt, FORMATS)
     print_export(run_export(load_model(model, device="cpu"), fmt, to, overwrite=overwrite, gguf_type=gguf_type, verify=verify))
+
 
 def bench(
     model: str = typer.Argument(..., help="A prunekit output directory, an export, or any model spec."),
@@ -117,7 +113,6 @@ def bench(
     threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads for torch (default: torch's own choice)."),
 ) -> None:
     """Measured prefill/decode speed of a pruned model vs its dense base, and the ideal from MACs."""
-
     if threads is not None:
         if threads < 1:
             raise PrunekitError(f"--threads {threads} is out of range.", "Use 1 or more.")
@@ -140,7 +135,7 @@ def bench(
     if json_out:
         Path(json_out).write_text(json.dumps(res, indent=2) + "\n")
 
+
 def report(out: str = typer.Argument(..., help="A prunekit output directory.")) -> None:
     """Rebuild OUT/report.md and its figures (perplexity per step, layer map) from OUT/plan.json."""
-
     console.print(f"wrote {write_report(out)}")

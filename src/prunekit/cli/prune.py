@@ -14,7 +14,7 @@ from prunekit.core.errors import PrunekitError, check_choice
 from prunekit.data.calibration import CalibConfig
 from prunekit.export import FORMATS
 from prunekit.methods.options import DepthConfig
-from prunekit.methods.registry import get_method
+from prunekit.methods.registry import METHODS, get_method
 from prunekit.methods.width.options import WidthConfig
 from prunekit.models.adapter import Block
 from prunekit.pipeline import prune as pipeline
@@ -29,7 +29,7 @@ def _calib(calib, seq_len, windows, sample, seed, batch_size) -> CalibConfig:
 def prune(
     model: str = typer.Argument(..., help="Model spec: smollm2-135m, a checkpoint dir, a .gguf file or a hub id."),
     out: str = typer.Option(..., "--out", help="Output directory (plan.json, pruned weights, report)."),
-    method: str = typer.Option("blockpruner", "--method", help="Pruning method."),
+    method: str = typer.Option("blockpruner", "--method", help=f"Pruning method: {', '.join(METHODS)}."),
     remove: Optional[int] = typer.Option(None, "--remove", help="Number of blocks to remove."),
     ratio: Optional[float] = typer.Option(None, "--ratio", help="Fraction of total parameters to remove, in (0, 1)."),
     blocks_kind: str = typer.Option("mix", "--blocks-kind", help="Blocks searched: mix, attn or mlp."),
@@ -98,12 +98,9 @@ def eval_(
     task_dir: Optional[str] = typer.Option(None, "--task-dir", help="--tasks: a directory of your own lm-eval task YAMLs."),
 ) -> None:
     """Perplexity of a model (or a pruned output) on held-out text, and its parameter count; with --tasks, lm-eval zero-shot accuracy."""
-
     if tasks:
-
         run_zero_shot(model, tasks, limit, task_dir, batch_size, plan, dtype, device)
         return
-
     p = read_plan(plan) if plan else None
     res = pipeline.evaluate(model, [s for s in data.split(",") if s], seq_len, windows, batch_size, plan=p, dtype=dtype, device=device)
     t = Table(title=f"{res['model']}: {res['parameters']:,} parameters")
@@ -117,7 +114,6 @@ def eval_(
 
 def info(model: str = typer.Argument(..., help="Model spec or a prunekit output directory.")) -> None:
     """Blocks of a model and their parameter counts."""
-
     loaded = load_model(model, device="cpu")
     a = loaded.adapter
     d = a.describe()
@@ -143,7 +139,6 @@ def demo(
     eval_windows: int = typer.Option(8, "--eval-windows", help="Evaluation windows of 256 tokens per source."),
 ) -> None:
     """What `make demo` runs: BlockPruner on the embedded model, dense vs pruned perplexity on held-out text."""
-
     t0 = time.perf_counter()
     loaded = load_model(model, device="cpu")
     console.print(f"calibrating on {windows} x {seq_len} = {windows * seq_len} tokens of the embedded wiki split; "

@@ -36,7 +36,6 @@ def recover(
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace --out (and start over instead of resuming)."),
 ) -> None:
     """LoRA recovery of a pruned model (LLM-Pruner's post-training); merges the adapters and writes a plain model."""
-
     cfg = RecoverConfig(data=data, epochs=epochs, lora_r=lora_r, lora_alpha=lora_alpha, lora_dropout=lora_dropout, lr=lr,
                         seq_len=seq_len, batch_size=batch_size, windows=windows, max_steps=max_steps, save_every=save_every,
                         eval_data=tuple(s for s in eval_data.split(",") if s), eval_windows=eval_windows,
