@@ -31,20 +31,26 @@ def recover(
     eval_seq_len: int = typer.Option(256, "--eval-seq-len", help="Tokens per evaluation window."),
     seed: int = typer.Option(0, "--seed", help="Seed of the data order and the LoRA initialisation."),
     rows: int = typer.Option(2000, "--rows", help="alpaca-cleaned rows to train on."),
+    full: bool = typer.Option(False, "--full", help="Train every weight instead of LoRA adapters."),
+    distill: bool = typer.Option(False, "--distill", help="Distil from the dense base model: KL to its next-token distribution."),
+    distill_alpha: float = typer.Option(1.0, "--distill-alpha", help="With --distill: weight of the KL; the LM loss gets 1 - alpha."),
+    distill_topk: int = typer.Option(0, "--distill-topk", help="With --distill: cache the teacher's top-K per window (0: full distributions on the fly)."),
+    teacher: Optional[str] = typer.Option(None, "--teacher", help="With --distill: the teacher (default: the plan's base model)."),
     dtype: str = typer.Option("float32", "--dtype", help="float32, bfloat16 or float16."),
     device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda, ... (default: cuda if available)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace --out (and start over instead of resuming)."),
 ) -> None:
-    """LoRA recovery of a pruned model (LLM-Pruner's post-training); merges the adapters and writes a plain model."""
+    """Recovery of a pruned model: LoRA (merged) or --full, on the LM loss or --distill from the dense base; writes a plain model."""
     cfg = RecoverConfig(data=data, epochs=epochs, lora_r=lora_r, lora_alpha=lora_alpha, lora_dropout=lora_dropout, lr=lr,
                         seq_len=seq_len, batch_size=batch_size, windows=windows, max_steps=max_steps, save_every=save_every,
                         eval_data=tuple(s for s in eval_data.split(",") if s), eval_windows=eval_windows,
-                        eval_seq_len=eval_seq_len, seed=seed, rows=rows)
+                        eval_seq_len=eval_seq_len, seed=seed, rows=rows, full=full, distill=distill,
+                        distill_alpha=distill_alpha, distill_topk=distill_topk, teacher=teacher)
     with loss_progress() as update:
         rep = run(pruned, cfg, out, overwrite=overwrite, dtype=dtype, device=device, progress=update)
     if rep["resumed_from_step"]:
         console.print(f"resumed from step {rep['resumed_from_step']}")
-    t = Table(title=f"recover: {rep['steps']} steps on {rep['data']} ({rep['train_windows']} windows of {cfg.seq_len}); "
+    t = Table(title=f"recover ({rep['mode']}, {rep['loss']} loss): {rep['steps']} steps on {rep['data']} ({rep['train_windows']} windows of {cfg.seq_len}); "
                     f"loss {rep['first_loss']:.3f} -> {rep['last_loss']:.3f}")
     for col in ("held-out", "perplexity before", "after"):
         t.add_column(col, justify="right")

@@ -24,6 +24,7 @@ from prunekit.plan.schema import read_plan
 REPORT = "report.md"
 TRAJECTORY_PNG = "ppl_trajectory.png"
 LAYER_MAP_PNG = "layer_map.png"
+PPL_VALUED = ("ppl", "ppl_rise_per_param", "ppl_rise_per_mac")  # criteria whose step values are perplexities
 
 
 def _pyplot():
@@ -37,7 +38,7 @@ def _pyplot():
 
 def _criterion(plan: dict) -> str:
     crit = (plan.get("options") or {}).get("criterion", "ppl")
-    return "calibration perplexity" if crit == "ppl" else f"calibration {crit}"
+    return "calibration perplexity" if crit in PPL_VALUED else f"calibration {crit}"
 
 
 def trajectory(plan: dict) -> list[tuple[int, str, float | None, float]]:

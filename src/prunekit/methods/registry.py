@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from prunekit.core.errors import PrunekitError, check_choice
 from prunekit.methods.depth import baselines
 from prunekit.methods.depth.blockpruner import blockpruner
+from prunekit.methods.depth.budget import budget_greedy, budget_greedy_mac
 from prunekit.methods.options import DepthConfig, parse_search
 from prunekit.methods.width.llm_pruner import plan_width
 from prunekit.methods.width.options import WidthConfig
@@ -26,7 +27,7 @@ class Method:
     """A pruning method's capabilities and its entry point.
 
     ``units``: what it removes (``BLOCKS``: attention / MLP blocks as ``blocks_kind`` says;
-    ``("layer",)``: whole layers; width methods: the coupled structures); ``criterion``: what
+    ``("layer",)``: whole layers; ``("mix+layers",)``: blocks and whole layers; width methods: the coupled structures); ``criterion``: what
     decides; ``searches``: the search variants it accepts (one-shot methods: ``("greedy",)``
     only, i.e. none); ``needs_gradients``: whether it takes a backward pass (llm-pruner: with a
     Taylor importance); ``run``: a depth method's ``(loaded, engine, units, stop, depth, ...) ->
@@ -70,6 +71,10 @@ METHODS: dict[str, Method] = {m.name: m for m in (
            baselines.relative_magnitude_method, "Samragh et al. 2023"),
     Method("blockpruner-oneshot", "depth", BLOCKS, "ppl", ("greedy",), False, baselines.blockpruner_oneshot, "arXiv 2406.10594"),
     Method("finercut", "depth", BLOCKS, "js", GREEDY_SEARCHES, False, baselines.finercut, "arXiv 2405.18218"),
+    Method("budget-greedy", "depth", ("mix+layers",), "ppl_rise_per_param", ("greedy",), False, budget_greedy,
+           "prunekit (issue 16)"),
+    Method("budget-greedy-mac", "depth", ("mix+layers",), "ppl_rise_per_mac", ("greedy",), False, budget_greedy_mac,
+           "prunekit (issue 16)"),
     Method("llm-pruner", "width", ("kv groups", "mlp channels", "hidden channels"), "taylor importance (`importance`)",
            (), True, plan_width, "arXiv 2305.11627"),
 )}

@@ -1,4 +1,6 @@
-"""LoRA recovery of a pruned model (``prunekit recover OUT --out OUT2``), LLM-Pruner's post-training.
+"""Recovery of a pruned model (``prunekit recover OUT --out OUT2``): LoRA (LLM-Pruner's post-training) or
+full fine-tuning (``--full``), on the LM loss or by distillation from the dense base (``--distill``,
+:mod:`prunekit.pipeline.distill`).
 
 Recipe (the paper's defaults): LoRA adapters (peft) of rank ``r = 8``, ``alpha = 16``, dropout
 0.05 on every q, k, v, o, gate, up and down projection the pruned model still has; AdamW at a
@@ -17,6 +19,9 @@ Held-out perplexity (exp of the token-weighted mean NLL, :func:`prunekit.pipelin
 ``eval_data`` is measured before and after. A checkpoint (LoRA weights, optimizer state, step,
 losses) is written to ``OUT2/.recover-ckpt/`` every ``save_every`` steps and at each epoch's end;
 a rerun with the same inputs and options resumes from it, to the same result as an uninterrupted run.
+
+With ``--full`` every weight of the pruned model trains and nothing is merged; the checkpoint then
+holds all weights (``weights.<name>``) instead of the LoRA ones (``lora.<name>``).
 
 The checkpoint holds no pickle: the tensors (LoRA weights; AdamW's per-parameter ``exp_avg``,
 ``exp_avg_sq`` and ``step``) go to ``state-<step>.safetensors``, everything else (fingerprint,
@@ -50,6 +55,7 @@ from prunekit.evaluation.perplexity import perplexity
 from prunekit.models.adapter import ATTN, MLP, Block, ModelAdapter
 from prunekit.models.loading import LoadedModel
 from prunekit.models.registry import get_adapter
+from prunekit.pipeline.distill import Teacher, distill_loss
 from prunekit.pipeline.load import load_model
 from prunekit.plan.apply import save_pruned
 
@@ -58,7 +64,7 @@ RecoverProgress = Callable[[str, int, int, dict], None]
 CKPT = ".recover-ckpt"
 CKPT_STATE = "state.json"  # the commit record; it names the tensors file (state-<step>.safetensors)
 CKPT_FORMAT = 1
-LORA_KEY, OPT_KEY = "lora.", "optimizer.state."
+LORA_KEY, FULL_KEY, OPT_KEY = "lora.", "weights.", "optimizer.state."
 ALPACA_PROMPT = (
     "Below is an instruction that describes a task{ctx}. Write a response that appropriately completes the request.\n\n"
     "### Instruction:\n{instruction}\n\n{input_block}### Response:\n{output}"
@@ -85,6 +91,11 @@ class RecoverConfig:
     eval_seq_len: int = 256       # --eval-seq-len
     seed: int = 0                 # --seed: data order and LoRA initialisation
     rows: int = 2000              # --rows: alpaca-cleaned rows used
+    full: bool = False            # --full: train every weight (no LoRA)
+    distill: bool = False         # --distill: KL to the dense base model's next-token distribution
+    distill_alpha: float = 1.0    # --distill-alpha: weight of the KL (the LM loss gets 1 - alpha)
+    distill_topk: int = 0         # --distill-topk: cache the teacher's top-K per window (0: full, on the fly)
+    teacher: str | None = None    # --teacher: the teacher model (default: the plan's base model)
 
     def __post_init__(self) -> None:
         for flag, v in (("`epochs`", self.epochs), ("`lora_r`", self.lora_r), ("`lora_alpha`", self.lora_alpha),
@@ -97,6 +108,10 @@ class RecoverConfig:
                 raise PrunekitError(f"{flag} {v} is out of range.", f"Use 1 or more for {flag}.")
         if not (self.lr > 0 and math.isfinite(self.lr)):
             raise PrunekitError(f"`lr` {self.lr} must be a positive number.", "Use e.g. `lr` 1e-4.")
+        if not (0.0 <= self.distill_alpha <= 1.0):
+            raise PrunekitError(f"`distill_alpha` {self.distill_alpha} is outside [0, 1].", "Use 1 for KL only, or e.g. 0.5.")
+        if not isinstance(self.distill_topk, int) or self.distill_topk < 0:
+            raise PrunekitError(f"`distill_topk` {self.distill_topk} is out of range.", "Use 0 (full distributions) or e.g. 64.")
         if not (0.0 <= self.lora_dropout < 1.0):
             raise PrunekitError(f"`lora_dropout` {self.lora_dropout} is outside [0, 1).", "Use e.g. `lora_dropout` 0.05.")
         self.eval_data = tuple(self.eval_data)
@@ -215,12 +230,12 @@ def _unflatten_optimizer(tensors: dict[str, torch.Tensor], meta: dict, like: dic
 
 
 def _save_ckpt(ckpt_dir: Path, fingerprint: str, step: int, losses: list[float], lora: dict[str, torch.Tensor],
-               opt_state: dict) -> None:
+               opt_state: dict, prefix: str = LORA_KEY) -> None:
     """Tensors to ``state-<step>.safetensors`` (temp file, fsync, rename), then ``state.json`` naming it
     (atomically: the commit), then older tensors files are removed."""
     ckpt_dir.mkdir(parents=True, exist_ok=True)
     opt_tensors, opt_meta = _flatten_optimizer(opt_state)
-    tensors = {f"{LORA_KEY}{k}": v.detach().cpu().contiguous().clone() for k, v in lora.items()} | opt_tensors
+    tensors = {f"{prefix}{k}": v.detach().cpu().contiguous().clone() for k, v in lora.items()} | opt_tensors
     name = f"state-{step:09d}.safetensors"
     tmp = ckpt_dir / f".{name}.{os.getpid()}.tmp"
     save_file(tensors, str(tmp))
@@ -270,22 +285,34 @@ class TrainResult:
     seconds: float = 0.0
 
 
+LossFn = Callable[[nn.Module, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def lm_loss(model: nn.Module, x: torch.Tensor, labels: torch.Tensor, window_ids: torch.Tensor) -> torch.Tensor:
+    """The mean next-token NLL of the batch (targets labelled -100 ignored)."""
+    return model(input_ids=x, labels=labels, use_cache=False).loss
+
+
 def train_lora(
     peft_model: nn.Module, ids: torch.Tensor, cfg: RecoverConfig, ignore_index: int | None = None,
     ckpt_dir: Path | None = None, fingerprint: str = "", progress: RecoverProgress | None = None,
+    loss_fn: LossFn = lm_loss,
 ) -> TrainResult:
-    """Train the adapters on windows ``ids`` ``[n, T]``: ``epochs`` passes in a seeded order, batches of ``batch_size``.
+    """Train the model's trainable weights (the adapters; all of them with ``cfg.full``) on windows ``ids``
+    ``[n, T]``: ``epochs`` passes in a seeded order, batches of ``batch_size``; ``loss_fn(model, x, labels,
+    window indices)`` is the batch loss (:func:`lm_loss`, or distillation's).
 
     Dropout masks are seeded per step (a resumed run draws the same ones) inside a forked random
     state, so the caller's random state is the same afterwards.
     """
     with torch.random.fork_rng():
-        return _train(peft_model, ids, cfg, ignore_index, ckpt_dir, fingerprint, progress)
+        return _train(peft_model, ids, cfg, ignore_index, ckpt_dir, fingerprint, progress, loss_fn)
 
 
 def _train(peft_model: nn.Module, ids: torch.Tensor, cfg: RecoverConfig, ignore_index: int | None, ckpt_dir: Path | None,
-           fingerprint: str, progress: RecoverProgress | None) -> TrainResult:
+           fingerprint: str, progress: RecoverProgress | None, loss_fn: LossFn) -> TrainResult:
     params = _trainable(peft_model)
+    prefix = FULL_KEY if cfg.full else LORA_KEY
     opt = torch.optim.AdamW(params.values(), lr=cfg.lr, weight_decay=0.0)
     n = ids.shape[0]
     per_epoch = math.ceil(n / cfg.batch_size)
@@ -294,9 +321,9 @@ def _train(peft_model: nn.Module, ids: torch.Tensor, cfg: RecoverConfig, ignore_
     state = _load_ckpt(ckpt_dir, fingerprint) if ckpt_dir is not None else None
     if state is not None:
         tensors = state["tensors"]
-        lora = {k[len(LORA_KEY):]: v for k, v in tensors.items() if k.startswith(LORA_KEY)}
+        lora = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
         if set(lora) != set(params):
-            raise PrunekitError(f"the checkpoint in '{ckpt_dir}' holds other LoRA weights than this model's.",
+            raise PrunekitError(f"the checkpoint in '{ckpt_dir}' holds other trained weights than this model's.",
                                 "Pass `overwrite` to start over.")
         with torch.no_grad():
             for name, value in lora.items():
@@ -317,11 +344,12 @@ def _train(peft_model: nn.Module, ids: torch.Tensor, cfg: RecoverConfig, ignore_
             if global_step >= total:
                 break
             torch.manual_seed(cfg.seed * 1_000_003 + global_step)  # LoRA dropout: the same masks when resumed
-            x = ids[order[b * cfg.batch_size:(b + 1) * cfg.batch_size]].to(device)
+            picked = order[b * cfg.batch_size:(b + 1) * cfg.batch_size]
+            x = ids[picked].to(device)
             labels = x.clone()
             if ignore_index is not None:
                 labels[labels == ignore_index] = -100
-            loss = peft_model(input_ids=x, labels=labels, use_cache=False).loss
+            loss = loss_fn(peft_model, x, labels, picked)
             if not torch.isfinite(loss):
                 raise PrunekitError(f"the training loss became {float(loss)} at step {global_step + 1}.", "Use a smaller `lr` or `dtype` float32.")
             opt.zero_grad(set_to_none=True)
@@ -333,7 +361,7 @@ def _train(peft_model: nn.Module, ids: torch.Tensor, cfg: RecoverConfig, ignore_
                 progress("recover", step, total, {"loss": result.losses[-1], "epoch": epoch + 1})
             end_of_epoch = b == per_epoch - 1
             if ckpt_dir is not None and (step % cfg.save_every == 0 or end_of_epoch) and step < total:
-                _save_ckpt(ckpt_dir, fingerprint, step, result.losses, params, opt.state_dict())
+                _save_ckpt(ckpt_dir, fingerprint, step, result.losses, params, opt.state_dict(), prefix)
     peft_model.eval()
     result.steps = step
     result.seconds = time.perf_counter() - t0
@@ -350,6 +378,15 @@ def _held_out(loaded: LoadedModel, cfg: RecoverConfig, progress: RecoverProgress
         if progress:
             progress(stage, i + 1, len(cfg.eval_data), {})
     return out
+
+
+def load_teacher(spec: str, student: LoadedModel, dtype: str, device: str | None, topk: int = 0) -> Teacher:
+    """The distillation teacher ``spec`` (the plan's base model by default), checked to share the student's vocabulary."""
+    model = load_model(spec, dtype=dtype, device=device).model
+    if model.config.vocab_size != student.model.config.vocab_size:
+        raise PrunekitError(f"the teacher '{spec}' has a vocabulary of {model.config.vocab_size}, the pruned model "
+                            f"{student.model.config.vocab_size}.", "Give `teacher` the base model the plan was made from.")
+    return Teacher(model.to(next(student.model.parameters()).device), topk=topk)
 
 
 def prepare_output(src: Path, out: Path, overwrite: bool) -> Path:
@@ -370,7 +407,7 @@ def recover(
     pruned: str | Path, cfg: RecoverConfig, out: str | Path, overwrite: bool = False, dtype: str = "float32",
     device: str | None = None, progress: RecoverProgress | None = None,
 ) -> dict:
-    """LoRA-train a pruned model directory, merge, write ``out``; returns the run's report (also in ``recover.json``)."""
+    """Train a pruned model directory (LoRA, merged; or in full), write ``out``; returns the run's report (also in ``recover.json``)."""
     src = Path(pruned)
     if not (src.is_dir() and (src / "plan.json").exists()):
         raise PrunekitError(f"'{pruned}' is not a prunekit output directory (no plan.json).", "Give the `out` directory of prunekit prune.")
@@ -385,9 +422,20 @@ def recover(
     fingerprint = options_hash({"plan": plan, "options": cfg.as_dict(), "source": source, "data": windows.fingerprint()})
     before = _held_out(loaded, cfg, progress, "held-out before")
     params = loaded.adapter.total_params()
-    peft_model = attach_lora(loaded.model, loaded.adapter, cfg)
-    trained = train_lora(peft_model, windows.ids, cfg, loaded.model.config.pad_token_id, ckpt, fingerprint, progress)
-    merged = merge_lora(peft_model).eval()
+    loss_fn, teacher = lm_loss, None
+    if cfg.distill:
+        teacher = load_teacher(cfg.teacher or plan["model"]["spec"], loaded, dtype, device, cfg.distill_topk)
+        loss_fn = distill_loss(teacher, cfg.distill_alpha)
+    if cfg.full:
+        model = loaded.model
+        for p in model.parameters():
+            p.requires_grad_(True)
+    else:
+        model = attach_lora(loaded.model, loaded.adapter, cfg)
+    trained = train_lora(model, windows.ids, cfg, loaded.model.config.pad_token_id, ckpt, fingerprint, progress, loss_fn)
+    merged = (model if cfg.full else merge_lora(model)).eval()
+    for p in merged.parameters():
+        p.requires_grad_(False)
     done = LoadedModel(merged, loaded.tokenizer, get_adapter(merged), str(out), {"source": "recovered", "plan": plan})
     if done.adapter.total_params() != params:
         raise AssertionError("merging the adapters changed the parameter count")
@@ -398,7 +446,10 @@ def recover(
         "first_loss": trained.losses[0] if trained.losses else None,
         "last_loss": trained.losses[-1] if trained.losses else None, "losses": trained.losses,
         "train_seconds": trained.seconds, "perplexity_before": before, "perplexity_after": after,
-        "parameters": params,
+        "parameters": params, "mode": "full" if cfg.full else "lora",
+        "loss": "distill" if cfg.distill else "lm",
+        "teacher": (cfg.teacher or plan["model"]["spec"]) if cfg.distill else None,
+        "teacher_windows_run": teacher.forwards if teacher is not None else None,
     }
     new_plan = dict(plan) | {"recovery": {k: v for k, v in report.items() if k != "losses"}}
     save_pruned(done, new_plan, out, overwrite=True, extra_files={"recover.json": report})

@@ -42,7 +42,11 @@ def stop_rule(loaded: LoadedModel, units: list[Unit], depth: DepthConfig, kind: 
                 f"Use `remove` {len(units) - 1} or less.",
             )
         return lambda removed: len(removed) >= depth.remove
-    sizes = sorted(unit_params(adapter, u) for u in units)
+    blocks = {b for u in units for b in u}
+    if sum(len(u) for u in units) > len(blocks):  # overlapping units (mix+layers): all blocks but the smallest
+        sizes = sorted(unit_params(adapter, (b,)) for b in blocks)
+    else:
+        sizes = sorted(unit_params(adapter, u) for u in units)
     reachable = sum(sizes) - sizes[0]
     target = depth.ratio * total
     if target > reachable:

@@ -16,6 +16,12 @@ Three savings, each leaving the choice exactly the one a full forward per candid
 3. **Early exit.** Windows are scored batch by batch; once a candidate's partial total exceeds the
    best complete total of the step it cannot win (every term is >= 0) and is dropped.
 
+Which candidate wins is a :class:`Selection`: by default the lowest total (BlockPruner, SLEB,
+FinerCut). A selection may rank by any key that does not decrease as the total grows (e.g. the
+rise of the total per parameter removed), and may ask for the winners of further objectives
+(``StepResult.also``); the three savings above hold for any such key, since a partial total gives
+a lower bound on the key and the trajectory argument only needs one argmin per step.
+
 All work is counted (:class:`prunekit.engine.WorkCounter`) beside the work a naive search (a full
 forward per candidate) would run for the same steps.
 """
@@ -48,6 +54,7 @@ class StepResult:
     evaluated: int        # candidates scored to the end
     dropped: int          # candidates dropped by early exit
     ranking: list = field(default_factory=list)  # [(unit, total or None, partial)] of this step
+    also: list = field(default_factory=list)  # [(unit, total) or None] per further objective of the selection
 
     def record(self) -> dict:
         """The step as JSON: what the plan keeps, plus the candidates' ranking (for the journal)."""
@@ -65,13 +72,35 @@ class StepResult:
 ProgressFn = Callable[[int, int, int], None]
 
 
+class Selection:
+    """How a greedy step ranks its candidates: ``keys(unit, total)`` per objective, lowest wins.
+
+    Objective 0 decides the step; further objectives (a budget's last step, say) only report their
+    winner in ``StepResult.also``. Every key must not decrease as ``total`` grows (early exit
+    bounds a key by the candidate's partial total); ``math.inf`` means "not eligible". The default
+    is the criterion total itself. :meth:`begin` is called at the start of each step.
+    """
+
+    criterion = "total"
+    objectives = 1
+
+    def begin(self, search: "GreedySearch") -> None:
+        """Prepare the step's context (e.g. the current model's total) from ``search``."""
+
+    def keys(self, unit: Unit, total: float) -> tuple[float, ...]:
+        return (total,)
+
+
+LOWEST_TOTAL = Selection()
+
+
 class GreedySearch:
     """Greedy removal of ``units`` on ``engine`` (see the module docstring)."""
 
     def __init__(
         self, engine: Engine, units: Sequence[Unit], cache: str = "trajectory", early_exit: bool = True,
         lead: int = 1, removed: Sequence[Unit] = (), progress: ProgressFn | None = None,
-        previous: StepResult | None = None, candidate_batch: int = 1,
+        previous: StepResult | None = None, candidate_batch: int = 1, selection: Selection = LOWEST_TOTAL,
     ) -> None:
         if cache not in CACHE_MODES:
             raise ValueError(f"cache must be one of {CACHE_MODES}, got {cache!r}")
@@ -82,9 +111,11 @@ class GreedySearch:
         self.lead = lead
         self.candidate_batch = max(1, int(candidate_batch))
         self.progress = progress
+        self.selection = selection
         self.removed_units: list[Unit] = [tuple(u) for u in removed]
         self.removed: frozenset[int] = frozenset(b for u in self.removed_units for b in u)
         self.naive_macs = 0.0
+        self._keys: dict[Unit, float] = {}  # objective-0 keys of this step's finished candidates
         self._prev: StepResult | None = previous  # the last finished step (its ranking orders the next)
         self._step = len(self.removed_units)
         n_bound = engine.num_blocks + 1
@@ -92,6 +123,11 @@ class GreedySearch:
         budget = engine.store.budget / 2 if cache == "trajectory" else engine.store.budget
         self._stride = max(1, math.ceil(n_bound * per_boundary / max(budget, 1.0)))
         self._rebuild_prefix(0)
+
+    @property
+    def previous(self) -> StepResult | None:
+        """The last finished step (its ``score`` is the current model's total), or None before the first."""
+        return self._prev
 
     # --- prefix states of the current model ----------------------------------------------------
     def _prefix_key(self, b: int, j: int):
@@ -131,7 +167,9 @@ class GreedySearch:
         rest = sorted(cands, key=lambda u: u[0], reverse=True)
         if self._prev is None or self.lead <= 0:
             return rest
-        ranked = [u for u, total, _ in sorted(self._prev.ranking, key=_rank_key) if u in cands]
+        key = self.selection.keys
+        ranked = [u for u, total, partial in sorted(
+            self._prev.ranking, key=lambda it: (it[1] is None, key(it[0], it[2])[0], it[0])) if u in cands]
         lead = ranked[: self.lead]
         return lead + [u for u in rest if u not in lead]
 
@@ -141,14 +179,18 @@ class GreedySearch:
         cands = self.candidates()
         if not cands:
             raise RuntimeError("no candidates left")
+        sel = self.selection
+        sel.begin(self)
         order = self._order(cands)
         lead = set(order[: self.lead]) if self._prev is not None else set()
         prev_p = self._prev.unit if self._prev is not None else None
         for u in cands:
             self.naive_macs += e.naive_candidate_macs(self.removed, u)
-        best_total, best_unit = math.inf, None
+        n_obj = sel.objectives
+        best: list[tuple[float, Unit | None, float]] = [(math.inf, None, math.inf)] * n_obj  # (key, unit, total)
         ranking = []
         completed: list[tuple[Unit, float]] = []
+        self._keys = {}
         done = 0
         for group in self._groups(order, lead):
             targets = [self._target(u, lead, completed) for u in group]
@@ -159,7 +201,7 @@ class GreedySearch:
                 for i, h in zip(alive, finals):
                     partial[i] += float(e.score(j, h).sum())
                 if self.early_exit and j < e.n_batches - 1:
-                    alive = [i for i in alive if not partial[i] > best_total]
+                    alive = [i for i in alive if not _beaten(sel.keys(group[i], partial[i]), best)]
                 if not alive:
                     break
             for i, u in enumerate(group):
@@ -167,8 +209,11 @@ class GreedySearch:
                 finished = i in alive
                 if finished:
                     completed.append((u, partial[i]))
-                    if partial[i] < best_total or (partial[i] == best_total and u < best_unit):
-                        best_total, best_unit = partial[i], u
+                    keys = sel.keys(u, partial[i])
+                    self._keys[u] = keys[0]
+                    for k, key in enumerate(keys):
+                        if key < math.inf and (key < best[k][0] or (key == best[k][0] and u < best[k][1])):
+                            best[k] = (key, u, partial[i])
                 ranking.append((u, partial[i] if finished else None, partial[i]))
                 done += 1
                 if self.progress:
@@ -176,9 +221,10 @@ class GreedySearch:
             if len(group) > 1:
                 self._settle_kept(group, lead, completed)
         e.store.drop(lambda k: k[0] == "traj" and k[1] < self._step)
+        _, best_unit, best_total = best[0]
         result = StepResult(
             self._step, best_unit, best_total, self._value(best_total), len(completed),
-            len(order) - len(completed), ranking,
+            len(order) - len(completed), ranking, [(b[1], b[2]) if b[1] is not None else None for b in best[1:]],
         )
         self._apply(result)
         return result
@@ -198,8 +244,8 @@ class GreedySearch:
         """The later unit at whose boundary ``u``'s state is kept: the best finished one after it."""
         if self.cache != "trajectory" or u in lead:
             return None
-        after = [(t, v) for v, t in completed if v[0] > u[-1]]
-        return min(after, key=lambda tv: (tv[0], tv[1]))[1] if after else None
+        after = [(self._keys[v], v) for v, _ in completed if v[0] > u[-1]]
+        return min(after)[1] if after else None
 
     def _candidate_start(self, u: Unit, j: int, prev_p: Unit | None) -> tuple[int, torch.Tensor]:
         """Where candidate ``u`` starts on batch ``j``: its kept trajectory state after the unit removed
@@ -280,9 +326,9 @@ class GreedySearch:
         return results
 
 
-def _rank_key(item):
-    unit, total, partial = item
-    return (total is None, total if total is not None else partial, unit)
+def _beaten(keys: tuple[float, ...], best: list[tuple[float, Unit | None, float]]) -> bool:
+    """True when no objective can still be won: each key is ineligible or above that objective's best."""
+    return all(not key < math.inf or key > b[0] for key, b in zip(keys, best))
 
 
 def naive_greedy(

@@ -1,5 +1,7 @@
 """Units of depth pruning: a block (``attn i`` / ``mlp i``) or a whole layer (``layer i``).
 
+``mix+layers`` (budget-greedy) is every block and every whole layer: units that overlap.
+
 A unit is a sorted tuple of block indices (see :mod:`prunekit.models.adapter`): ``attn i`` =
 ``(2i,)``, ``mlp i`` = ``(2i+1,)``, ``layer i`` = ``(2i, 2i+1)``.
 """
@@ -10,7 +12,7 @@ from prunekit.core.errors import PrunekitError
 from prunekit.models.adapter import ATTN, MLP, Block, ModelAdapter
 
 Unit = tuple[int, ...]
-UNIT_KINDS = ("mix", "attn", "mlp", "layer")
+UNIT_KINDS = ("mix", "attn", "mlp", "layer", "mix+layers")
 
 
 def make_units(adapter: ModelAdapter, kind: str) -> list[Unit]:
@@ -19,6 +21,9 @@ def make_units(adapter: ModelAdapter, kind: str) -> list[Unit]:
         units = [(2 * i, 2 * i + 1) for i in range(adapter.num_layers)]
     elif kind in ("mix", ATTN, MLP):
         units = [(b.index,) for b in adapter.blocks(kind)]
+    elif kind == "mix+layers":
+        layers = [(2 * i, 2 * i + 1) for i in range(adapter.num_layers)]
+        return make_units(adapter, "mix") + [u for u in layers if not any(adapter.is_removed(Block(b)) for b in u)]
     else:
         raise PrunekitError(f"unit kind '{kind}' is not known.", f"Use one of: {', '.join(UNIT_KINDS)}.")
     return [u for u in units if not all(adapter.is_removed(Block(b)) for b in u)]

@@ -1,0 +1,132 @@
+"""budget-greedy: a greedy search over mixed units that prices each unit by what it removes.
+
+Units: every attention block, every MLP block and every whole layer (``mix+layers``). Each step
+removes the unit with the lowest rise in log calibration perplexity per unit of cost,
+
+    key(u) = (total(S | u) - total(S)) / cost(u),
+
+``total`` the summed next-token NLL on the calibration windows (so the rise of ``log ppl`` is the
+rise of ``total`` over the token count, a constant), ``cost`` the unit's parameters
+(``budget-greedy``) or its MACs per token (``budget-greedy-mac``). BlockPruner's criterion
+(the lowest ``total(S | u)``) ignores size and spends a budget on many small attention blocks.
+
+**The last step lands on the budget.** At the first step where some candidate would reach the
+budget, the search takes, among the candidates that reach it, the one with the lowest total (the
+lowest perplexity), and stops. With several budgets (``compare``) the per-cost path is shared:
+each budget's answer is that path up to the first step where some unit reaches it, plus that
+step's best reaching unit, exactly what a run for that budget alone gives; the path itself goes
+on by the per-cost key. Both choices come from one pass over the candidates
+(:class:`prunekit.methods.depth.search.Selection`'s further objectives), with the engine's
+prefix and trajectory caches and early exit (a candidate is dropped once its partial total rules
+it out of every objective).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+
+from prunekit.engine.runner import Engine
+from prunekit.methods.depth.beam import levels_of
+from prunekit.methods.depth.outcome import DepthOutcome, ProgressFn, RecordFn, StopFn, Unit
+from prunekit.methods.depth.search import GreedySearch, Selection, StepResult
+from prunekit.methods.depth.units import unit_name, unit_params
+from prunekit.methods.options import DepthConfig
+from prunekit.models.loading import LoadedModel
+
+COSTS = {"params": "ppl_rise_per_param", "macs": "ppl_rise_per_mac"}  # cost -> the plan's criterion name
+
+
+class PerCost(Selection):
+    """Objective 0: rise of the total per unit of cost; objective ``1 + k``: the total, among the
+    units that reach budget ``k`` (only while no earlier step could reach it)."""
+
+    def __init__(self, cost: dict[Unit, float], levels: list[StopFn], initial_total: float, name: str) -> None:
+        self.cost = cost
+        self.levels = levels
+        self.objectives = 1 + len(levels)
+        self.criterion = name
+        self.current = initial_total
+        self.removed: list[Unit] = []
+        self.open: list[bool] = [True] * len(levels)
+
+    def begin(self, search: GreedySearch) -> None:
+        if search.previous is not None:  # the last step's total is the current model's
+            self.current = search.previous.score
+        self.removed = list(search.removed_units)
+
+    def keys(self, unit: Unit, total: float) -> tuple[float, ...]:
+        rise = (total - self.current) / self.cost[unit]
+        after = self.removed + [unit]
+        return (rise, *(total if is_open and level(after) else math.inf
+                        for is_open, level in zip(self.open, self.levels)))
+
+
+def unit_costs(engine: Engine, units: list[Unit], cost: str) -> dict[Unit, float]:
+    """Parameters (``params``) or MACs per token (``macs``) of each unit."""
+    if cost == "params":
+        return {u: float(unit_params(engine.adapter, u)) for u in units}
+    return {u: float(sum(engine.macs[b] for b in u)) for u in units}
+
+
+def budget_greedy(loaded: LoadedModel, engine: Engine, units: list[Unit], stop: StopFn, depth: DepthConfig,
+                  progress: ProgressFn | None = None, start: list[dict] | None = None,
+                  on_record: RecordFn | None = None, *, cost: str = "params") -> DepthOutcome:
+    """The budget-aware greedy search (see the module docstring); one outcome per budget of ``stop``."""
+    levels = levels_of(stop)
+    start = list(start or [])
+    name = COSTS[cost]
+    done_units = [tuple(r["blocks"]) for r in start]
+    if start and stop(done_units):  # a resumed run that had already landed
+        return DepthOutcome(done_units, start, None, {"criterion": name})
+    t0 = time.perf_counter()
+    w0 = engine.counter.total_macs
+    removed_blocks = frozenset(b for u in done_units for b in u)
+    initial = start[-1]["score"] if start else engine.total_score(removed_blocks)
+
+    def on_candidate(step: int, done: int, total: int) -> None:
+        if progress:
+            progress(f"step {step + 1}", done, total)
+
+    selection = PerCost(unit_costs(engine, units, cost), levels, initial, name)
+    selection.open = [not level(done_units) for level in levels]
+    previous = StepResult.from_record(start[-1]) if start else None
+    search = GreedySearch(engine, units, cache=depth.cache, early_exit=depth.early_exit, removed=done_units,
+                          progress=on_candidate, previous=previous,
+                          candidate_batch=depth.candidate_batch or engine.auto_candidate_batch(), selection=selection)
+    records = list(start)
+    answers: list[DepthOutcome | None] = [None] * len(levels)
+    while search.candidates() and any(selection.open):
+        r = search.step()
+        for k, win in enumerate(r.also):
+            if win is None or not selection.open[k]:
+                continue
+            unit, total = win
+            rec = {"step": len(records), "unit": unit_name(unit), "blocks": list(unit), "score": total,
+                   "value": engine.perplexity(total), "landing": True}
+            answers[k] = DepthOutcome(
+                [tuple(x["blocks"]) for x in records] + [unit], records + [rec], search.naive_macs,
+                {"criterion": name, "seconds": time.perf_counter() - t0, "macs": engine.counter.total_macs - w0})
+            selection.open[k] = False
+            if len(levels) == 1 and on_record:
+                on_record(rec)
+        if not any(selection.open):
+            break
+        rec = r.record()
+        records.append(rec)
+        if on_record:
+            on_record(rec)
+    extra = {"criterion": name, "seconds": time.perf_counter() - t0, "macs": engine.counter.total_macs - w0}
+    outs = [a if a is not None else DepthOutcome([tuple(x["blocks"]) for x in records], list(records),
+                                                 search.naive_macs, dict(extra)) for a in answers]
+    main = outs[-1]
+    if len(levels) > 1:
+        main.extra["levels"] = outs
+    return main
+
+
+def budget_greedy_mac(loaded: LoadedModel, engine: Engine, units: list[Unit], stop: StopFn, depth: DepthConfig,
+                      progress: ProgressFn | None = None, start: list[dict] | None = None,
+                      on_record: RecordFn | None = None) -> DepthOutcome:
+    """budget-greedy with each unit priced by its MACs per token instead of its parameters."""
+    return budget_greedy(loaded, engine, units, stop, depth, progress, start, on_record, cost="macs")
