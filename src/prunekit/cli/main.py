@@ -9,6 +9,7 @@ from __future__ import annotations
 import sys
 
 import typer
+from rich.markup import escape
 
 from prunekit.cli import compare, export, prune, recover
 from prunekit.cli.console import console, render_error
@@ -54,7 +55,7 @@ def main() -> None:
     except PrunekitError as e:
         if debug:
             raise
-        console.print(f"[red]error:[/red] {render_error(str(e), _command(sys.argv[1:]))}", highlight=False, soft_wrap=True)
+        console.print(f"[red]error:[/red] {escape(render_error(str(e), _command(sys.argv[1:])))}", highlight=False, soft_wrap=True)
         sys.exit(2)
     except KeyboardInterrupt:
         console.print("interrupted (finished steps are kept in the journal)")

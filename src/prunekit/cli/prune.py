@@ -12,6 +12,7 @@ from prunekit.cli.console import console, out_console, print_plan, print_step, p
 from prunekit.cli.export import export_after_prune, run_zero_shot
 from prunekit.core.errors import PrunekitError, check_choice
 from prunekit.data.calibration import CalibConfig
+from prunekit.engine import ranks
 from prunekit.export import FORMATS
 from prunekit.methods.options import DepthConfig
 from prunekit.methods.registry import METHODS, get_method
@@ -44,6 +45,7 @@ def prune(
     early_exit: bool = typer.Option(True, "--early-exit/--no-early-exit", help="Drop candidates that cannot win a step."),
     cache_gb: Optional[float] = typer.Option(None, "--cache-gb", help="Memory budget of the cached states (default: half the free memory)."),
     candidate_batch: Optional[int] = typer.Option(None, "--candidate-batch", help="Greedy candidates run as one batch (default: 1 on the CPU; on an accelerator, as many as its free memory allows)."),
+    max_memory: Optional[float] = typer.Option(None, "--max-memory", help="GiB of weights resident on the compute device; the rest stay memory-mapped in the checkpoint's dtype and blocks come in as they run (same plan)."),
     dtype: str = typer.Option("float32", "--dtype", help="float32, bfloat16 or float16."),
     device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda, cuda:N... (default: cuda if available)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing --out directory."),
@@ -63,16 +65,21 @@ def prune(
     if get_method(method).kind == "width":
         if remove is not None:
             raise PrunekitError("--remove counts blocks; llm-pruner takes --ratio (a fraction of the parameters).", "Use e.g. --ratio 0.2.")
+        if max_memory is not None:
+            raise PrunekitError("--max-memory does not apply to llm-pruner yet (its gradient pass holds the whole model).", "Drop --max-memory.")
         config = WidthConfig(ratio=ratio, importance=importance, aggregate=aggregate, strategy=strategy, layers=layers,
                              global_=global_, samples=samples, seed=seed, at_least=at_least)
         cal = _calib(calib or "wiki", seq_len or 64, windows, sample, seed, batch_size)
     else:
         config = DepthConfig(method=method, blocks_kind=blocks_kind, remove=remove, ratio=ratio, search=search, cache=cache,
-                             early_exit=early_exit, cache_gb=cache_gb, candidate_batch=candidate_batch)
+                             early_exit=early_exit, cache_gb=cache_gb, candidate_batch=candidate_batch,
+                             max_memory=max_memory)
         cal = _calib(calib or "alpaca", seq_len or 2048, windows, sample, seed, batch_size)
     with progress_bar() as update:
         result = pipeline.prune(model, config, cal, out=out, overwrite=overwrite, resume=resume, progress=update,
                                 on_step=print_step, dtype=dtype, device=device)
+    if ranks.requested_world() > 1 and not ranks.current().is_main:  # under torchrun, rank 0 reports and exports
+        return
     if isinstance(config, WidthConfig):
         if result.timing.get("resumed_samples"):
             console.print(f"resumed the gradient pass after {result.timing['resumed_samples']} of {config.samples} samples")

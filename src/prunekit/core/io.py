@@ -113,11 +113,15 @@ def sha256_text(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
-def weights_hash(model: torch.nn.Module) -> str:
-    """sha256 over the names, shapes, dtypes and bytes of every parameter and buffer kept in the state dict."""
+def weights_hash(model: torch.nn.Module, dtype: torch.dtype | None = None) -> str:
+    """sha256 over the names, shapes, dtypes and bytes of every parameter and buffer kept in the state dict
+    (floating tensors converted to ``dtype`` first when given, one at a time)."""
     h = hashlib.sha256()
     for name, t in sorted(model.state_dict().items()):
-        t = t.detach().to("cpu").contiguous()
+        t = t.detach().to("cpu")
+        if dtype is not None and t.is_floating_point():
+            t = t.to(dtype)
+        t = t.contiguous()
         h.update(f"{name}:{tuple(t.shape)}:{t.dtype}".encode())
         h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
     return h.hexdigest()

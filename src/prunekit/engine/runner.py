@@ -18,6 +18,8 @@ import torch
 
 from prunekit.data.windows import Windows
 from prunekit.engine.loss import DEFAULT_CHUNK_TOKENS, counted_targets, window_js, window_kl, window_nll
+from prunekit.engine.onload import Onloader
+from prunekit.engine.ranks import Ranks
 from prunekit.models.adapter import ATTN, Block, ModelAdapter
 
 
@@ -92,17 +94,24 @@ class Engine:
 
     ``criterion``: ``'ppl'`` (summed next-token NLL; lower is better), ``'kl'`` (summed KL
     divergence from the dense model's next-token distribution) or ``'js'`` (summed Jensen-Shannon
-    divergence from it: FinerCut's criterion). Scores are float64 per window.
+    divergence from it: FinerCut's criterion). Scores are float64 per window. ``ranks``: the
+    torchrun processes a greedy step's candidates are spread over (:mod:`prunekit.engine.ranks`).
+    ``onload``: under a memory cap, the weights are brought in unit by unit
+    (:mod:`prunekit.engine.onload`); the engine then steps block-major where it can (all window
+    batches at a block, or every candidate of a group at a block), so each block's weights move
+    once per batch and group rather than once per candidate.
     """
 
     def __init__(
         self, adapter: ModelAdapter, windows: Windows, batch_size: int = 8, criterion: str = "ppl",
         ignore_index: int | None = None, cache_bytes: float = 2 * 2**30, cache_device: str | None = None,
-        chunk_tokens: int = DEFAULT_CHUNK_TOKENS,
+        chunk_tokens: int = DEFAULT_CHUNK_TOKENS, ranks: Ranks | None = None, onload: Onloader | None = None,
     ) -> None:
         self.adapter = adapter
+        self.ranks = ranks or Ranks()  # the processes a greedy step's candidates are spread over
+        self.onload = onload
         self.windows = windows
-        self.device = next(adapter.model.parameters()).device
+        self.device = onload.device if onload is not None else next(adapter.model.parameters()).device
         self.batches = [b.to(self.device) for b in windows.ids.split(batch_size)]
         self.criterion = criterion
         self.ignore_index = ignore_index
@@ -114,6 +123,7 @@ class Engine:
         self.store = StateStore(cache_bytes, cache_device or self.device)
         self.n_targets = counted_targets(windows.ids, ignore_index) if criterion == "ppl" else windows.n_tokens
         self._inputs: list[tuple[torch.Tensor, list[dict]]] = []
+        self._bring("embed")
         with torch.inference_mode():
             for ids in self.batches:
                 self._inputs.append(adapter.capture_inputs(ids))
@@ -122,6 +132,10 @@ class Engine:
             self._dense_final = [self.run(j, self.h0(j), 0, self.num_blocks, frozenset()) for j in range(len(self.batches))]
 
     # --- running -----------------------------------------------------------------------------
+    def _bring(self, key) -> None:
+        if self.onload is not None:
+            self.onload.bring(key)
+
     @property
     def n_batches(self) -> int:
         return len(self.batches)
@@ -136,7 +150,13 @@ class Engine:
     def auto_candidate_batch(self, cap: int = 16) -> int:
         """How many candidates to run as one batch: 1 on the CPU (no gain there); on an accelerator,
         as many as a quarter of its free memory holds, counting per candidate and window batch the
-        residual state, the MLP's intermediate activations and one layer's attention scores."""
+        residual state, the MLP's intermediate activations and one layer's attention scores.
+
+        Under a memory cap (``onload``): the group that steps block-major, as large as a quarter of
+        the state budget holds (a group of ``g`` keeps up to ``g (g + 1) / 2`` boundaries of states
+        until its totals are known), at most ``cap``."""
+        if self.onload is not None:
+            return int(max(1, min(cap, math.isqrt(int(self.store.budget / 2 / max(self.state_bytes(), 1))))))
         if self.device.type != "cuda":
             return 1
         free, _ = torch.cuda.mem_get_info(self.device)
@@ -161,6 +181,7 @@ class Engine:
         for b in range(start, stop):
             if b in removed or self.macs[b] == 0:
                 continue
+            self._bring(b)
             h = self.adapter.run_block(Block(b), h, kwargs[b // 2])
             self.counter.block_macs += self.macs[b] * tokens
             self.counter.block_runs += 1
@@ -174,7 +195,10 @@ class Engine:
         before block ``start``, the blocks it skips, and the boundaries whose states to return.
         Block ``b`` runs once, on the candidates that have started and do not skip it, stacked
         along dim 0 (``[k*B, T, H]``). Returns per candidate (final state, {boundary: state}).
-        The work counted is the same as running the candidates one after another.
+        The work counted is the same as running the candidates one after another. Under a memory
+        cap (``onload``) the candidates are not stacked but run one after another at each block
+        (block-major: the block's weights come in once for the group), so every candidate's
+        arithmetic is that of a run alone.
         """
         hs = [h for _, h, _, _ in items]
         kept: list[dict] = [{} for _ in items]
@@ -186,6 +210,13 @@ class Engine:
                     kept[i][b] = hs[i].clone()  # not a view that would keep the whole stacked batch alive
             active = [i for i, (s, _, skip, _) in enumerate(items) if s <= b and b not in skip]
             if not active or self.macs[b] == 0:
+                continue
+            self._bring(b)
+            if self.onload is not None:
+                for i in active:
+                    hs[i] = self.adapter.run_block(Block(b), hs[i], kwargs[b // 2])
+                self.counter.block_macs += self.macs[b] * batch * hs[active[0]].shape[1] * len(active)
+                self.counter.block_runs += len(active)
                 continue
             stacked = torch.cat([hs[i] for i in active]) if len(active) > 1 else hs[active[0]]
             lkw = self.adapter.tile_inputs(kwargs[b // 2], len(active), batch) if len(active) > 1 else kwargs[b // 2]
@@ -201,6 +232,7 @@ class Engine:
     def score(self, j: int, h: torch.Tensor) -> torch.Tensor:
         """The criterion per window of batch ``j`` from its final state ``h`` (float64 ``[batch]``)."""
         ids = self.batches[j]
+        self._bring("head")
         logits_fn = self.adapter.logits
         if self.criterion == "ppl":
             positions = ids.shape[0] * (ids.shape[1] - 1)
@@ -225,8 +257,15 @@ class Engine:
     def total_score(self, removed: frozenset[int]) -> float:
         """The criterion summed over all windows for the model without ``removed`` (full forward)."""
         total = 0.0
-        for j in range(self.n_batches):
-            h = self.run(j, self.h0(j), 0, self.num_blocks, removed)
+        if self.onload is None:
+            for j in range(self.n_batches):
+                h = self.run(j, self.h0(j), 0, self.num_blocks, removed)
+                total += float(self.score(j, h).sum())
+            return total
+        hs = [self.h0(j) for j in range(self.n_batches)]
+        for b in range(self.num_blocks):  # block-major: each block's weights once for all batches
+            hs = [self.run(j, h, b, b + 1, removed) for j, h in enumerate(hs)]
+        for j, h in enumerate(hs):
             total += float(self.score(j, h).sum())
         return total
 

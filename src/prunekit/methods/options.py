@@ -30,7 +30,7 @@ def parse_search(value: str) -> tuple[str, int]:
 
 
 CACHE_MODES = ("none", "prefix", "trajectory")
-RUNTIME_OPTIONS = ("cache", "early_exit", "cache_gb", "candidate_batch")  # change the speed, never the choices
+RUNTIME_OPTIONS = ("cache", "early_exit", "cache_gb", "candidate_batch", "max_memory")  # change the speed, never the choices
 
 
 
@@ -44,6 +44,8 @@ class DepthConfig:
     ``cache_gb``: the memory budget of the kept states (default: half the free memory).
     ``candidate_batch``: candidates of a greedy step run as one batch (default: 1 on the CPU, as
     many as a quarter of the free accelerator memory holds, at most 16, on an accelerator).
+    ``max_memory``: GiB of weights resident on the compute device; the rest stay memory-mapped in
+    the checkpoint's dtype and blocks are brought in as they run (the plan is the uncapped one).
     """
 
     method: str = "blockpruner"
@@ -55,6 +57,7 @@ class DepthConfig:
     early_exit: bool = True
     cache_gb: float | None = None
     candidate_batch: int | None = None
+    max_memory: float | None = None
 
     def __post_init__(self) -> None:
         check_choice("`blocks_kind`", self.blocks_kind, ("mix", "attn", "mlp"))
@@ -70,6 +73,8 @@ class DepthConfig:
             raise PrunekitError(f"`cache_gb` {self.cache_gb} must be positive.", "Use e.g. `cache_gb` 4.")
         if self.candidate_batch is not None:
             check_positive_int("candidate_batch", self.candidate_batch)
+        if self.max_memory is not None and not self.max_memory > 0:
+            raise PrunekitError(f"`max_memory` {self.max_memory} must be positive.", "Use e.g. `max_memory` 20 (GiB).")
 
     def as_dict(self) -> dict:
         return asdict(self)

@@ -116,10 +116,18 @@ def _from_pretrained(path_or_id: str | os.PathLike, dtype: torch.dtype, **kw):
     return model, tokenizer
 
 
-def load_base_model(spec: str, dtype: str | torch.dtype = "float32", device: str | None = None) -> LoadedModel:
-    """Load a base model from a spec (see the module docstring) onto ``device`` (default: cuda if available)."""
+def load_base_model(spec: str, dtype: str | torch.dtype = "float32", device: str | None = None,
+                    stored: bool = False) -> LoadedModel:
+    """Load a base model from a spec (see the module docstring) onto ``device`` (default: cuda if available).
+
+    ``stored``: keep the weights in the checkpoint's own dtype on the CPU (memory-mapped from the
+    safetensors file), for sequential onloading under a memory cap; ``dtype`` and ``device`` are
+    then checked as the compute dtype and device (``info['compute_dtype']``, ``info['compute_device']``).
+    """
     torch_dtype = resolve_dtype(dtype)
     dev = check_device(device or default_device(), torch_dtype)
+    if stored:
+        torch_dtype = "auto"
     t0 = time.perf_counter()
     path = Path(os.path.expanduser(str(spec)))
     if spec in EMBEDDED:
@@ -140,9 +148,13 @@ def load_base_model(spec: str, dtype: str | torch.dtype = "float32", device: str
     else:
         model, tokenizer = _load_hub(spec, torch_dtype)
         source = "hub"
-    model.to(dev).eval()
-    adapter = get_adapter(model)
-    return LoadedModel(model, tokenizer, adapter, str(spec), {"source": source, "load_seconds": time.perf_counter() - t0})
+    info = {"source": source, "load_seconds": time.perf_counter() - t0}
+    if stored:
+        info |= {"compute_dtype": resolve_dtype(dtype), "compute_device": str(dev)}
+        model.eval()
+    else:
+        model.to(dev).eval()
+    return LoadedModel(model, tokenizer, get_adapter(model), str(spec), info)
 
 
 def _check_model_type(path: Path) -> None:

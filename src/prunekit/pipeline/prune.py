@@ -17,10 +17,13 @@ from pathlib import Path
 
 import torch
 
+from prunekit.core.errors import PrunekitError
 from prunekit.core.io import check_output_dir
 from prunekit.core.journal import Journal
 from prunekit.data.calibration import CalibConfig, calibration_windows
 from prunekit.data.windows import build_windows
+from prunekit.engine.onload import Onloader
+from prunekit.engine.ranks import Ranks, current, rank_device, requested_world
 from prunekit.engine.runner import default_cache_bytes
 from prunekit.evaluation.perplexity import perplexity
 from prunekit.evaluation.report import write_report
@@ -31,7 +34,7 @@ from prunekit.methods.registry import method_for
 from prunekit.methods.width.importance import check_gradient_dtype
 from prunekit.methods.width.llm_pruner import Gradients
 from prunekit.methods.width.options import WidthConfig
-from prunekit.models.loading import LoadedModel
+from prunekit.models.loading import LoadedModel, resolve_dtype
 from prunekit.models.registry import get_adapter
 from prunekit.pipeline.load import as_loaded
 from prunekit.plan.apply import apply_plan, save_pruned
@@ -73,19 +76,31 @@ def prune(
     """
     method = method_for(config)
     if method.kind == "width":
+        if requested_world() > 1:
+            raise PrunekitError(f"`method` {config.method} does not spread over torchrun ranks yet (WORLD_SIZE {requested_world()}).",
+                                "Run it in one process (without torchrun).")
         return prune_width(model, config, calib, progress=progress, out=out, overwrite=overwrite, resume=resume,
                            dtype=dtype, device=device)
-    if out is not None and not resume:
+    if config.max_memory and method.needs_gradients:
+        raise PrunekitError(f"`method` {config.method} takes a backward pass through the whole model; `max_memory` does not apply to it yet.",
+                            "Drop `max_memory`, or use a method without gradients (e.g. blockpruner, sleb, shortgpt).")
+    ranks = current()
+    if out is not None and not resume and ranks.is_main:
         check_output_dir(Path(out), overwrite)
-    loaded = as_loaded(model, dtype, device)
+    loaded = as_loaded(model, dtype, rank_device(device, ranks), stored=bool(config.max_memory))
+    onload = None
+    if config.max_memory:  # weights stay stored; blocks come in, converted, under the cap
+        onload = Onloader(loaded.adapter, loaded.info.get("compute_device", loaded.device),
+                          loaded.info.get("compute_dtype", resolve_dtype(dtype)), config.max_memory * 2**30)
+    record_dtype = onload.dtype if onload is not None else None
     kind = method.unit_kind(config.blocks_kind)
     stop_rule(loaded, make_units(loaded.adapter, kind), config, kind)  # an unreachable budget is refused before OUT is touched
     windows = calibration_windows(loaded, calib)
     calibration = windows.fingerprint() | {"batch_size": calib.batch_size, "ignore_index": loaded.model.config.pad_token_id}
-    journal = None
+    journal, start = None, None
     if out is not None:
-        fingerprint = {"model": model_record(loaded)["weights_sha256"], "calibration": calibration, "options": config.plan_options()}
-        journal = Journal.open(Path(out), fingerprint, resume)
+        fingerprint = {"model": model_record(loaded, record_dtype)["weights_sha256"], "calibration": calibration, "options": config.plan_options()}
+        journal, start = _open_journal(Path(out), fingerprint, resume, ranks)
 
     def on_record(rec: dict) -> None:
         if journal is not None:
@@ -93,16 +108,36 @@ def prune(
         if on_step is not None:
             on_step(rec)
 
-    cache_bytes = config.cache_gb * 2**30 if config.cache_gb else default_cache_bytes(loaded.device)
-    res = plan_depth(loaded, method.run, kind, config, windows, calib.batch_size,
-                     cache_bytes, calibration, progress, journal.records if journal is not None else None, on_record)
+    cache_bytes = config.cache_gb * 2**30 if config.cache_gb else default_cache_bytes(onload.device if onload else loaded.device)
+    main = ranks.is_main
+    try:
+        res = plan_depth(loaded, method.run, kind, config, windows, calib.batch_size, cache_bytes, calibration,
+                         progress if main else None, start, on_record if main else None, ranks=ranks, onload=onload)
+    finally:
+        if onload is not None:
+            onload.release()  # the model holds its stored weights again
     pruned = with_plan(loaded, res.plan, owned=not isinstance(model, LoadedModel))
     if pruned.adapter.total_params() != res.plan["params_after"]:
         raise AssertionError("parameter accounting differs from the pruned model")
-    if out is not None:
+    if out is not None and main:
         save_pruned(pruned, res.plan, out, overwrite=True, extra_files={"timing.json": res.timing}, copy_files=[journal.path])
         write_report(out)
     return PruneResult(res.plan, pruned, res.timing)
+
+
+def _open_journal(out: Path, fingerprint: dict, resume: bool, ranks: Ranks) -> tuple[Journal | None, list[dict]]:
+    """Rank 0 opens (or resumes) the journal; every rank gets its finished steps (or rank 0's refusal)."""
+    journal, payload = None, None
+    if ranks.is_main:
+        try:
+            journal = Journal.open(out, fingerprint, resume)
+            payload = journal.records
+        except PrunekitError as e:
+            payload = e
+    payload = ranks.broadcast(payload)
+    if isinstance(payload, PrunekitError):
+        raise payload
+    return journal, list(payload)
 
 
 def prune_width(

@@ -26,6 +26,8 @@ import json
 from pathlib import Path
 from typing import TypedDict
 
+import torch
+
 from prunekit.core.errors import PrunekitError
 from prunekit.core.io import weights_hash, write_json_atomic
 from prunekit.models.adapter import Block
@@ -51,13 +53,17 @@ class Plan(TypedDict):
     ratio_removed: float
 
 
-def model_record(loaded: LoadedModel) -> dict:
-    """The plan's description of the base model: spec, config, weights hash, parameter count."""
+def model_record(loaded: LoadedModel, dtype: torch.dtype | None = None) -> dict:
+    """The plan's description of the base model: spec, config, weights hash, parameter count.
+
+    ``dtype``: hash the weights as converted to this dtype (a model held in its checkpoint's dtype
+    under a memory cap and computed in ``dtype`` gets the record of the model loaded in ``dtype``).
+    """
     return {
         "spec": loaded.spec,
         "model_type": loaded.model.config.model_type,
         "config": loaded.model.config.to_dict() | {"dtype": "float32"},
-        "weights_sha256": weights_hash(loaded.model),
+        "weights_sha256": weights_hash(loaded.model, dtype),
         "parameters": loaded.adapter.total_params(),
     }
 

@@ -265,7 +265,7 @@ def finercut(loaded: LoadedModel, engine: Engine, units: list[Unit], stop: StopF
     """
     js = Engine(engine.adapter, engine.windows, batch_size=engine.batches[0].shape[0], criterion="js",
                 ignore_index=engine.ignore_index, cache_bytes=engine.store.budget, cache_device=str(engine.store.device),
-                chunk_tokens=engine.chunk_tokens)
+                chunk_tokens=engine.chunk_tokens, ranks=engine.ranks)
     for name in ("block_macs", "head_macs", "block_runs", "head_tokens"):  # the dense reference run
         setattr(engine.counter, name, getattr(engine.counter, name) + getattr(js.counter, name))
     js.counter = engine.counter  # count the search's work live on the caller's engine

@@ -12,9 +12,13 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import torch
+
 from prunekit.core.errors import PrunekitError
 from prunekit.data.windows import Windows
-from prunekit.engine.runner import Engine
+from prunekit.engine.onload import Onloader
+from prunekit.engine.ranks import Ranks
+from prunekit.engine.runner import Engine, WorkCounter
 from prunekit.methods.depth.outcome import DepthOutcome, ProgressFn, RecordFn, StopFn, Unit
 from prunekit.methods.depth.units import make_units, unit_params
 from prunekit.methods.options import RUNTIME_OPTIONS, DepthConfig
@@ -61,24 +65,35 @@ def stop_rule(loaded: LoadedModel, units: list[Unit], depth: DepthConfig, kind: 
 def plan_depth(
     loaded: LoadedModel, run: Callable[..., DepthOutcome], unit_kind: str, depth: DepthConfig, windows: Windows,
     batch_size: int, cache_bytes: float, calibration: dict, progress: ProgressFn | None = None,
-    start: list[dict] | None = None, on_record: RecordFn | None = None,
+    start: list[dict] | None = None, on_record: RecordFn | None = None, ranks: Ranks | None = None,
+    onload: Onloader | None = None,
 ) -> DepthResult:
     """Run the depth method ``run`` on ``windows`` to ``depth``'s budget; return its plan (``loaded`` is left as it is).
 
     ``start``: steps already finished (from a journal); ``on_record`` sees each new step.
     ``calibration``: the plan's record of the windows (fingerprint, batch size, ignored label).
+    ``ranks``: the torchrun processes the greedy search spreads its candidates over (every rank
+    calls this and gets the same plan; ``timing['rank_work']`` has each rank's counted work).
+    ``onload``: the weights brought in under a memory cap (``timing['weights']``: bytes moved,
+    peak resident against the cap, per rank); the plan is the uncapped one.
     """
+    ranks = ranks or Ranks()
     adapter = loaded.adapter
     units = make_units(adapter, unit_kind)
     should_stop = stop_rule(loaded, units, depth, unit_kind)
-    record = model_record(loaded)
+    record = model_record(loaded, onload.dtype if onload is not None else None)
     t0 = time.perf_counter()
-    engine = Engine(adapter, windows, batch_size=batch_size, ignore_index=calibration["ignore_index"], cache_bytes=cache_bytes)
+    engine = Engine(adapter, windows, batch_size=batch_size, ignore_index=calibration["ignore_index"], cache_bytes=cache_bytes,
+                    ranks=ranks, onload=onload)
     dense_value = engine.perplexity(engine.total_score(frozenset()))
     engine.counter = type(engine.counter)()
     start = list(start or [])
     outcome = run(loaded, engine, units, should_stop, depth, progress, start, on_record)
     search_seconds = time.perf_counter() - t0
+    c = engine.counter
+    mine = torch.tensor([c.block_macs, c.head_macs, c.block_runs, c.head_tokens], dtype=torch.float64)
+    rank_work = [WorkCounter(float(w[0]), float(w[1]), int(w[2]), int(w[3])) for w in ranks.gather(mine)]
+    work = WorkCounter(*(sum(getattr(w, f) for w in rank_work) for f in ("block_macs", "head_macs", "block_runs", "head_tokens")))
     steps = [(unit_params(adapter, u), rec) for u, rec in zip(outcome.units, outcome.records)]
     options = depth.plan_options() | {"criterion": outcome.extra.get("criterion", "ppl")}
     plan = build_plan(depth.method, options, record, calibration, adapter.total_params(), steps=steps, dense_value=dense_value)
@@ -87,9 +102,15 @@ def plan_depth(
         "resumed_steps": len(start),
         "runtime_options": {k: depth.as_dict()[k] for k in RUNTIME_OPTIONS},
         "steps": [{k: r.get(k) for k in ("step", "unit", "evaluated", "dropped")} for r in outcome.records],
-        "work": engine.counter.as_dict(),
+        "work": work.as_dict(),
+        "ranks": ranks.world,
+        "rank_work": [w.as_dict() for w in rank_work],
         "naive_macs": outcome.naive_macs,
-        "counted_ratio": (outcome.naive_macs or 0.0) / max(engine.counter.total_macs, 1.0),
+        "counted_ratio": (outcome.naive_macs or 0.0) / max(work.total_macs, 1.0),
         "peak_cache_bytes": engine.store.peak,
     }
+    if onload is not None:
+        moved = ranks.gather(torch.tensor([onload.moved_bytes, onload.peak_bytes], dtype=torch.float64))
+        timing["weights"] = onload.stats() | {"rank_moved_bytes": [int(m[0]) for m in moved],
+                                              "rank_peak_resident_bytes": [int(m[1]) for m in moved]}
     return DepthResult(plan, timing, outcome)

@@ -134,18 +134,23 @@ class GreedySearch:
         return ("prefix", b, j)
 
     def _rebuild_prefix(self, start: int) -> None:
-        """Recompute kept prefix states at boundaries after ``start`` for the current removed set."""
+        """Recompute kept prefix states at boundaries after ``start`` for the current removed set
+        (block-major: every window batch at a block before the next block, so under a memory cap
+        each block's weights come in once)."""
         e = self.engine
         e.store.drop(lambda k: k[0] == "prefix" and k[1] > start)
         if self.cache == "none":
             return
-        for j in range(e.n_batches):
-            b0, h = self._nearest_prefix(start, j)
-            for b in range(b0, e.num_blocks + 1):
+        begin = [self._nearest_prefix(start, j) for j in range(e.n_batches)]
+        hs = [h for _, h in begin]
+        for b in range(min(b0 for b0, _ in begin), e.num_blocks + 1):
+            for j, (b0, _) in enumerate(begin):
+                if b < b0:
+                    continue
                 if b > start and b % self._stride == 0 and b not in self.removed:
-                    e.store.put(self._prefix_key(b, j), h)
+                    e.store.put(self._prefix_key(b, j), hs[j])
                 if b < e.num_blocks:
-                    h = e.run(j, h, b, b + 1, self.removed)
+                    hs[j] = e.run(j, hs[j], b, b + 1, self.removed)
 
     def _nearest_prefix(self, b: int, j: int) -> tuple[int, torch.Tensor]:
         for c in range(b, 0, -1):
@@ -174,14 +179,21 @@ class GreedySearch:
         return lead + [u for u in rest if u not in lead]
 
     def step(self) -> StepResult:
-        """Evaluate every candidate and remove the best one."""
+        """Evaluate every candidate and remove the best one.
+
+        Under several ranks (``engine.ranks``), candidate ``i`` of the order runs on rank ``i mod W``
+        and each group's totals are gathered before the next group, so every rank keeps the same
+        ``completed`` list, bound and choice, and each rank's trajectory states stay its own.
+        """
         e = self.engine
+        ranks = e.ranks
         cands = self.candidates()
         if not cands:
             raise RuntimeError("no candidates left")
         sel = self.selection
         sel.begin(self)
         order = self._order(cands)
+        index = {u: i for i, u in enumerate(order)}
         lead = set(order[: self.lead]) if self._prev is not None else set()
         prev_p = self._prev.unit if self._prev is not None else None
         for u in cands:
@@ -195,15 +207,17 @@ class GreedySearch:
         for group in self._groups(order, lead):
             targets = [self._target(u, lead, completed) for u in group]
             partial = [0.0] * len(group)
-            alive = list(range(len(group)))
+            alive = [i for i, u in enumerate(group) if ranks.owner(index[u]) == ranks.rank]
             for j in range(e.n_batches):
+                if not alive:
+                    break
                 finals = self._run_candidates([group[i] for i in alive], j, prev_p, [targets[i] for i in alive], group)
                 for i, h in zip(alive, finals):
                     partial[i] += float(e.score(j, h).sum())
                 if self.early_exit and j < e.n_batches - 1:
                     alive = [i for i in alive if not _beaten(sel.keys(group[i], partial[i]), best)]
-                if not alive:
-                    break
+            if ranks.spread:
+                partial, alive = self._share(group, index, partial, alive)
             for i, u in enumerate(group):
                 e.store.drop(lambda k, u=u: k[0] == "traj" and k[1] == self._step - 1 and k[2] == u)
                 finished = i in alive
@@ -229,11 +243,20 @@ class GreedySearch:
         self._apply(result)
         return result
 
+    def _share(self, group: list[Unit], index: dict, partial: list[float], alive: list[int]) -> tuple[list[float], list[int]]:
+        """Every rank's partial totals and finished flags for ``group``, each taken from the rank that ran it."""
+        ranks = self.engine.ranks
+        mine = torch.tensor([[partial[i], float(i in alive)] for i in range(len(group))], dtype=torch.float64)
+        every = ranks.gather(mine)
+        rows = [every[ranks.owner(index[u])][i] for i, u in enumerate(group)]
+        return [float(r[0]) for r in rows], [i for i, r in enumerate(rows) if r[1] > 0]
+
     def _groups(self, order: list[Unit], lead: set[Unit]) -> Iterator[list[Unit]]:
-        """Candidates in ``order``, ``candidate_batch`` at a time (the lead alone, so its total bounds the rest)."""
+        """Candidates in ``order``, ``candidate_batch`` per rank at a time (the lead alone, so its total
+        bounds the rest)."""
         i = 0
         while i < len(order):
-            k = 1 if order[i] in lead else self.candidate_batch
+            k = 1 if order[i] in lead else self.candidate_batch * self.engine.ranks.world
             group = [order[i]]
             while len(group) < k and i + len(group) < len(order) and order[i + len(group)] not in lead:
                 group.append(order[i + len(group)])
@@ -261,13 +284,14 @@ class GreedySearch:
                         group: list[Unit]) -> list[torch.Tensor]:
         """Final states of batch ``j`` for the current model without each of ``units``.
 
-        One unit runs alone and keeps its state at its ``target``'s boundary. Several run stacked
-        (:meth:`Engine.run_group`); since the best later unit may be in the same group, each keeps
-        its state at the boundaries of its target and of every later unit of the group, and
+        A group of one runs alone and keeps its state at its ``target``'s boundary. A larger group
+        (stacked candidates, or a round spread over ranks, of which ``units`` are this rank's) runs
+        through :meth:`Engine.run_group`; since the best later unit may be in the same group, each
+        keeps its state at the boundaries of its target and of every later unit of the group, and
         :meth:`_settle_kept` keeps the one a one-by-one search would have kept.
         """
         e = self.engine
-        if len(units) == 1:
+        if len(group) == 1:
             (u,), (target,) = units, targets
             start, h = self._candidate_start(u, j, prev_p)
             skip = self.removed | set(u)

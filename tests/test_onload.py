@@ -1,0 +1,74 @@
+"""Sequential onloading under ``--max-memory``: weights stay stored (memory-mapped, checkpoint dtype),
+blocks come in converted under the cap, and the plan is the uncapped run's, byte for byte."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+import prunekit as pk
+from helpers import CALIB_TEXT, run_cli
+from prunekit.engine.onload import Onloader
+from prunekit.models.adapter import Block
+from prunekit.models.tiny import tiny_model, tiny_tokenizer
+
+
+@pytest.fixture(scope="module")
+def bf16_checkpoint(tmp_path_factory):
+    """A tiny Llama stored as bfloat16 (what large checkpoints ship as), and a calibration file."""
+    d = tmp_path_factory.mktemp("onload")
+    tiny_model("llama", num_hidden_layers=6).to(torch.bfloat16).save_pretrained(d / "model")
+    tiny_tokenizer().save_pretrained(d / "model")
+    (d / "calib.txt").write_text(CALIB_TEXT, encoding="utf-8")
+    return d
+
+
+def _prune(d, out, **depth):
+    calib = pk.CalibConfig(source=str(d / "calib.txt"), seq_len=32, windows=8, batch_size=2)
+    return pk.prune(str(d / "model"), pk.DepthConfig(remove=4, **depth), calib, out=out, device="cpu")
+
+
+def test_weights_over_the_cap_prune_to_the_uncapped_plan(bf16_checkpoint, tmp_path, one_thread):
+    d = bf16_checkpoint
+    free = _prune(d, tmp_path / "free")
+    model_bytes = 4 * free.loaded.adapter.total_params()
+    cap_gib = model_bytes / 4 / 2**30  # a quarter of the float32 weights
+    capped = _prune(d, tmp_path / "capped", max_memory=cap_gib)
+    assert (tmp_path / "capped" / "plan.json").read_bytes() == (tmp_path / "free" / "plan.json").read_bytes()
+    w = json.loads((tmp_path / "capped" / "timing.json").read_text())["weights"]
+    assert w["model_bytes"] > 4 * w["cap_bytes"] * 0.9 and 0 < w["peak_resident_bytes"] <= w["cap_bytes"]
+    assert w["moved_bytes"] > w["model_bytes"] and w["compute_dtype"] == "float32"
+    # the capped run's own model stayed in the checkpoint's dtype
+    assert {p.dtype for p in capped.loaded.model.parameters()} == {torch.bfloat16}
+    one = _prune(d, tmp_path / "one-by-one", max_memory=cap_gib, candidate_batch=1)
+    assert (tmp_path / "one-by-one" / "plan.json").read_bytes() == (tmp_path / "free" / "plan.json").read_bytes()
+    w1 = json.loads((tmp_path / "one-by-one" / "timing.json").read_text())["weights"]
+    assert w1["moved_bytes"] > 2 * w["moved_bytes"]  # block-major groups bring each block in once per group and batch
+
+
+def test_onloader_keeps_the_cap_and_gives_the_stored_weights_back(one_thread):
+    model = tiny_model("llama", num_hidden_layers=2).to(torch.bfloat16)
+    adapter = pk.wrap_model(model).adapter
+    stored = {n: p for n, p in model.named_parameters()}
+    block_bytes = 4 * adapter.block_params(Block(1))
+    onload = Onloader(adapter, "cpu", torch.float32, cap_bytes=block_bytes * 1.5)
+    onload.bring(1)
+    assert adapter.mlp(0).up.weight.dtype == torch.float32
+    onload.bring(3)  # the MLP of layer 1: layer 0's is given back to stay under the cap
+    assert adapter.mlp(0).up.weight is stored["model.layers.0.mlp.up_proj.weight"]
+    assert onload.peak_bytes <= onload.cap_bytes and onload.moved_bytes == 2 * block_bytes
+    onload.release()
+    assert all(p is stored[n] for n, p in model.named_parameters())
+    with pytest.raises(pk.PrunekitError, match="cannot hold"):
+        Onloader(adapter, "cpu", torch.float32, cap_bytes=block_bytes / 2)
+
+
+def test_a_cap_below_one_block_is_one_line_exit_2(bf16_checkpoint, tmp_path):
+    d = bf16_checkpoint
+    r = run_cli("prune", str(d / "model"), "--remove", "2", "--calib", str(d / "calib.txt"), "--seq-len", "16",
+                "--windows", "2", "--max-memory", "0.000001", "--out", str(tmp_path / "o"))
+    errors = [line for line in r.stderr.splitlines() if line.startswith("error:")]  # after transformers' loading bar
+    assert r.returncode == 2 and len(errors) == 1 and "--max-memory" in errors[0] and r.stderr.strip().endswith(errors[0])
+    assert not (tmp_path / "o").exists()
