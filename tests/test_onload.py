@@ -11,6 +11,7 @@ import torch
 import prunekit as pk
 from helpers import CALIB_TEXT, run_cli
 from prunekit.engine.onload import Onloader
+from prunekit.methods.depth.workcount import count_onload
 from prunekit.models.adapter import Block
 from prunekit.models.tiny import tiny_model, tiny_tokenizer
 
@@ -46,6 +47,14 @@ def test_weights_over_the_cap_prune_to_the_uncapped_plan(bf16_checkpoint, tmp_pa
     assert (tmp_path / "one-by-one" / "plan.json").read_bytes() == (tmp_path / "free" / "plan.json").read_bytes()
     w1 = json.loads((tmp_path / "one-by-one" / "timing.json").read_text())["weights"]
     assert w1["moved_bytes"] > 2 * w["moved_bytes"]  # block-major groups bring each block in once per group and batch
+    # the count from shapes alone (what projects a 70B run) agrees with what the onloader measured
+    a = pk.load_model(str(d / "model"), device="cpu").adapter  # the unpruned shapes
+    blocks = [4 * a.block_params(Block(b)) for b in range(a.num_blocks)]
+    order = [tuple(s["blocks"]) for s in capped.plan["removed"]]
+    head, embed = 4 * (a.lm_head.weight.numel() + a.final_norm.weight.numel()), 4 * a.embed.weight.numel()
+    for timing, group in ((w1, 1), (w, 16)):
+        counted = count_onload(blocks, head, order, [(b,) for b in range(a.num_blocks)], 4, group, 1, w["cap_bytes"], embed)
+        assert counted["rank_bytes"] == pytest.approx(timing["moved_bytes"], rel=0.02)
 
 
 def test_onloader_keeps_the_cap_and_gives_the_stored_weights_back(one_thread):
