@@ -81,3 +81,13 @@ def test_a_cap_below_one_block_is_one_line_exit_2(bf16_checkpoint, tmp_path):
     errors = [line for line in r.stderr.splitlines() if line.startswith("error:")]  # after transformers' loading bar
     assert r.returncode == 2 and len(errors) == 1 and "--max-memory" in errors[0] and r.stderr.strip().endswith(errors[0])
     assert not (tmp_path / "o").exists()
+
+
+def test_the_cli_reports_the_weights_brought_in_under_the_cap(bf16_checkpoint, tmp_path):
+    d = bf16_checkpoint
+    r = run_cli("prune", str(d / "model"), "--remove", "2", "--calib", str(d / "calib.txt"), "--seq-len", "16",
+                "--windows", "2", "--max-memory", "0.0002", "--out", str(tmp_path / "o"), env={"OMP_NUM_THREADS": "1"})
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "weights onloaded" in r.stderr and "GiB brought in; peak resident" in r.stdout
+    w = json.loads((tmp_path / "o" / "timing.json").read_text())["weights"]
+    assert 0 < w["peak_resident_bytes"] <= w["cap_bytes"] < w["model_bytes"]

@@ -41,6 +41,7 @@ def test_two_ranks_write_the_plan_of_one_process(tiny):
     assert r.returncode == 0, r.stderr[-3000:]
     assert (tmp / "two" / "plan.json").read_bytes() == (tmp / "one" / "plan.json").read_bytes()
     assert "2 ranks" in r.stderr and r.stdout.count("wrote ") <= 1  # rank 0 alone reports
+    assert "ranks: 2; counted work per rank" in r.stdout
     timing = json.loads((tmp / "two" / "timing.json").read_text())
     assert timing["ranks"] == 2 and len(timing["rank_work"]) == 2
     assert all(w["block_runs"] > 0 for w in timing["rank_work"])

@@ -94,6 +94,14 @@ def print_plan(plan: dict, timing: dict | None = None) -> None:
     if timing:
         work = f"; counted work vs naive search: {timing['counted_ratio']:.2f}x less" if timing.get("naive_macs") else ""
         out_console.print(f"search: {timing['search_seconds']:.1f} s{work}")
+        if timing.get("ranks", 1) > 1:
+            macs = [w["total_macs"] for w in timing["rank_work"]]
+            out_console.print(f"ranks: {timing['ranks']}; counted work per rank {min(macs) / 1e9:.1f}-{max(macs) / 1e9:.1f} GMAC"
+                              f" (balance {min(macs) / max(max(macs), 1):.2f})")
+        if timing.get("weights"):
+            w = timing["weights"]
+            out_console.print(f"weights: {w['moved_bytes'] / 2**30:.2f} GiB brought in; peak resident {w['peak_resident_bytes'] / 2**30:.3f}"
+                              f" GiB of the {w['cap_bytes'] / 2**30:.3f} GiB cap (model {w['model_bytes'] / 2**30:.3f} GiB in {w['compute_dtype']})")
 
 
 def print_width_plan(plan: dict, timing: dict | None = None) -> None:

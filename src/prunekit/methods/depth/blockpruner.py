@@ -37,7 +37,8 @@ def greedy(loaded: LoadedModel, engine: Engine, units: list[Unit], stop: StopFn,
     def on_candidate(step: int, done: int, total: int) -> None:
         if progress:
             spread = f" · {engine.ranks.world} ranks" if engine.ranks.spread else ""
-            progress(f"step {step + 1}{spread}", done, total)
+            capped = " · weights onloaded" if engine.onload is not None else ""
+            progress(f"step {step + 1}{spread}{capped} · candidates", done, total)
 
     previous = StepResult.from_record(start[-1]) if start else None
     k = depth.candidate_batch or engine.auto_candidate_batch()
