@@ -83,6 +83,14 @@ def test_llm_pruner_under_several_ranks_is_refused_in_one_line(tiny):
     assert not (tmp / "w").exists()
 
 
+def test_commands_that_do_not_spread_are_refused_under_torchrun_in_one_line(tiny):
+    tmp, _ = tiny
+    r = run_cli("compare", str(tmp / "tiny-llama"), "--methods", "sleb", "--ratios", "0.2", "--out", str(tmp / "c"),
+                env=dict(ENV, WORLD_SIZE="2", RANK="0", MASTER_ADDR="127.0.0.1", MASTER_PORT="1"))
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and "only prune does" in r.stderr
+    assert not (tmp / "c").exists()
+
+
 @pytest.mark.slow
 def test_two_ranks_on_smollm2_write_the_plan_of_one_process(tmp_path):
     common = ["prune", "smollm2-135m", "--remove", "2", "--calib", "wiki", "--seq-len", "16", "--windows", "2",

@@ -14,6 +14,7 @@ from rich.markup import escape
 from prunekit.cli import compare, export, prune, recover
 from prunekit.cli.console import console, render_error
 from prunekit.core.errors import PrunekitError
+from prunekit.engine.ranks import requested_world
 
 COMMANDS = {
     "prune": prune.prune,
@@ -26,6 +27,8 @@ COMMANDS = {
     "bench": export.bench,
     "report": export.report,
 }
+
+SPREAD = ("prune",)  # the commands that run over torchrun ranks (the others are refused under WORLD_SIZE > 1)
 
 app = typer.Typer(
     name="prunekit", add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -47,10 +50,21 @@ def _command(argv: list[str]):
     return commands.get(names[0]) if names else None
 
 
+def _check_ranks(argv: list[str]) -> None:
+    """Under torchrun (``WORLD_SIZE > 1``) only the commands of :data:`SPREAD` run: the others would repeat
+    their whole work, and their writes, on every rank."""
+    names = [a for a in argv if not a.startswith("-")]
+    world = requested_world()
+    if world > 1 and names and names[0] in COMMANDS and names[0] not in SPREAD:
+        raise PrunekitError(f"prunekit {names[0]} does not spread over torchrun ranks (WORLD_SIZE {world}); only prune does.",
+                            "Run it in one process, without torchrun.")
+
+
 def main() -> None:
     """Console entry point: one-line errors, exit 2 on bad input, 130 on Ctrl-C."""
     debug = "--debug" in sys.argv
     try:
+        _check_ranks(sys.argv[1:])
         app(standalone_mode=False)
     except PrunekitError as e:
         if debug:
