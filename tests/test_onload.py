@@ -91,3 +91,13 @@ def test_the_cli_reports_the_weights_brought_in_under_the_cap(bf16_checkpoint, t
     assert "weights onloaded" in r.stderr and "GiB brought in; peak resident" in r.stdout
     w = json.loads((tmp_path / "o" / "timing.json").read_text())["weights"]
     assert 0 < w["peak_resident_bytes"] <= w["cap_bytes"] < w["model_bytes"]
+
+
+@pytest.mark.parametrize("method", ["sleb", "finercut", "shortgpt", "layer-ppl", "blockpruner-oneshot"])
+def test_every_engine_method_under_the_cap_gives_the_uncapped_plan(bf16_checkpoint, tmp_path, one_thread, method):
+    d = bf16_checkpoint
+    free = _prune(d, tmp_path / "free", method=method)
+    cap_gib = free.loaded.adapter.total_params() / 2**30  # under a quarter of the float32 weights
+    capped = _prune(d, tmp_path / "capped", method=method, max_memory=cap_gib)
+    assert (tmp_path / "capped" / "plan.json").read_bytes() == (tmp_path / "free" / "plan.json").read_bytes()
+    assert capped.timing["weights"]["moved_bytes"] > capped.timing["weights"]["model_bytes"]

@@ -260,12 +260,12 @@ def finercut(loaded: LoadedModel, engine: Engine, units: list[Unit], stop: StopF
              progress: ProgressFn | None = None, start: list[dict] | None = None, on_record: RecordFn | None = None) -> DepthOutcome:
     """FinerCut: greedy over attention and MLP blocks, lowest Jensen-Shannon divergence from the dense model.
 
-    Runs on an engine like ``engine`` (same windows, batches, budget) with ``criterion='js'``;
+    Runs on an engine like ``engine`` (same windows, batches, budget, onloaded weights) with ``criterion='js'``;
     its counted work goes to ``engine.counter``.
     """
     js = Engine(engine.adapter, engine.windows, batch_size=engine.batches[0].shape[0], criterion="js",
                 ignore_index=engine.ignore_index, cache_bytes=engine.store.budget, cache_device=str(engine.store.device),
-                chunk_tokens=engine.chunk_tokens, ranks=engine.ranks)
+                chunk_tokens=engine.chunk_tokens, ranks=engine.ranks, onload=engine.onload)
     for name in ("block_macs", "head_macs", "block_runs", "head_tokens"):  # the dense reference run
         setattr(engine.counter, name, getattr(engine.counter, name) + getattr(js.counter, name))
     js.counter = engine.counter  # count the search's work live on the caller's engine
