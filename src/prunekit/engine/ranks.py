@@ -54,6 +54,14 @@ class Ranks:
         self._collective(lambda: dist.all_gather(out, values))
         return out
 
+    def reduce_sum(self, values: torch.Tensor) -> torch.Tensor:
+        """The sum over ranks of ``values`` (same shape and dtype on all ranks), on ``values``' device."""
+        if not self.spread:
+            return values
+        total = values.detach().to("cpu").contiguous().clone()
+        self._collective(lambda: dist.all_reduce(total, op=dist.ReduceOp.SUM))
+        return total.to(values.device)
+
     def broadcast(self, obj: object, src: int = 0) -> object:
         """``obj`` of rank ``src`` on every rank (picklable)."""
         if not self.spread:

@@ -23,7 +23,7 @@ from prunekit.core.journal import Journal
 from prunekit.data.calibration import CalibConfig, calibration_windows
 from prunekit.data.windows import build_windows
 from prunekit.engine.onload import Onloader
-from prunekit.engine.ranks import Ranks, current, rank_device, requested_world
+from prunekit.engine.ranks import Ranks, current, rank_device
 from prunekit.engine.runner import default_cache_bytes
 from prunekit.evaluation.perplexity import perplexity
 from prunekit.evaluation.report import write_report
@@ -76,9 +76,6 @@ def prune(
     """
     method = method_for(config)
     if method.kind == "width":
-        if requested_world() > 1:
-            raise PrunekitError(f"`method` {config.method} does not spread over torchrun ranks yet (WORLD_SIZE {requested_world()}).",
-                                "Run it in one process (without torchrun).")
         return prune_width(model, config, calib, progress=progress, out=out, overwrite=overwrite, resume=resume,
                            dtype=dtype, device=device)
     if config.max_memory and method.needs_gradients:
@@ -150,19 +147,23 @@ def prune_width(
     ``gradients``: from :func:`prunekit.methods.width.llm_pruner.width_gradients` on the same model
     and families, to share one gradient pass between runs (e.g. several importances or ratios).
     Without them, and with ``out``, the gradient pass is journaled in ``out`` and ``resume``
-    continues a killed one.
+    continues a killed one. Under torchrun ranks the windows are split over the ranks (the sums
+    all-reduced, the same plan; not journaled) and rank 0 writes ``out``.
     """
     method = method_for(width)
-    if out is not None and not resume:
+    ranks = current()
+    if out is not None and not resume and ranks.is_main:
         check_output_dir(Path(out), overwrite)
-    loaded = as_loaded(model, dtype, device)
+    loaded = as_loaded(model, dtype, rank_device(device, ranks))
     if width.needs_gradients:
         check_gradient_dtype(next(loaded.model.parameters()).dtype, loaded.device)
-    res = method.run(loaded, width, calib, progress, gradients=gradients, journal_dir=out, resume=resume)
+    res = method.run(loaded, width, calib, progress if ranks.is_main else None, gradients=gradients, journal_dir=out,
+                     resume=resume, ranks=ranks)
     pruned = with_plan(loaded, res.plan, owned=not isinstance(model, LoadedModel))
     if pruned.adapter.total_params() != res.plan["params_after"]:
         raise AssertionError(f"parameter accounting differs: plan {res.plan['params_after']}, model {pruned.adapter.total_params()}")
-    if out is not None:
+    if out is not None and ranks.is_main:
+        res.timing["ranks"] = ranks.world
         journaled = [res.journal] if res.journal is not None else []
         save_pruned(pruned, res.plan, out, overwrite=overwrite or resume or bool(journaled),
                     extra_files={"timing.json": res.timing}, copy_files=journaled)

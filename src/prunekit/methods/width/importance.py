@@ -33,6 +33,7 @@ import torch
 from torch import nn
 
 from prunekit.core.errors import PrunekitError
+from prunekit.engine.ranks import Ranks
 from prunekit.models.groups import Family
 
 ProgressFn = Callable[[str, int, int], None]
@@ -83,7 +84,7 @@ def _load_start(start: tuple[dict, dict | None, list[float]], grad: dict, fish: 
 def collect_gradients(
     model: nn.Module, ids: torch.Tensor, names: set[str], fisher: bool, ignore_index: int | None = None,
     progress: ProgressFn | None = None, start: tuple[dict, dict | None, list[float]] | None = None,
-    on_sample: Callable[[int, int, dict, dict | None, list[float]], None] | None = None,
+    on_sample: Callable[[int, int, dict, dict | None, list[float]], None] | None = None, ranks: Ranks | None = None,
 ) -> GradStats:
     """Accumulate ``g`` (and ``F`` when ``fisher``) for the parameters named ``names`` over the rows of ``ids``.
 
@@ -91,7 +92,13 @@ def collect_gradients(
     parameters are frozen for the duration (their gradients are not needed and not stored).
     ``start``: the accumulators and losses after the first ``k`` windows (a resumed pass, see
     :mod:`prunekit.methods.width.journal`); ``on_sample(done, N, g, F, losses)`` runs after each window.
+    ``ranks``: under several torchrun ranks, window ``i`` runs on rank ``i mod W`` and the sums
+    (``g``, ``F``, the per-window losses) are all-reduced, so every rank returns the same statistics
+    (not journaled: ``start``/``on_sample`` are for one process).
     """
+    ranks = ranks or Ranks()
+    if ranks.spread and (start is not None or on_sample is not None):
+        raise ValueError("a gradient pass spread over ranks is not journaled (start/on_sample)")
     params = {n: p for n, p in model.named_parameters() if n in names}
     missing = names - set(params)
     if missing:
@@ -112,7 +119,8 @@ def collect_gradients(
         for n, p in model.named_parameters():
             p.requires_grad_(n in params)
             p.grad = None
-        for i in range(len(losses), n_rows):
+        mine = [i for i in range(len(losses), n_rows) if ranks.owner(i) == ranks.rank]
+        for k, i in enumerate(mine):
             x = ids[i:i + 1].to(next(iter(params.values())).device)
             labels = x.clone()
             if ignore_index is not None:
@@ -142,13 +150,25 @@ def collect_gradients(
             if on_sample:
                 on_sample(i + 1, n_rows, grad, fish, losses)
             if progress:
-                progress("gradients", i + 1, n_rows)
+                progress("gradients" + (f" · {ranks.world} ranks" if ranks.spread else ""), k + 1, len(mine))
+        if ranks.spread:
+            losses = _reduce(ranks, grad, fish, mine, losses, n_rows)
     finally:
         for n, p in model.named_parameters():
             p.requires_grad_(flags[n])
             p.grad = None
         model.train(was_training)
     return GradStats(grad, fish, sum(losses) / len(losses), n_rows, int(ids.numel()), losses)
+
+
+def _reduce(ranks: Ranks, grad: dict, fish: dict | None, mine: list[int], losses: list[float], n_rows: int) -> list[float]:
+    """Sum every rank's accumulators in place; every window's loss, in window order."""
+    for acc in (grad, fish or {}):
+        for n, t in acc.items():
+            t.copy_(ranks.reduce_sum(t))
+    per_window = torch.zeros(n_rows, dtype=torch.float64)
+    per_window[mine] = torch.tensor(losses, dtype=torch.float64)
+    return [float(v) for v in ranks.reduce_sum(per_window)]
 
 
 def element_scores(importance: str, w: torch.Tensor, g: torch.Tensor | None, f: torch.Tensor | None) -> torch.Tensor:

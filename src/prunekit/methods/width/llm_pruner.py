@@ -24,6 +24,7 @@ import torch
 
 from prunekit.core.errors import PrunekitError
 from prunekit.data.calibration import CalibConfig, calibration_windows
+from prunekit.engine.ranks import Ranks
 from prunekit.methods.width.importance import GradStats, collect_gradients, family_scores, finite_or_raise, needed_parameters
 from prunekit.methods.width.journal import GradientJournal
 from prunekit.methods.width.options import WidthConfig, parse_layers
@@ -137,6 +138,7 @@ def families_for(adapter, width: WidthConfig) -> tuple[list[Family], str | None]
 def width_gradients(
     loaded: LoadedModel, width: WidthConfig, calib: CalibConfig, progress: ProgressFn | None = None, fisher: bool | None = None,
     journal_dir: str | Path | None = None, resume: bool = False, weights_sha256: str | None = None,
+    ranks: Ranks | None = None,
 ) -> Gradients:
     """Gradients (and the Fisher diagonal when ``fisher``, default: when the importance needs it) over
     ``width.samples`` windows of ``calib``; reusable across importances and ratios of the same families.
@@ -144,7 +146,10 @@ def width_gradients(
     ``journal_dir``: journal the pass there (``journal.jsonl`` + its state, :mod:`prunekit.methods.width.journal`);
     ``resume``: continue the pass journaled there (same model, calibration and options, or refused);
     ``weights_sha256``: the model's weights hash for the journal's fingerprint, when the caller has it.
+    ``ranks``: torchrun ranks to split the windows over (sums all-reduced; the pass is then not
+    journaled, and ``resume`` runs it again).
     """
+    ranks = ranks or Ranks()
     families, _ = families_for(loaded.adapter, width)
     cal = CalibConfig(**(calib.as_dict() | {"windows": width.samples}))
     windows = calibration_windows(loaded, cal)
@@ -152,25 +157,27 @@ def width_gradients(
     need_f = width.needs_fisher if fisher is None else fisher
     calibration = windows.fingerprint() | {"ignore_index": ignore}
     journal = start = on_sample = None
-    if journal_dir is not None:
+    if journal_dir is not None and not ranks.spread:
         fingerprint = {"model": weights_sha256 or model_record(loaded)["weights_sha256"], "calibration": calibration,
                        "options": width.as_dict() | {"fisher": need_f}}
         journal = GradientJournal(Path(journal_dir), fingerprint, resume)
         start, on_sample = journal.start(), journal.after_sample
     stats = collect_gradients(loaded.model, windows.ids, needed_parameters(families), need_f, ignore, progress,
-                              start=start, on_sample=on_sample)
+                              start=start, on_sample=on_sample, ranks=ranks)
     return Gradients(stats, calibration, journal.path if journal else None, len(start[2]) if start else 0)
 
 
 def plan_width(
     loaded: LoadedModel, width: WidthConfig, calib: CalibConfig, progress: ProgressFn | None = None,
     gradients: Gradients | None = None, journal_dir: str | Path | None = None, resume: bool = False,
+    ranks: Ranks | None = None,
 ) -> WidthOutcome:
     """Score and choose: the plan of an LLM-Pruner run on ``loaded`` (which is left as it is).
 
     ``gradients``: from :func:`width_gradients` on the same model and families, to share one
     gradient pass between runs (e.g. several importances or ratios). Otherwise the pass runs here,
-    journaled in ``journal_dir`` when given (``resume`` continues a killed one there).
+    journaled in ``journal_dir`` when given (``resume`` continues a killed one there), spread over
+    ``ranks`` when given (every rank gets the same plan).
     """
     _refuse_pruned(loaded)
     adapter = loaded.adapter
@@ -185,7 +192,7 @@ def plan_width(
     if width.needs_gradients:
         if gradients is None:
             gradients = width_gradients(loaded, width, calib, progress, journal_dir=journal_dir, resume=resume,
-                                        weights_sha256=record["weights_sha256"])
+                                        weights_sha256=record["weights_sha256"], ranks=ranks)
         elif width.needs_fisher and gradients.stats.fisher is None:
             raise ValueError("the given gradients lack the Fisher diagonal this importance needs")
         stats, calibration = gradients.stats, gradients.calibration
