@@ -91,10 +91,28 @@ def test_llm_pruners_gradient_pass_over_two_ranks_gives_the_plan_of_one_process(
 
 def test_commands_that_do_not_spread_are_refused_under_torchrun_in_one_line(tiny):
     tmp, _ = tiny
-    r = run_cli("compare", str(tmp / "tiny-llama"), "--methods", "sleb", "--ratios", "0.2", "--out", str(tmp / "c"),
+    r = run_cli("recover", str(tmp / "one"), "--out", str(tmp / "r"),
                 env=dict(ENV, WORLD_SIZE="2", RANK="0", MASTER_ADDR="127.0.0.1", MASTER_PORT="1"))
-    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and "only prune does" in r.stderr
-    assert not (tmp / "c").exists()
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and "only prune and compare do" in r.stderr
+    assert not (tmp / "r").exists()
+
+
+def test_compare_spreads_its_methods_over_two_ranks_with_the_cells_of_one_process(tiny):
+    tmp, _ = tiny
+    common = ["compare", str(tmp / "tiny-llama"), "--methods", "sleb,shortgpt,blockpruner", "--ratios", "0.15,0.3",
+              "--calib", str(tmp / "calib.txt"), "--seq-len", "32", "--windows", "4", "--eval-windows", "2", "--eval-seq-len", "32"]
+    one = run_cli(*common, "--out", str(tmp / "c1"), env=ENV)
+    assert one.returncode == 0, one.stderr[-3000:]
+    r = subprocess.run(torchrun(*common, "--out", str(tmp / "c2")), capture_output=True, text=True, timeout=300,
+                       env=dict(os.environ, **ENV))
+    assert r.returncode == 0, r.stderr[-3000:]
+    plans = sorted(p.name for p in (tmp / "c1" / "plans").iterdir())
+    assert len(plans) == 6 and plans == sorted(p.name for p in (tmp / "c2" / "plans").iterdir())
+    for name in plans:
+        assert (tmp / "c2" / "plans" / name).read_bytes() == (tmp / "c1" / "plans" / name).read_bytes()
+        a, b = (json.loads((tmp / c / "cells" / name).read_text()) for c in ("c1", "c2"))
+        assert (a["units"], a["ppl"]) == (b["units"], b["ppl"])
+    assert "rank 1: shortgpt" in r.stderr and (tmp / "c2" / "results.md").exists()
 
 
 @pytest.mark.slow

@@ -10,6 +10,7 @@ import typer
 
 from prunekit.cli.console import console, out_console, progress_bar
 from prunekit.data.calibration import CalibConfig
+from prunekit.engine import ranks
 from prunekit.pipeline.compare import compare as run_compare
 
 
@@ -48,6 +49,8 @@ def compare(
         run_compare(model, methods, ratios, cal, sources, out, eval_windows=eval_windows, eval_seq_len=eval_seq_len,
                 blocks_kind=blocks_kind, cache_gb=cache_gb, overwrite=overwrite, progress=update,
                 log=lambda msg: console.print(msg, highlight=False), dtype=dtype, device=device)
+    if ranks.requested_world() > 1 and not ranks.current().is_main:  # under torchrun, rank 0 writes and reports
+        return
 
     out_console.print((Path(out) / "results.md").read_text(encoding="utf-8"), markup=False, highlight=False)
     console.print(f"wrote {out}/results.csv, results.md, ppl_vs_ratio.png, layer_map.png, reports/")

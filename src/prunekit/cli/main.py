@@ -28,7 +28,7 @@ COMMANDS = {
     "report": export.report,
 }
 
-SPREAD = ("prune",)  # the commands that run over torchrun ranks (the others are refused under WORLD_SIZE > 1)
+SPREAD = ("prune", "compare")  # the commands that run over torchrun ranks (the others are refused under WORLD_SIZE > 1)
 
 app = typer.Typer(
     name="prunekit", add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -56,7 +56,7 @@ def _check_ranks(argv: list[str]) -> None:
     names = [a for a in argv if not a.startswith("-")]
     world = requested_world()
     if world > 1 and names and names[0] in COMMANDS and names[0] not in SPREAD:
-        raise PrunekitError(f"prunekit {names[0]} does not spread over torchrun ranks (WORLD_SIZE {world}); only prune does.",
+        raise PrunekitError(f"prunekit {names[0]} does not spread over torchrun ranks (WORLD_SIZE {world}); only prune and compare do.",
                             "Run it in one process, without torchrun.")
 
 

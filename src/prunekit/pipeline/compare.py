@@ -6,7 +6,9 @@ and each ratio's plan is the shortest prefix that reaches it; ``beam:K`` answers
 run (see :mod:`prunekit.methods.depth.beam`) and ``greedy+swap`` refines each ratio's greedy prefix. Each
 cell (method x ratio) is evaluated with its blocks skipped on the loaded model (the same model a
 saved plan gives) and written at once, atomically, to ``DIR/cells/``; a re-run skips finished
-cells, and refuses a directory made from other inputs (model, calibration, evaluation).
+cells, and refuses a directory made from other inputs (model, calibration, evaluation). Under
+torchrun, method ``i`` runs on rank ``i mod W`` (each rank writes its own cells; the output directory
+must be one filesystem for all ranks) and rank 0 writes the dense cell and the outputs.
 
 ``llm-pruner`` (or ``llm-pruner/IMPORTANCE``) adds width-pruned cells on the same calibration and
 evaluation windows (:mod:`prunekit.pipeline.compare_width`).
@@ -39,6 +41,7 @@ from prunekit.core.errors import PrunekitError, check_choice
 from prunekit.core.io import check_creatable, write_json_atomic
 from prunekit.data.calibration import CalibConfig, calibration_windows
 from prunekit.data.windows import build_windows
+from prunekit.engine.ranks import Ranks, current, rank_device
 from prunekit.engine.runner import Engine, default_cache_bytes
 from prunekit.evaluation.compare_report import row_label, write_outputs
 from prunekit.evaluation.perplexity import perplexity
@@ -255,106 +258,157 @@ def compare(
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise PrunekitError(f"`out` '{out}' is a file.", "Give `out` a directory path.")
-    check_creatable(out)
+    ranks = current()
+    if ranks.is_main:
+        check_creatable(out)
     say = log or (lambda _msg: None)
-    loaded = as_loaded(model, dtype, device)
+    if ranks.spread:
+        say, progress = (lambda msg, say=say: say(f"rank {ranks.rank}: {msg}")), (progress if ranks.is_main else None)
+    loaded = as_loaded(model, dtype, rank_device(device, ranks))
     adapter = loaded.adapter
     windows = calibration_windows(loaded, calib)
     max_pos = getattr(loaded.model.config, "max_position_embeddings", None)
     evals = {src: build_windows(loaded.tokenizer, src, eval_seq_len, eval_windows, max_positions=max_pos) for src in eval_sources}
-    (out / "cells").mkdir(parents=True, exist_ok=True)
-    (out / "plans").mkdir(parents=True, exist_ok=True)
-    _check_manifest(out, _manifest(loaded, windows, calib, evals, blocks_kind), overwrite)
+
+    def prepare() -> None:
+        (out / "cells").mkdir(parents=True, exist_ok=True)
+        (out / "plans").mkdir(parents=True, exist_ok=True)
+        _check_manifest(out, _manifest(loaded, windows, calib, evals, blocks_kind), overwrite)
+
+    _on_main(ranks, prepare)
     record = model_record(loaded)
-    params_before = adapter.total_params()
     ignore = loaded.model.config.pad_token_id
     calibration = windows.fingerprint() | {"batch_size": calib.batch_size, "ignore_index": ignore}
     cache_bytes = cache_gb * 2**30 if cache_gb else default_cache_bytes(loaded.device)
 
     dense_path = out / "cells" / "dense.json"
-    if not dense_path.exists():
+    if not dense_path.exists() and ranks.is_main:
         say("evaluating the dense model")
         ppl, params = _evaluate_blocks(loaded, [], evals | {_CALIB: windows}, eval_batch_size)
         calib_ppl = ppl.pop(_CALIB)
         write_json_atomic(dense_path, {"method": "dense", "search": "", "target_ratio": 0.0, "ratio_removed": 0.0,
                                        "params_removed": 0, "params_after": params, "ppl": ppl, "blocks": [],
                                        "units": [], "search_seconds": 0.0, "search_work": 0.0, "calib_ppl": calib_ppl})
-    for spec in methods:
-        todo = [r for r in ratios if not (out / "cells" / f"{_cell_name(spec, r)}.json").exists()]
-        if not todo:
-            say(f"{spec.name}: all ratios done, skipped")
-            continue
-        say(f"{spec.name}: searching for ratios {', '.join(f'{r:g}' for r in todo)}")
-        if get_method(spec.method).kind == "width":
-            _width_method(loaded, spec, todo, calib, windows, evals, eval_batch_size, out, progress, say)
-            continue
-        depth = DepthConfig(method=spec.method, blocks_kind=blocks_kind, ratio=max(todo), search=spec.search, cache_gb=cache_gb)
-        method = get_method(spec.method)
-        kind = method.unit_kind(blocks_kind)
-        units = make_units(adapter, kind)
-        reach, stops = [], []
-        for r in todo:
-            try:
-                stops.append(stop_rule(loaded, units, DepthConfig(method=spec.method, blocks_kind=blocks_kind, ratio=r), kind))
-                reach.append(r)
-            except PrunekitError as e:  # more than all units but one
-                _write_unreachable(out, spec, r, str(e), say)
-        outcome = None
-        while reach and outcome is None:
-            depth = DepthConfig(method=spec.method, blocks_kind=blocks_kind, ratio=max(reach), search=spec.search,
-                                cache_gb=cache_gb)
-            stamps: list[tuple[float, float]] = []
-            t0 = time.perf_counter()
-            engine = Engine(adapter, windows, batch_size=calib.batch_size, ignore_index=ignore, cache_bytes=cache_bytes)
-            dense_value = engine.perplexity(engine.total_score(frozenset()))
-            engine.counter = type(engine.counter)()
-            try:
-                outcome = method.run(
-                    loaded, engine, units, Budgets(stops), depth, progress, None,
-                    lambda _rec, stamps=stamps, t0=t0, engine=engine: stamps.append(
-                        (time.perf_counter() - t0, engine.counter.total_macs)))
-            except PrunekitError as e:  # the method cannot reach its largest budget (e.g. Taylor+'s spared layers)
-                _write_unreachable(out, spec, reach.pop(), str(e), say)
-                stops.pop()
-                if reach:
-                    say(f"{spec.name}: searching again for ratios {', '.join(f'{r:g}' for r in reach)}")
-        if outcome is None:
-            continue
-        unit_work = dense_forward_macs(engine)
-        for ratio, stop, level in zip(reach, stops, _levels(outcome, stops, stamps)):
-            if level is None or not stop(level[0]):
-                n = sum(unit_params(adapter, u) for u in outcome.units)
-                _write_unreachable(out, spec, ratio, f"{spec.name} ran out of units before reaching the budget: all "
-                                   f"{len(outcome.units)} units it removed are {n / params_before:.3f} of the parameters.", say)
-                continue
-            cell_units, recs, seconds, macs, extra = level
-            blocks = [b for u in cell_units for b in u]
-            options = depth.plan_options() | {"ratio": ratio, "criterion": extra.get("criterion", "ppl")}
-            plan = build_plan(spec.method, options, record, calibration, params_before,
-                              steps=[(unit_params(adapter, u), rec) for u, rec in zip(cell_units, recs)], dense_value=dense_value)
-            n = params_before - plan["params_after"]
-            removed = plan["removed"]
-            name = _cell_name(spec, ratio)
-            write_plan(out / "plans" / f"{name}.json", plan)
-            report = _cell_report(loaded.spec, plan, out, name, seconds)
-            ppl, params_after = _evaluate_blocks(loaded, blocks, evals | {_CALIB: windows}, eval_batch_size)
-            calib_ppl = ppl.pop(_CALIB)
-            if params_after != plan["params_after"]:
-                raise AssertionError(f"parameter accounting differs for {name}: {params_after} vs {plan['params_after']}")
-            cell = {
-                "method": spec.method, "search": spec.search, "target_ratio": ratio, "ratio_removed": n / params_before,
-                "params_removed": n, "params_after": params_after, "ppl": ppl, "blocks": blocks,
-                "units": [r["unit"] for r in removed], "search_seconds": seconds,
-                "search_work": macs / unit_work, "search_macs": macs,
-                "calib_value": recs[-1]["value"] if recs else None, "criterion": extra.get("criterion", "ppl"),
-                "calib_ppl": calib_ppl,
-                "plan": f"plans/{name}.json", "report": report,
-            }
-            _write_cell(out, name, cell, say)
-    _backfill(out, ["dense"] + [_cell_name(s, r) for s in methods for r in ratios], loaded, windows, eval_batch_size)
+    failure: BaseException | None = None
+    try:
+        for i, spec in enumerate(methods):
+            if ranks.owner(i) == ranks.rank:  # under torchrun, method i on rank i mod W
+                _method_cells(loaded, spec, ratios, calib, windows, evals, eval_batch_size, blocks_kind, cache_gb, cache_bytes,
+                              record, calibration, out, progress, say)
+    except Exception as e:  # every rank learns that one failed, instead of waiting for it
+        failure = e
+    _all_finished(ranks, failure)
+    if ranks.is_main:
+        _backfill(out, ["dense"] + [_cell_name(s, r) for s in methods for r in ratios], loaded, windows, eval_batch_size)
+    ranks.broadcast(None)  # every rank reads the cells once rank 0 has completed them
     rows = collect_rows(out, methods, ratios)
-    write_outputs(out, rows, list(eval_sources), adapter.num_layers, _describe(loaded, calib, windows, evals))
+    if ranks.is_main:
+        write_outputs(out, rows, list(eval_sources), adapter.num_layers, _describe(loaded, calib, windows, evals))
     return rows
+
+
+def _on_main(ranks: Ranks, fn: Callable[[], None]) -> None:
+    """Run ``fn`` on rank 0 alone; its refusal is raised on every rank (the others wait for it)."""
+    error = None
+    if ranks.is_main:
+        try:
+            fn()
+        except PrunekitError as e:
+            error = e
+    error = ranks.broadcast(error)
+    if error is not None:
+        raise error
+
+
+def _all_finished(ranks: Ranks, failure: BaseException | None) -> None:
+    """Raise ``failure`` here, or a one-line error when another rank's cells failed."""
+    flags = ranks.gather(torch.tensor([0.0 if failure is None else 1.0]))
+    if failure is not None:
+        raise failure
+    failed = [r for r, f in enumerate(flags) if float(f[0]) > 0]
+    if failed:
+        raise PrunekitError(f"rank {failed[0]} of {ranks.world} stopped in its compare cells (its error is in its output).",
+                            "Fix it and rerun the same command: the finished cells are kept.")
+
+
+def _method_cells(loaded: LoadedModel, spec: MethodSpec, ratios: list[float], calib: CalibConfig, windows, evals: dict,
+                  eval_batch_size: int, blocks_kind: str, cache_gb: float | None, cache_bytes: float, record: dict,
+                  calibration: dict, out: Path, progress: ProgressFn | None, say: LogFn) -> None:
+    """Search ``spec`` once for its ratios not done yet; evaluate and write each ratio's cell."""
+    adapter = loaded.adapter
+    ignore = loaded.model.config.pad_token_id
+    params_before = adapter.total_params()
+    todo = [r for r in ratios if not (out / "cells" / f"{_cell_name(spec, r)}.json").exists()]
+    if not todo:
+        say(f"{spec.name}: all ratios done, skipped")
+        return
+    say(f"{spec.name}: searching for ratios {', '.join(f'{r:g}' for r in todo)}")
+    if get_method(spec.method).kind == "width":
+        _width_method(loaded, spec, todo, calib, windows, evals, eval_batch_size, out, progress, say)
+        return
+    depth = DepthConfig(method=spec.method, blocks_kind=blocks_kind, ratio=max(todo), search=spec.search, cache_gb=cache_gb)
+    method = get_method(spec.method)
+    kind = method.unit_kind(blocks_kind)
+    units = make_units(adapter, kind)
+    reach, stops = [], []
+    for r in todo:
+        try:
+            stops.append(stop_rule(loaded, units, DepthConfig(method=spec.method, blocks_kind=blocks_kind, ratio=r), kind))
+            reach.append(r)
+        except PrunekitError as e:  # more than all units but one
+            _write_unreachable(out, spec, r, str(e), say)
+    outcome = None
+    while reach and outcome is None:
+        depth = DepthConfig(method=spec.method, blocks_kind=blocks_kind, ratio=max(reach), search=spec.search,
+                            cache_gb=cache_gb)
+        stamps: list[tuple[float, float]] = []
+        t0 = time.perf_counter()
+        engine = Engine(adapter, windows, batch_size=calib.batch_size, ignore_index=ignore, cache_bytes=cache_bytes)
+        dense_value = engine.perplexity(engine.total_score(frozenset()))
+        engine.counter = type(engine.counter)()
+        try:
+            outcome = method.run(
+                loaded, engine, units, Budgets(stops), depth, progress, None,
+                lambda _rec, stamps=stamps, t0=t0, engine=engine: stamps.append(
+                    (time.perf_counter() - t0, engine.counter.total_macs)))
+        except PrunekitError as e:  # the method cannot reach its largest budget (e.g. Taylor+'s spared layers)
+            _write_unreachable(out, spec, reach.pop(), str(e), say)
+            stops.pop()
+            if reach:
+                say(f"{spec.name}: searching again for ratios {', '.join(f'{r:g}' for r in reach)}")
+    if outcome is None:
+        return
+    unit_work = dense_forward_macs(engine)
+    for ratio, stop, level in zip(reach, stops, _levels(outcome, stops, stamps)):
+        if level is None or not stop(level[0]):
+            n = sum(unit_params(adapter, u) for u in outcome.units)
+            _write_unreachable(out, spec, ratio, f"{spec.name} ran out of units before reaching the budget: all "
+                               f"{len(outcome.units)} units it removed are {n / params_before:.3f} of the parameters.", say)
+            continue
+        cell_units, recs, seconds, macs, extra = level
+        blocks = [b for u in cell_units for b in u]
+        options = depth.plan_options() | {"ratio": ratio, "criterion": extra.get("criterion", "ppl")}
+        plan = build_plan(spec.method, options, record, calibration, params_before,
+                          steps=[(unit_params(adapter, u), rec) for u, rec in zip(cell_units, recs)], dense_value=dense_value)
+        n = params_before - plan["params_after"]
+        removed = plan["removed"]
+        name = _cell_name(spec, ratio)
+        write_plan(out / "plans" / f"{name}.json", plan)
+        report = _cell_report(loaded.spec, plan, out, name, seconds)
+        ppl, params_after = _evaluate_blocks(loaded, blocks, evals | {_CALIB: windows}, eval_batch_size)
+        calib_ppl = ppl.pop(_CALIB)
+        if params_after != plan["params_after"]:
+            raise AssertionError(f"parameter accounting differs for {name}: {params_after} vs {plan['params_after']}")
+        cell = {
+            "method": spec.method, "search": spec.search, "target_ratio": ratio, "ratio_removed": n / params_before,
+            "params_removed": n, "params_after": params_after, "ppl": ppl, "blocks": blocks,
+            "units": [r["unit"] for r in removed], "search_seconds": seconds,
+            "search_work": macs / unit_work, "search_macs": macs,
+            "calib_value": recs[-1]["value"] if recs else None, "criterion": extra.get("criterion", "ppl"),
+            "calib_ppl": calib_ppl,
+            "plan": f"plans/{name}.json", "report": report,
+        }
+        _write_cell(out, name, cell, say)
 
 
 def _describe(loaded: LoadedModel, calib: CalibConfig, windows, evals: dict) -> dict:
