@@ -30,11 +30,12 @@ def _total(adapter, windows, removed_blocks) -> float:
     return reference_nll(logits, windows.ids, None)
 
 
-def naive_budget_greedy(adapter, windows, units, target):
+def naive_budget_greedy(adapter, windows, units, target, landing=1):
     """The reference, from full forwards: per step, every candidate's total; if some candidate
-    reaches ``target`` parameters, the lowest total among those, and stop; else the lowest rise
-    per parameter."""
-    removed, out = [], []
+    reaches ``target`` parameters, a landing option is the path so far plus the lowest total among
+    those; after ``landing`` such steps the option of lowest total is the answer. The path takes the
+    lowest rise per parameter."""
+    removed, out, options = [], [], []
     current = _total(adapter, windows, [])
     while True:
         done = sum(unit_params(adapter, u) for u in removed)
@@ -44,7 +45,9 @@ def naive_budget_greedy(adapter, windows, units, target):
         reaching = [u for u in cands if done + unit_params(adapter, u) >= target]
         if reaching:
             u = min(reaching, key=lambda v: (totals[v], v))
-            return out + [(u, totals[u])]
+            options.append((totals[u], len(out), out + [(u, totals[u])]))
+            if len(options) == landing or len(cands) == 1:
+                return min(options, key=lambda o: (o[0], o[1]))[2]
         u = min(cands, key=lambda v: ((totals[v] - current) / unit_params(adapter, v), v))
         removed.append(u)
         out.append((u, totals[u]))
@@ -55,14 +58,15 @@ def _loaded(family, layers=4):
     return wrap_model(tiny_model(family, num_hidden_layers=layers), tiny_tokenizer())
 
 
-def _run(loaded, windows, ratios, cache="trajectory", early_exit=True, budget=1e9):
+def _run(loaded, windows, ratios, cache="trajectory", early_exit=True, budget=1e9, landing=1, start=None,
+         on_record=None):
     adapter = loaded.adapter
     units = make_units(adapter, "mix+layers")
     stops = [stop_rule(loaded, units, DepthConfig(method="budget-greedy", ratio=r), "mix+layers") for r in ratios]
     engine = Engine(adapter, windows, batch_size=2, cache_bytes=budget)
     depth = DepthConfig(method="budget-greedy", ratio=max(ratios), cache=cache, early_exit=early_exit)
     stop = Budgets(stops) if len(stops) > 1 else stops[0]
-    return budget_greedy(loaded, engine, units, stop, depth), engine
+    return budget_greedy(loaded, engine, units, stop, depth, None, start, on_record, landing=landing), engine
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -129,3 +133,34 @@ def test_last_step_lands_on_the_budget(one_thread):
     out, _ = _run(loaded, w, [ratio])
     reaching = [u for u in units if unit_params(adapter, u) >= layer]
     assert out.units == [min(reaching, key=lambda u: _total(adapter, w, list(u)))]
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_landing_lookahead_equals_naive(family, one_thread):
+    """``landing`` 2 (budget-greedy-la): the better of landing now and one per-parameter step later."""
+    loaded = _loaded(family)
+    adapter = loaded.adapter
+    w = random_windows(4, 16)
+    units = make_units(adapter, "mix+layers")
+    ratio = 0.35
+    ref = naive_budget_greedy(adapter, w, units, ratio * adapter.total_params(), landing=2)
+    for cache, early_exit, budget in CONFIGS[::2]:
+        out, _ = _run(loaded, w, [ratio], cache, early_exit, budget, landing=2)
+        assert [unit_name(u) for u in out.units] == [unit_name(u) for u, _ in ref], (cache, early_exit, budget)
+        for rec, (_, total) in zip(out.records, ref):
+            assert math.isclose(rec["score"], total, rel_tol=1e-5), (rec["score"], total)
+        assert len(out.extra["landings"]) == 2 and out.extra["landing"] == 2
+
+
+def test_landing_lookahead_resumes_from_its_journal(one_thread):
+    """A run resumed from any prefix of its journaled steps (the landing options seen so far in
+    them) gives the same answer; resumed from the whole journal it does not search again."""
+    loaded = _loaded("llama", layers=5)
+    w = random_windows(4, 16)
+    journal = []
+    whole, _ = _run(loaded, w, [0.3], landing=3, on_record=journal.append)
+    assert journal[-1]["landing"] and [tuple(r["blocks"]) for r in journal[:-1]][:len(whole.units) - 1] == whole.units[:-1]
+    assert any("landing_options" in r for r in journal)
+    for cut in range(1, len(journal) + 1):
+        again, _ = _run(loaded, w, [0.3], landing=3, start=[dict(r) for r in journal[:cut]])
+        assert again.units == whole.units, cut

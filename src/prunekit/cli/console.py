@@ -85,9 +85,9 @@ def print_step(rec: dict) -> None:
 def print_plan(plan: dict, timing: dict | None = None) -> None:
     t = Table(title=f"{plan['method']}: removed {len(plan['removed'])} units, {plan['ratio_removed']:.1%} of parameters")
     criterion = plan.get("options", {}).get("criterion", "ppl")
-    for col in ("step", "unit", "calib ppl" if criterion == "ppl" else criterion, "params removed"):
+    for col in ("step", "unit", "calib ppl" if criterion.startswith("ppl") else criterion, "params removed"):
         t.add_column(col, justify="right")
-    t.add_row("-", "(dense)", f"{plan['dense_value']:.3f}" if criterion == "ppl" else "-", "0")
+    t.add_row("-", "(dense)", f"{plan['dense_value']:.3f}" if criterion.startswith("ppl") else "-", "0")
     for s in plan["removed"]:
         t.add_row(str(s["step"] + 1), s["unit"], f"{s['value']:.3f}", f"{s['ratio_removed']:.1%}")
     out_console.print(t)

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from prunekit.core.errors import PrunekitError, check_choice
 from prunekit.methods.depth import baselines
 from prunekit.methods.depth.blockpruner import blockpruner
-from prunekit.methods.depth.budget import budget_greedy, budget_greedy_mac
+from prunekit.methods.depth.budget import budget_greedy, budget_greedy_lookahead, budget_greedy_mac
 from prunekit.methods.options import DepthConfig, parse_search
 from prunekit.methods.width.llm_pruner import plan_width
 from prunekit.methods.width.options import WidthConfig
@@ -75,6 +75,8 @@ METHODS: dict[str, Method] = {m.name: m for m in (
            "prunekit (issue 16)"),
     Method("budget-greedy-mac", "depth", ("mix+layers",), "ppl_rise_per_mac", ("greedy",), False, budget_greedy_mac,
            "prunekit (issue 16)"),
+    Method("budget-greedy-la", "depth", ("mix+layers",), "ppl_rise_per_param", ("greedy",), False,
+           budget_greedy_lookahead, "prunekit (issue 16)"),
     Method("llm-pruner", "width", ("kv groups", "mlp channels", "hidden channels"), "taylor importance (`importance`)",
            (), True, plan_width, "arXiv 2305.11627"),
 )}

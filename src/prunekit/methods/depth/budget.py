@@ -71,14 +71,22 @@ def unit_costs(engine: Engine, units: list[Unit], cost: str) -> dict[Unit, float
 
 def budget_greedy(loaded: LoadedModel, engine: Engine, units: list[Unit], stop: StopFn, depth: DepthConfig,
                   progress: ProgressFn | None = None, start: list[dict] | None = None,
-                  on_record: RecordFn | None = None, *, cost: str = "params") -> DepthOutcome:
-    """The budget-aware greedy search (see the module docstring); one outcome per budget of ``stop``."""
+                  on_record: RecordFn | None = None, *, cost: str = "params", landing: int = 1) -> DepthOutcome:
+    """The budget-aware greedy search (see the module docstring); one outcome per budget of ``stop``.
+
+    ``landing``: how many consecutive steps, from the first where some unit reaches a budget, offer
+    a landing (the path so far plus that step's best reaching unit); the lowest total among them is
+    the answer (1: land at the first such step; 2: a one-step lookahead at the budget's end).
+    """
     levels = levels_of(stop)
     start = list(start or [])
     name = COSTS[cost]
+    extra0 = {"criterion": name} | ({"landing": landing} if landing > 1 else {})
+    if start and start[-1].get("landing"):  # a resumed run that had already landed
+        k = start[-1].get("prefix", len(start) - 1)
+        done = start[:k] + [start[-1]]
+        return DepthOutcome([tuple(r["blocks"]) for r in done], done, None, dict(extra0))
     done_units = [tuple(r["blocks"]) for r in start]
-    if start and stop(done_units):  # a resumed run that had already landed
-        return DepthOutcome(done_units, start, None, {"criterion": name})
     t0 = time.perf_counter()
     w0 = engine.counter.total_macs
     removed_blocks = frozenset(b for u in done_units for b in u)
@@ -88,38 +96,59 @@ def budget_greedy(loaded: LoadedModel, engine: Engine, units: list[Unit], stop: 
         if progress:
             progress(f"step {step + 1}", done, total)
 
+    def stamp() -> dict:
+        return extra0 | {"seconds": time.perf_counter() - t0, "macs": engine.counter.total_macs - w0}
+
     selection = PerCost(unit_costs(engine, units, cost), levels, initial, name)
-    selection.open = [not level(done_units) for level in levels]
+    records = list(start)
+    # landing options per budget: (total, path length before it, the landing record); resumed steps' first
+    options: list[list[tuple[float, int, dict]]] = [[] for _ in levels]
+    left = [landing] * len(levels)
+    closed: list[dict] = [{} for _ in levels]
+    for i, rec in enumerate(start):
+        for k, opt in enumerate(rec.get("landing_options") or []):
+            if opt is not None and k < len(levels):
+                options[k].append((opt["score"], i, opt))
+                left[k] -= 1
+    selection.open = [left[k] > 0 and (bool(options[k]) or not level(done_units)) for k, level in enumerate(levels)]
     previous = StepResult.from_record(start[-1]) if start else None
     search = GreedySearch(engine, units, cache=depth.cache, early_exit=depth.early_exit, removed=done_units,
                           progress=on_candidate, previous=previous,
                           candidate_batch=depth.candidate_batch or engine.auto_candidate_batch(), selection=selection)
-    records = list(start)
-    answers: list[DepthOutcome | None] = [None] * len(levels)
     while search.candidates() and any(selection.open):
         r = search.step()
+        rec = r.record()
+        found: list[dict | None] = [None] * len(levels)
         for k, win in enumerate(r.also):
             if win is None or not selection.open[k]:
                 continue
             unit, total = win
-            rec = {"step": len(records), "unit": unit_name(unit), "blocks": list(unit), "score": total,
-                   "value": engine.perplexity(total), "landing": True}
-            answers[k] = DepthOutcome(
-                [tuple(x["blocks"]) for x in records] + [unit], records + [rec], search.naive_macs,
-                {"criterion": name, "seconds": time.perf_counter() - t0, "macs": engine.counter.total_macs - w0})
-            selection.open[k] = False
-            if len(levels) == 1 and on_record:
-                on_record(rec)
+            found[k] = {"step": len(records), "unit": unit_name(unit), "blocks": list(unit), "score": total,
+                        "value": engine.perplexity(total), "landing": True, "prefix": len(records)}
+            options[k].append((total, len(records), found[k]))
+            left[k] -= 1
+            selection.open[k] = left[k] > 0
+            if not selection.open[k]:
+                closed[k] = stamp()  # this budget's answer is known now
+        if landing > 1 and any(f is not None for f in found):
+            rec["landing_options"] = found  # journaled, so a resumed run knows the options already seen
         if not any(selection.open):
             break
-        rec = r.record()
         records.append(rec)
         if on_record:
             on_record(rec)
-    extra = {"criterion": name, "seconds": time.perf_counter() - t0, "macs": engine.counter.total_macs - w0}
-    outs = [a if a is not None else DepthOutcome([tuple(x["blocks"]) for x in records], list(records),
-                                                 search.naive_macs, dict(extra)) for a in answers]
+    outs = []
+    for k in range(len(levels)):
+        if not options[k]:
+            outs.append(DepthOutcome([tuple(x["blocks"]) for x in records], list(records), search.naive_macs, stamp()))
+            continue
+        _, n, land = min(options[k], key=lambda o: (o[0], o[1]))
+        outs.append(DepthOutcome([tuple(x["blocks"]) for x in records[:n]] + [tuple(land["blocks"])],
+                                 records[:n] + [land], search.naive_macs,
+                                 (closed[k] or stamp()) | {"landings": [(m, rec) for _, m, rec in options[k]]}))
     main = outs[-1]
+    if len(levels) == 1 and on_record and options[0]:
+        on_record(main.records[-1])
     if len(levels) > 1:
         main.extra["levels"] = outs
     return main
@@ -130,3 +159,10 @@ def budget_greedy_mac(loaded: LoadedModel, engine: Engine, units: list[Unit], st
                       on_record: RecordFn | None = None) -> DepthOutcome:
     """budget-greedy with each unit priced by its MACs per token instead of its parameters."""
     return budget_greedy(loaded, engine, units, stop, depth, progress, start, on_record, cost="macs")
+
+
+def budget_greedy_lookahead(loaded: LoadedModel, engine: Engine, units: list[Unit], stop: StopFn, depth: DepthConfig,
+                            progress: ProgressFn | None = None, start: list[dict] | None = None,
+                            on_record: RecordFn | None = None) -> DepthOutcome:
+    """budget-greedy with a one-step lookahead at the budget's end (``landing`` 2)."""
+    return budget_greedy(loaded, engine, units, stop, depth, progress, start, on_record, landing=2)
