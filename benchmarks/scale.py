@@ -20,6 +20,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from statistics import median
 
 BIN = Path(sys.executable).parent
 
@@ -73,48 +74,67 @@ def memory(args) -> dict:
     model = random_model(Path(args.work) / "random-llama-bf16")
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads))
     common = [str(BIN / "prunekit"), "prune", str(model), "--remove", str(args.steps), "--calib", "wiki",
-              "--seq-len", "128", "--windows", "2", "--batch-size", "1", "--device", "cpu", "--dtype", "float32",
+              "--seq-len", "128", "--windows", str(args.windows or 2), "--batch-size", "1", "--device", "cpu", "--dtype", "float32",
               "--overwrite"]
-    res = {}
-    for name, extra in (("uncapped", []), ("capped", ["--max-memory", str(args.cap)])):
-        out = Path(args.work) / f"mem-{name}"
-        res[name] = sample_rss_anon([*common, "--out", str(out), *extra], env)
-        timing = json.loads((out / "timing.json").read_text())
-        res[name]["search_s"] = timing["search_seconds"]
-        res[name]["weights"] = timing.get("weights")
-        res[name]["plan"] = [s["unit"] for s in json.loads((out / "plan.json").read_text())["removed"]]
-    a, b = (Path(args.work) / f"mem-{n}" / "plan.json" for n in ("uncapped", "capped"))
-    res["plans_identical"] = a.read_bytes() == b.read_bytes()
-    res["wall_ratio_capped_over_uncapped"] = res["capped"]["wall_s"] / res["uncapped"]["wall_s"]
-    res["search_ratio_capped_over_uncapped"] = res["capped"]["search_s"] / res["uncapped"]["search_s"]
+    res: dict = {"runs": []}
+    for rep in range(args.repeats):  # side by side: uncapped, capped, uncapped, capped, ...
+        runs = {}
+        for name, extra in (("uncapped", []), ("capped", ["--max-memory", str(args.cap)])):
+            out = Path(args.work) / f"mem-{name}"
+            runs[name] = sample_rss_anon([*common, "--out", str(out), *extra], env)
+            timing = json.loads((out / "timing.json").read_text())
+            runs[name]["search_s"] = timing["search_seconds"]
+            runs[name]["weights"] = timing.get("weights")
+            runs[name]["plan"] = [s["unit"] for s in json.loads((out / "plan.json").read_text())["removed"]]
+        a, b = (Path(args.work) / f"mem-{n}" / "plan.json" for n in ("uncapped", "capped"))
+        runs["plans_identical"] = a.read_bytes() == b.read_bytes()
+        res["runs"].append(runs)
+    rs = res["runs"]
+    res["plans_identical"] = all(r["plans_identical"] for r in rs)
+    for name in ("uncapped", "capped"):
+        res[f"median_peak_rss_anon_mib_{name}"] = median(r[name]["peak_rss_anon_mib"] for r in rs)
+        res[f"median_wall_s_{name}"] = median(r[name]["wall_s"] for r in rs)
+    res["median_wall_ratio_capped_over_uncapped"] = median(r["capped"]["wall_s"] / r["uncapped"]["wall_s"] for r in rs)
+    res["median_search_ratio_capped_over_uncapped"] = median(r["capped"]["search_s"] / r["uncapped"]["search_s"] for r in rs)
+    res["median_rss_ratio_capped_over_uncapped"] = median(r["capped"]["peak_rss_anon_mib"] / r["uncapped"]["peak_rss_anon_mib"] for r in rs)
     return res
 
 
 def ranks(args) -> dict:
     common = ["prune", "smollm2-135m", "--remove", str(args.steps), "--calib", "wiki", "--seq-len", "128",
-              "--windows", "4", "--batch-size", "1", "--device", "cpu", "--overwrite"]
+              "--windows", str(args.windows or 4), "--batch-size", "1", "--device", "cpu", "--overwrite"]
     runs = {
         "1 process x 2 threads": ([str(BIN / "prunekit"), *common], "2"),
         "2 ranks x 1 thread": ([str(BIN / "torchrun"), "--standalone", "--nproc-per-node", "2", "--no-python",
                                 str(BIN / "prunekit"), *common], "1"),
     }
-    res = {}
-    for name, (cmd, threads) in runs.items():
-        out = Path(args.work) / ("ranks-" + name.split()[0])
-        t0 = time.perf_counter()
-        r = subprocess.run([*cmd, "--out", str(out)], env=dict(os.environ, OMP_NUM_THREADS=threads),
-                           capture_output=True, text=True)
-        if r.returncode != 0:
-            raise SystemExit(r.stderr[-3000:])
-        timing = json.loads((out / "timing.json").read_text())
-        res[name] = {"wall_s": time.perf_counter() - t0, "search_s": timing["search_seconds"],
-                     "rank_total_macs": [w["total_macs"] for w in timing["rank_work"]],
-                     "counted_ratio_vs_naive": timing["counted_ratio"]}
-    one, two = (Path(args.work) / p / "plan.json" for p in ("ranks-1", "ranks-2"))
-    res["same_choices"] = ([s["unit"] for s in json.loads(one.read_text())["removed"]]
-                           == [s["unit"] for s in json.loads(two.read_text())["removed"]])
-    res["search_speedup"] = res["1 process x 2 threads"]["search_s"] / res["2 ranks x 1 thread"]["search_s"]
-    w = res["2 ranks x 1 thread"]["rank_total_macs"]
+    res: dict = {"runs": []}
+    for rep in range(args.repeats):  # side by side, alternating
+        one_rep = {}
+        for name, (cmd, threads) in runs.items():
+            out = Path(args.work) / ("ranks-" + name.split()[0])
+            t0 = time.perf_counter()
+            r = subprocess.run([*cmd, "--out", str(out)], env=dict(os.environ, OMP_NUM_THREADS=threads),
+                               capture_output=True, text=True)
+            if r.returncode != 0:
+                raise SystemExit(r.stderr[-3000:])
+            timing = json.loads((out / "timing.json").read_text())
+            one_rep[name] = {"wall_s": time.perf_counter() - t0, "search_s": timing["search_seconds"],
+                             "rank_total_macs": [w["total_macs"] for w in timing["rank_work"]],
+                             "counted_ratio_vs_naive": timing["counted_ratio"]}
+        one, two = (Path(args.work) / p / "plan.json" for p in ("ranks-1", "ranks-2"))
+        one_rep["plans_identical"] = one.read_bytes() == two.read_bytes()
+        one_rep["same_choices"] = ([s["unit"] for s in json.loads(one.read_text())["removed"]]
+                                   == [s["unit"] for s in json.loads(two.read_text())["removed"]])
+        one_rep["search_speedup"] = one_rep["1 process x 2 threads"]["search_s"] / one_rep["2 ranks x 1 thread"]["search_s"]
+        one_rep["wall_speedup"] = one_rep["1 process x 2 threads"]["wall_s"] / one_rep["2 ranks x 1 thread"]["wall_s"]
+        res["runs"].append(one_rep)
+    rs = res["runs"]
+    res["same_choices"] = all(r["same_choices"] for r in rs)
+    res["median_search_speedup"] = median(r["search_speedup"] for r in rs)
+    res["median_wall_speedup"] = median(r["wall_speedup"] for r in rs)
+    w = rs[0]["2 ranks x 1 thread"]["rank_total_macs"]
+    res["rank_total_macs"] = w
     res["rank_balance_min_over_max"] = min(w) / max(w)
     return res
 
@@ -126,6 +146,8 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=2)
     ap.add_argument("--cap", type=float, default=0.25)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--repeats", type=int, default=1, help="side-by-side repeats (medians reported)")
+    ap.add_argument("--windows", type=int, default=None, help="calibration windows (memory: 2, ranks: 4)")
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
     Path(args.work).mkdir(parents=True, exist_ok=True)

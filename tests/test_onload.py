@@ -101,3 +101,18 @@ def test_every_engine_method_under_the_cap_gives_the_uncapped_plan(bf16_checkpoi
     capped = _prune(d, tmp_path / "capped", method=method, max_memory=cap_gib)
     assert (tmp_path / "capped" / "plan.json").read_bytes() == (tmp_path / "free" / "plan.json").read_bytes()
     assert capped.timing["weights"]["moved_bytes"] > capped.timing["weights"]["model_bytes"]
+
+
+def test_evaluation_under_the_cap_gives_the_uncapped_perplexity(bf16_checkpoint, tmp_path, one_thread):
+    d = bf16_checkpoint
+    plan = _prune(d, tmp_path / "free").plan
+    model_bytes = 4 * pk.load_model(str(d / "model"), device="cpu").adapter.total_params()
+    args = (str(d / "model"), [str(d / "calib.txt")], 16, 4, 2)
+    for p in (None, plan):
+        free = pk.evaluate(*args, plan=p, device="cpu")
+        capped = pk.evaluate(*args, plan=p, device="cpu", max_memory=model_bytes / 4 / 2**30)
+        assert capped["perplexity"] == free["perplexity"] and capped["parameters"] == free["parameters"]
+        assert 0 < capped["weights"]["peak_resident_bytes"] <= capped["weights"]["cap_bytes"]
+    r = run_cli("eval", str(d / "model"), "--data", str(d / "calib.txt"), "--seq-len", "16", "--windows", "2",
+                "--device", "cpu", "--max-memory", f"{model_bytes / 4 / 2**30:.6f}", env={"OMP_NUM_THREADS": "1"})
+    assert r.returncode == 0 and "GiB brought in" in r.stdout, r.stderr[-2000:]

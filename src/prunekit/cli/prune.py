@@ -103,13 +103,17 @@ def eval_(
     tasks: Optional[str] = typer.Option(None, "--tasks", help="lm-eval zero-shot tasks instead of perplexity, e.g. piqa,winogrande,hellaswag,arc_easy,arc_challenge."),
     limit: Optional[int] = typer.Option(None, "--limit", help="--tasks: items per task (quick runs)."),
     task_dir: Optional[str] = typer.Option(None, "--task-dir", help="--tasks: a directory of your own lm-eval task YAMLs."),
+    max_memory: Optional[float] = typer.Option(None, "--max-memory", help="GiB of weights resident on the device (a base checkpoint; blocks come in as they run, same values)."),
 ) -> None:
     """Perplexity of a model (or a pruned output) on held-out text, and its parameter count; with --tasks, lm-eval zero-shot accuracy."""
+    if tasks and max_memory is not None:
+        raise PrunekitError("--max-memory does not apply to --tasks (lm-eval runs the whole model).", "Drop --max-memory, or evaluate perplexity.")
     if tasks:
         run_zero_shot(model, tasks, limit, task_dir, batch_size, plan, dtype, device)
         return
     p = read_plan(plan) if plan else None
-    res = pipeline.evaluate(model, [s for s in data.split(",") if s], seq_len, windows, batch_size, plan=p, dtype=dtype, device=device)
+    res = pipeline.evaluate(model, [s for s in data.split(",") if s], seq_len, windows, batch_size, plan=p, dtype=dtype, device=device,
+                            max_memory=max_memory)
     t = Table(title=f"{res['model']}: {res['parameters']:,} parameters")
     t.add_column("data")
     t.add_column("perplexity", justify="right")
@@ -117,6 +121,10 @@ def eval_(
     for src, ppl in res["perplexity"].items():
         t.add_row(src, f"{ppl:.3f}", str(res["tokens"][src]))
     out_console.print(t)
+    if res.get("weights"):
+        w = res["weights"]
+        out_console.print(f"weights: {w['moved_bytes'] / 2**30:.2f} GiB brought in; peak resident {w['peak_resident_bytes'] / 2**30:.3f}"
+                          f" GiB of the {w['cap_bytes'] / 2**30:.3f} GiB cap")
 
 
 def info(model: str = typer.Argument(..., help="Model spec or a prunekit output directory.")) -> None:

@@ -9,11 +9,17 @@ when the model has one).
 from __future__ import annotations
 
 from prunekit.data.windows import Windows
+from prunekit.engine.onload import Onloader
 from prunekit.engine.runner import Engine
 from prunekit.models.loading import LoadedModel
 
 
-def perplexity(loaded: LoadedModel, windows: Windows, batch_size: int = 4) -> float:
-    """exp(token-weighted mean next-token NLL) of the model on ``windows`` — the search's own criterion."""
-    engine = Engine(loaded.adapter, windows, batch_size=batch_size, ignore_index=loaded.model.config.pad_token_id, cache_bytes=0)
+def perplexity(loaded: LoadedModel, windows: Windows, batch_size: int = 4, onload: Onloader | None = None) -> float:
+    """exp(token-weighted mean next-token NLL) of the model on ``windows`` — the search's own criterion.
+
+    ``onload``: the model's weights brought in under a memory cap (block-major over all window
+    batches, :mod:`prunekit.engine.onload`); the value is the uncapped one.
+    """
+    engine = Engine(loaded.adapter, windows, batch_size=batch_size, ignore_index=loaded.model.config.pad_token_id, cache_bytes=0,
+                    onload=onload)
     return engine.perplexity(engine.total_score(frozenset()))

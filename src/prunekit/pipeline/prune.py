@@ -58,7 +58,7 @@ def with_plan(loaded: LoadedModel, plan: Plan, owned: bool, check: bool = False)
     if not owned:
         model = copy.deepcopy(loaded.model)
         loaded = LoadedModel(model, loaded.tokenizer, get_adapter(model), loaded.spec, dict(loaded.info))
-    apply_plan(loaded.model, plan, check=check)
+    apply_plan(loaded.model, plan, check=check, dtype=loaded.info.get("compute_dtype"))  # a stored model: hashed as computed
     return loaded
 
 
@@ -174,21 +174,35 @@ def prune_width(
 def evaluate(
     model: str | LoadedModel, sources: list[str] | tuple[str, ...] = ("wiki-test",), seq_len: int = 256,
     windows: int | None = 16, batch_size: int = 4, plan: Plan | None = None, dtype: str = "float32",
-    device: str | None = None,
+    device: str | None = None, max_memory: float | None = None,
 ) -> dict:
     """Perplexity on each source (first ``windows`` windows of ``seq_len``) and the parameter count.
 
     With ``plan``, the plan is applied to a copy of the model first (the caller's model is left as it is).
+    ``max_memory``: GiB of weights resident on ``device`` (a base checkpoint given as a spec, kept
+    memory-mapped in its dtype; blocks brought in block-major): the values are the uncapped ones.
     """
-    loaded = as_loaded(model, dtype, device)
+    if max_memory is not None and (isinstance(model, LoadedModel) or not max_memory > 0):
+        raise PrunekitError("`max_memory` needs a positive number of GiB and a checkpoint path (not an in-memory model).",
+                            "Give the checkpoint's path, or drop `max_memory`.")
+    loaded = as_loaded(model, dtype, device, stored=max_memory is not None)
     if plan is not None:
         loaded = with_plan(loaded, plan, owned=not isinstance(model, LoadedModel), check=True)
+    onload = None
+    if max_memory is not None:
+        onload = Onloader(loaded.adapter, loaded.info["compute_device"], loaded.info["compute_dtype"], max_memory * 2**30)
     out = {"model": loaded.spec, "parameters": loaded.adapter.total_params(), "perplexity": {}, "tokens": {}}
     max_pos = getattr(loaded.model.config, "max_position_embeddings", None)
-    for src in sources:
-        w = build_windows(loaded.tokenizer, src, seq_len, windows, max_positions=max_pos)
-        with torch.inference_mode():
-            out["perplexity"][src] = perplexity(loaded, w, batch_size)
-        out["tokens"][src] = w.n_tokens
+    try:
+        for src in sources:
+            w = build_windows(loaded.tokenizer, src, seq_len, windows, max_positions=max_pos)
+            with torch.inference_mode():
+                out["perplexity"][src] = perplexity(loaded, w, batch_size, onload=onload)
+            out["tokens"][src] = w.n_tokens
+    finally:
+        if onload is not None:
+            onload.release()
+    if onload is not None:
+        out["weights"] = onload.stats()
     return out
 

@@ -29,8 +29,9 @@ from prunekit.plan.slicing import apply_width
 GEOMETRY = ("model_type", "num_hidden_layers", "hidden_size", "num_attention_heads", "num_key_value_heads", "intermediate_size", "vocab_size")
 
 
-def check_plan_matches(model: torch.nn.Module, plan: dict, check_weights: bool = True) -> None:
-    """Refuse a plan made for another model: geometry first, then the weights hash."""
+def check_plan_matches(model: torch.nn.Module, plan: dict, check_weights: bool = True, dtype: torch.dtype | None = None) -> None:
+    """Refuse a plan made for another model: geometry first, then the weights hash (of the weights as
+    converted to ``dtype`` when given: a model held in its checkpoint's dtype under a memory cap)."""
     config = model.config.to_dict()
     for key in GEOMETRY:
         want, have = plan["model"]["config"].get(key), config.get(key)
@@ -40,18 +41,20 @@ def check_plan_matches(model: torch.nn.Module, plan: dict, check_weights: bool =
                 "Apply the plan to the model it was made from (plan.model.spec).",
             )
     if check_weights and plan["model"].get("weights_sha256"):
-        if weights_hash(model) != plan["model"]["weights_sha256"]:
+        if weights_hash(model, dtype) != plan["model"]["weights_sha256"]:
             raise PrunekitError(
                 "the plan was made for another model: the weights hash differs (same geometry, other weights).",
                 "Apply the plan to the model it was made from (plan.model.spec).",
             )
 
 
-def apply_plan(model: torch.nn.Module, plan: dict, check: bool = True) -> ModelAdapter:
-    """Prune ``model`` in place as ``plan`` says (blocks removed, widths sliced); return its adapter."""
+def apply_plan(model: torch.nn.Module, plan: dict, check: bool = True, dtype: torch.dtype | None = None) -> ModelAdapter:
+    """Prune ``model`` in place as ``plan`` says (blocks removed, widths sliced); return its adapter.
+
+    ``dtype``: the weights hash is checked as of the weights converted to it (see :func:`check_plan_matches`)."""
     validate_plan(plan)
     if check:
-        check_plan_matches(model, plan)
+        check_plan_matches(model, plan, dtype=dtype)
     adapter = get_adapter(model)
     for b in removed_blocks(plan):
         if b >= adapter.num_blocks:
