@@ -43,13 +43,12 @@ class WorkCounter:
 def block_macs_per_token(adapter: ModelAdapter, block: Block, seq_len: int) -> float:
     """MACs per token of one block on ``seq_len``-token windows.
 
-    Linear layers: one MAC per weight. Attention adds ``Q K^T`` and ``A V``: ``2 * n_heads *
+    Weights: one MAC per weight (``adapter.weight_macs``: a sparse MoE block counts its active experts). Attention adds ``Q K^T`` and ``A V``: ``2 * n_heads *
     head_dim`` MACs per attended key, ``(seq_len + 1) / 2`` keys on average under the causal mask.
     """
     if adapter.is_removed(block):
         return 0.0
-    _, sub = adapter.block_modules(block)
-    macs = float(sum(m.weight.numel() for m in sub.modules() if isinstance(m, torch.nn.Linear)))
+    macs = adapter.weight_macs(block)
     if block.kind == ATTN:
         a = adapter.attention(block.layer)
         macs += 2.0 * a.num_heads * a.head_dim * (seq_len + 1) / 2.0

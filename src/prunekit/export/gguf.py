@@ -61,7 +61,8 @@ from prunekit.core.io import check_disk_space
 from prunekit.core.paths import package_dir
 from prunekit.export.layout import ModelLayout, model_layout
 from prunekit.export.readers import build_pruned_model, model_logits
-from prunekit.models.adapter import ATTN, MLP, Block
+from prunekit.models.adapter import ATTN, MLP, Block, Proj
+from prunekit.models.families.llama import LLAMA_GGUF_KEYS
 from prunekit.models.loading import EMBEDDED, LoadedModel
 
 ARCH = "deci"
@@ -111,7 +112,12 @@ def placed_tensors(loaded: LoadedModel, layout: ModelLayout, zero_ffn_width: int
     placed: list[tuple[str, torch.Tensor]] = []
     seen: set[int] = set()
 
-    def put(name: str, param: torch.Tensor | None) -> None:
+    def put(name: str, param: torch.Tensor | Proj | None, attr: str = "weight") -> None:
+        if isinstance(param, Proj):  # a projection, maybe rows of a fused Linear: mark the whole parameter seen
+            base = getattr(param.module, attr)
+            param = getattr(param, attr)
+            if base is not None:
+                seen.add(id(base))
         if param is not None:
             placed.append((name, param))
             seen.add(id(param))
@@ -127,7 +133,7 @@ def placed_tensors(loaded: LoadedModel, layout: ModelLayout, zero_ffn_width: int
     for k, g in enumerate(layout.layers):
         i = g.source
         if g.has_attention:
-            put(f"blk.{k}.attn_norm.weight", adapter.block_modules(Block.of(i, ATTN))[0].weight)
+            put(f"blk.{k}.attn_norm.weight", adapter.norms(Block.of(i, ATTN))[0].weight)
             a = adapter.attention(i)
             if a.q.bias is not None and a.q.out_features != hidden:
                 raise PrunekitError(
@@ -135,14 +141,14 @@ def placed_tensors(loaded: LoadedModel, layout: ModelLayout, zero_ffn_width: int
                     "Use `format` hf for this model.",
                 )
             for short, lin in (("attn_q", a.q), ("attn_k", a.k), ("attn_v", a.v), ("attn_output", a.o)):
-                put(f"blk.{k}.{short}.weight", lin.weight)
-                put(f"blk.{k}.{short}.bias", lin.bias)
+                put(f"blk.{k}.{short}.weight", lin)
+                put(f"blk.{k}.{short}.bias", lin, "bias")
         if g.has_mlp:
-            put(f"blk.{k}.ffn_norm.weight", adapter.block_modules(Block.of(i, MLP))[0].weight)
+            put(f"blk.{k}.ffn_norm.weight", adapter.norms(Block.of(i, MLP))[0].weight)
             m = adapter.mlp(i)
             for short, lin in (("ffn_gate", m.gate), ("ffn_up", m.up), ("ffn_down", m.down)):
-                put(f"blk.{k}.{short}.weight", lin.weight)
-                put(f"blk.{k}.{short}.bias", lin.bias)
+                put(f"blk.{k}.{short}.weight", lin)
+                put(f"blk.{k}.{short}.bias", lin, "bias")
     left = [n for n, p in adapter.model.named_parameters() if id(p) not in seen]
     if left:
         raise PrunekitError(
@@ -314,6 +320,11 @@ def export_gguf(loaded: LoadedModel, to: str | Path, overwrite: bool = False, gg
         raise PrunekitError(f"`to` '{to}' should name a .gguf file.", f"For example `to` {to.with_suffix('.gguf').name}.")
     if to.exists() and not overwrite:
         raise PrunekitError(f"'{to}' already exists.", "Pass `overwrite` to replace it, or choose another `to`.")
+    if loaded.adapter.llama_layout_refusal:
+        raise PrunekitError(
+            f"the GGUF deci layout cannot express this '{loaded.adapter.model_type}' model: {loaded.adapter.llama_layout_refusal}.",
+            "Use `format` hf.",
+        )
     layout = model_layout(loaded.adapter)
     cfg = layout.config
     window = cfg.get("sliding_window") if cfg.get("use_sliding_window", True) else None
@@ -427,10 +438,7 @@ def read_gguf(path: str | Path) -> tuple[str, dict, tuple[list[int], list[int], 
             for short in ("ffn_norm", "ffn_gate", "ffn_up", "ffn_down"):
                 arrays.pop(f"blk.{k}.{short}.weight")
         inter.append(0 if zero else width)
-    names = {"token_embd": "model.embed_tokens", "output_norm": "model.norm", "output": "lm_head",
-             "attn_norm": "input_layernorm", "attn_q": "self_attn.q_proj", "attn_k": "self_attn.k_proj",
-             "attn_v": "self_attn.v_proj", "attn_output": "self_attn.o_proj", "ffn_norm": "post_attention_layernorm",
-             "ffn_gate": "mlp.gate_proj", "ffn_up": "mlp.up_proj", "ffn_down": "mlp.down_proj"}
+    names = LLAMA_GGUF_KEYS
     state: dict[str, torch.Tensor] = {}
     for name, arr in arrays.items():
         parts = name.split(".")

@@ -25,8 +25,9 @@ from transformers import AutoConfig, AutoModelForCausalLM
 
 from prunekit.core.errors import PrunekitError
 from prunekit.core.io import atomic_dir, check_disk_space
-from prunekit.export.layout import ModelLayout, layer_types_for, model_layout, renumbered_state_dict
+from prunekit.export.layout import ModelLayout, model_layout, renumbered_state_dict
 from prunekit.export.modeling_pruned import FAMILIES
+from prunekit.models.adapter import embedding_keys
 from prunekit.models.loading import LoadedModel
 
 CONFIG_DROP = ("architectures", "auto_map", "model_type", "transformers_version", "_name_or_path", "dtype",
@@ -43,10 +44,7 @@ def _base_kwargs(layout: ModelLayout) -> dict:
     cfg = {k: v for k, v in layout.config.items() if k not in CONFIG_DROP}
     cfg["num_hidden_layers"] = len(layout.layers)
     cfg["head_dim"] = layout.head_dim
-    types = layer_types_for(layout)
-    if types is not None:
-        cfg["layer_types"] = types
-    return cfg
+    return cfg | layout.kept_config
 
 
 def stock_config(model_type: str, layout: ModelLayout):
@@ -54,9 +52,9 @@ def stock_config(model_type: str, layout: ModelLayout):
     if not layout.layers or not layout.uniform:
         return None
     g = layout.layers[0]
-    cfg = _base_kwargs(layout) | {
-        "num_attention_heads": g.num_heads, "num_key_value_heads": g.num_kv_heads, "intermediate_size": g.intermediate_size,
-    }
+    cfg = _base_kwargs(layout)
+    if layout.width_pruned:
+        cfg |= {"num_attention_heads": g.num_heads, "num_key_value_heads": g.num_kv_heads, "intermediate_size": g.intermediate_size}
     try:
         return AutoConfig.for_model(model_type, **cfg)
     except (ValueError, TypeError, _ConfigInvalid):  # e.g. hidden_size not a multiple of the new head count
@@ -88,8 +86,9 @@ def _empty_model(config, cls=None) -> torch.nn.Module:
 
 def _shapes_match(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> bool:
     tied = getattr(model.config, "tie_word_embeddings", False)
-    own = {k: tuple(v.shape) for k, v in model.state_dict().items() if not (tied and k == "lm_head.weight")}
-    theirs = {k: tuple(v.shape) for k, v in state.items() if not (tied and k == "lm_head.weight")}
+    head_key, _ = embedding_keys(model)
+    own = {k: tuple(v.shape) for k, v in model.state_dict().items() if not (tied and k == head_key)}
+    theirs = {k: tuple(v.shape) for k, v in state.items() if not (tied and k == head_key)}
     return own == theirs
 
 
@@ -97,6 +96,10 @@ def build_export_model(loaded: LoadedModel) -> tuple[torch.nn.Module, str]:
     """The export model (stock or per-layer class) holding the pruned model's tensors, and its layout name."""
     layout = model_layout(loaded.adapter)
     model_type = loaded.model.config.model_type
+    refusal = loaded.adapter.hidden_resize_refusal
+    if refusal and layout.config["hidden_size"] != loaded.model.config.hidden_size:
+        raise PrunekitError(f"the hf export cannot hold this model's pruned hidden channels: {refusal}.",
+                            "Prune with the block strategy (heads and MLP channels) to export it, or keep the pruned output.")
     state = renumbered_state_dict(loaded.adapter, layout)
     kind = "stock"
     config = stock_config(model_type, layout)
@@ -106,7 +109,7 @@ def build_export_model(loaded: LoadedModel) -> tuple[torch.nn.Module, str]:
         config = per_layer_config(model_type, layout)
         target = _empty_model(config, FAMILIES[model_type][1])
     missing, unexpected = target.load_state_dict(state, strict=False, assign=True)
-    missing = [k for k in missing if not (k == "lm_head.weight" and getattr(config, "tie_word_embeddings", False))]
+    missing = [k for k in missing if not (k == embedding_keys(target)[0] and getattr(config, "tie_word_embeddings", False))]
     if missing or unexpected:  # pragma: no cover - a layout bug, not user input
         raise RuntimeError(f"export layout mismatch: missing {missing[:4]}, unexpected {unexpected[:4]}")
     if getattr(config, "tie_word_embeddings", False):

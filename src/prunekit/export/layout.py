@@ -2,13 +2,13 @@
 
 Every exporter starts here, so it works for any pruning without knowing how it was made: a block is
 present or removed (``adapter.is_removed``), an attention block has its head counts from the weight
-shapes (``adapter.attention``), an MLP its width (``adapter.mlp``). Layers whose two blocks are both
+shapes (``adapter.attention``), an MLP its width (``adapter.mlp_width``). Layers whose two blocks are both
 removed are dropped and the kept layers renumbered ``0..K-1``.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -41,12 +41,17 @@ class ModelLayout:
     head_dim: int
     base_layers: int
     config: dict  # the model's config, with hidden_size set to the embedding width it has now
+    kept_config: dict = field(default_factory=dict)  # config entries that follow the layer index, for the kept layers
+    width_pruned: bool = False  # heads, channels or hidden size sliced (a width plan applied)
 
     @property
     def uniform(self) -> bool:
-        """True when every kept layer has both blocks at one and the same geometry (stock-config case)."""
+        """True when every kept layer has both blocks and (after width pruning) one and the same geometry:
+        the stock config can say it."""
+        if not all(g.has_attention and g.has_mlp for g in self.layers):
+            return False
         shapes = {(g.num_heads, g.num_kv_heads, g.intermediate_size) for g in self.layers}
-        return len(shapes) == 1 and all(g.has_attention and g.has_mlp for g in self.layers)
+        return len(shapes) == 1 or not self.width_pruned
 
     def lists(self) -> dict[str, list[int]]:
         return {
@@ -68,7 +73,7 @@ def model_layout(adapter: ModelAdapter) -> ModelLayout:
             heads, kv = a.num_heads, a.num_kv_heads
             head_dims.add(a.head_dim)
         if not adapter.is_removed(Block.of(i, MLP)):
-            inter = adapter.mlp(i).gate.out_features
+            inter = adapter.mlp_width(i)
         if heads or inter:
             layers.append(LayerGeometry(i, heads, kv, inter))
     if len(head_dims) > 1:  # pragma: no cover - no pruning changes head_dim
@@ -78,7 +83,9 @@ def model_layout(adapter: ModelAdapter) -> ModelLayout:
     )
     cfg = {k: v for k, v in config.to_dict().items() if k != "prunekit_width"}
     cfg["hidden_size"] = int(adapter.embed.weight.shape[1])  # hidden-channel pruning narrows it
-    return ModelLayout(tuple(layers), head_dim, adapter.num_layers, cfg)
+    kept = adapter.kept_layers_config([g.source for g in layers])
+    width_pruned = bool(getattr(config, "prunekit_width", None))
+    return ModelLayout(tuple(layers), head_dim, adapter.num_layers, cfg, kept, width_pruned)
 
 
 def _layers_prefix(adapter: ModelAdapter) -> str:
@@ -105,11 +112,3 @@ def renumbered_state_dict(adapter: ModelAdapter, layout: ModelLayout) -> dict[st
             key = f"{prefix}{new_index[int(old)]}.{rest}"
         out[key] = tensor
     return out
-
-
-def layer_types_for(layout: ModelLayout) -> list | None:
-    """The base config's per-layer ``layer_types`` (Qwen2/Qwen3 sliding windows) for the kept layers."""
-    types = layout.config.get("layer_types")
-    if isinstance(types, list) and len(types) == layout.base_layers:
-        return [types[g.source] for g in layout.layers]
-    return None

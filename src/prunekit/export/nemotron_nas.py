@@ -23,6 +23,7 @@ from prunekit.core.errors import PrunekitError
 from prunekit.core.io import atomic_dir, check_disk_space
 from prunekit.export.layout import ModelLayout, model_layout, renumbered_state_dict
 from prunekit.export.readers import build_pruned_model, logits_gap, read_safetensors
+from prunekit.models.adapter import embedding_keys
 from prunekit.models.loading import LoadedModel
 
 FFN_MULTIPLE = 256
@@ -120,11 +121,13 @@ def nas_geometry(config: dict) -> tuple[list[int], list[int], list[int], int]:
 def export_nemotron_nas(loaded: LoadedModel, to: str | Path, overwrite: bool = False, verify: bool = True) -> dict:
     """Write ``to``: config.json (+ configuration_decilm.py), model.safetensors, tokenizer, generation config."""
     to = Path(to)
+    if loaded.adapter.llama_layout_refusal:
+        raise _refuse(f"{loaded.adapter.llama_layout_refusal} ('{loaded.adapter.model_type}')")
     layout = model_layout(loaded.adapter)
     config = nas_config(loaded, layout)
     state = renumbered_state_dict(loaded.adapter, layout)
     if config.get("tie_word_embeddings"):
-        state.pop("lm_head.weight", None)
+        state.pop(embedding_keys(loaded.model)[0], None)
     state = {k: v.detach().to("cpu").contiguous() for k, v in state.items()}
     check_disk_space(to.parent if not to.exists() else to, sum(v.numel() * v.element_size() for v in state.values()) + (64 << 20))
     with atomic_dir(to, overwrite=overwrite) as tmp:

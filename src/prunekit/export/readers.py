@@ -26,7 +26,7 @@ from transformers import AutoConfig, AutoModelForCausalLM
 
 from prunekit.core.errors import PrunekitError
 from prunekit.export.modeling_pruned import apply_per_layer_geometry
-from prunekit.models.adapter import ZeroAttention, ZeroMLP
+from prunekit.models.adapter import ZeroAttention, ZeroMLP, embedding_keys
 
 PER_LAYER_KEYS = ("layer_num_attention_heads", "layer_num_key_value_heads", "layer_intermediate_size")  # modeling_pruned's
 CONFIG_DROP = ("architectures", "auto_map", "model_type", "transformers_version", "_name_or_path", "dtype",
@@ -48,17 +48,18 @@ def build_pruned_model(
         model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     apply_per_layer_geometry(model, heads, kv_heads, inter, head_dim, zero_attention=ZeroAttention, zero_mlp=ZeroMLP)
     tied = getattr(config, "tie_word_embeddings", False)
+    head_key, _ = embedding_keys(model)
     if tied:
-        state = {k: v for k, v in state.items() if k != "lm_head.weight"}
+        state = {k: v for k, v in state.items() if k != head_key}
     missing, unexpected = model.load_state_dict({k: v.float() for k, v in state.items()}, strict=False, assign=True)
-    missing = [k for k in missing if not (tied and k == "lm_head.weight")]
+    missing = [k for k in missing if not (tied and k == head_key)]
     if missing or unexpected:
         raise PrunekitError(
             f"the weights do not match the export's config (missing {missing[:3]}, unexpected {unexpected[:3]}).",
             "Re-export the model; the directory was modified or truncated.",
         )
     if tied:
-        model.lm_head.weight = model.model.embed_tokens.weight
+        model.get_output_embeddings().weight = model.get_input_embeddings().weight
     return model.eval()
 
 

@@ -1,9 +1,9 @@
 """Model families (adapters), their registry, and loading models from a spec."""
 
-from prunekit.models.adapter import ATTN, MLP, AttentionProjections, Block, MlpProjections, ModelAdapter
+from prunekit.models.adapter import ATTN, MLP, AttentionProjections, Block, BlockSpec, Head, MlpProjections, ModelAdapter, Proj
 from prunekit.models.registry import ADAPTERS, get_adapter, supported_model_types
 
 __all__ = [
-    "ATTN", "MLP", "ADAPTERS", "AttentionProjections", "Block", "MlpProjections", "ModelAdapter",
+    "ATTN", "MLP", "ADAPTERS", "AttentionProjections", "Block", "BlockSpec", "Head", "MlpProjections", "ModelAdapter", "Proj",
     "get_adapter", "supported_model_types",
 ]

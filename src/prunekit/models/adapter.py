@@ -5,9 +5,12 @@ for the decoder layers, the blocks, the projections and the head geometry, and l
 remove blocks.
 
 Blocks. Decoder layer ``i`` holds two blocks, numbered in forward order:
-``2*i`` = the attention block (its pre-norm + self-attention) and ``2*i + 1`` = the MLP block
-(its pre-norm + MLP). Running block ``b`` on the residual stream ``h`` (shape ``[batch, seq,
-hidden]``) computes ``h + f_b(norm_b(h))``; removing it leaves ``h`` unchanged.
+``2*i`` = the attention block and ``2*i + 1`` = the MLP (or sparse MoE) block. Each family
+describes how a block is built (:class:`BlockSpec`: optional input norm, sub-layer, optional
+output norm, residual scale), so running block ``b`` on the residual stream ``h`` (shape
+``[batch, seq, hidden]``) computes ``h + s_b * out_b(f_b(in_b(h)))``; removing it removes its
+norms and sub-layer and leaves ``h`` unchanged. Projections are :class:`Proj` row ranges of a
+Linear (fused ``qkv_proj`` / ``gate_up_proj`` included); the head is a :class:`Head`.
 """
 
 from __future__ import annotations
@@ -46,25 +49,92 @@ class Block:
 
 
 @dataclass(frozen=True)
-class AttentionProjections:
-    """Attention of one layer. Query head ``h`` reads KV head ``h // (num_heads // num_kv_heads)``."""
+class BlockSpec:
+    """How one block of a decoder layer is built, as attribute names on the layer.
 
-    q: nn.Linear
-    k: nn.Linear
-    v: nn.Linear
-    o: nn.Linear
+    Running the block on the residual stream ``h``: ``y = input_norm(h)`` (or ``h`` when there is
+    none), ``y = sublayer(y)``, ``y = output_norm(y)`` (when there is one), ``h + y * residual_scale``.
+    Removing the block removes its norms and its sub-layer: the residual passes unchanged.
+    """
+
+    input_norm: str | None
+    sublayer: str
+    output_norm: str | None = None
+    residual_scale: float = 1.0
+
+
+@dataclass(frozen=True)
+class Head:
+    """The head: ``lm_head(final_norm(h)) / logit_divisor``, then ``cap * tanh(logits / cap)`` when ``softcap``."""
+
+    final_norm: nn.Module
+    lm_head: nn.Linear
+    logit_divisor: float = 1.0
+    softcap: float | None = None
+
+
+class Proj:
+    """Output rows ``[start, stop)`` of a Linear: a whole projection, or one part of a fused one
+    (Phi-3's ``qkv_proj`` = ``[Q | K | V]`` rows, ``gate_up_proj`` = ``[gate | up]`` rows).
+
+    ``weight``/``bias`` are the module's own Parameters for a whole projection and views of them
+    (writes go through) for a part; ``module`` is the Linear that holds them.
+    """
+
+    __slots__ = ("module", "start", "stop")
+
+    def __init__(self, module: nn.Linear, start: int = 0, stop: int | None = None) -> None:
+        self.module, self.start = module, start
+        self.stop = module.out_features if stop is None else stop
+
+    @property
+    def whole(self) -> bool:
+        return self.start == 0 and self.stop == self.module.weight.shape[0]
+
+    @property
+    def weight(self) -> torch.Tensor:
+        w = self.module.weight
+        return w if self.whole else w[self.start:self.stop]
+
+    @property
+    def bias(self) -> torch.Tensor | None:
+        b = self.module.bias
+        return b if b is None or self.whole else b[self.start:self.stop]
+
+    @property
+    def out_features(self) -> int:
+        return self.stop - self.start
+
+    @property
+    def in_features(self) -> int:
+        return self.module.weight.shape[1]
+
+
+@dataclass(frozen=True)
+class AttentionProjections:
+    """Attention of one layer. Query head ``h`` reads KV head ``h // (num_heads // num_kv_heads)``.
+
+    ``head_norms``: norms whose weight spans all heads' rows (OLMo 2's ``q_norm``/``k_norm``), as
+    ``(module, 'q' | 'k')``: removing heads slices them with the q (or k) rows.
+    """
+
+    q: Proj
+    k: Proj
+    v: Proj
+    o: Proj
     num_heads: int
     num_kv_heads: int
     head_dim: int
+    head_norms: tuple = ()
 
 
 @dataclass(frozen=True)
 class MlpProjections:
     """Gated MLP of one layer: ``down(act(gate(x)) * up(x))``; channel j = row j of gate/up, column j of down."""
 
-    gate: nn.Linear
-    up: nn.Linear
-    down: nn.Linear
+    gate: Proj
+    up: Proj
+    down: Proj
 
 
 class ZeroAttention(nn.Module):
@@ -81,7 +151,7 @@ class ZeroAttention(nn.Module):
         self.layer_idx = layer_idx
 
     def forward(self, hidden_states: torch.Tensor, *args: Any, **kwargs: Any):
-        cache = kwargs.get("past_key_values")
+        cache = kwargs.get("cache", kwargs.get("past_key_values"))
         if cache is not None:
             b, t = hidden_states.shape[:2]
             empty = hidden_states.new_zeros(b, 1, t, 0)
@@ -117,17 +187,23 @@ class _Catcher(nn.Module):
 
 
 class ModelAdapter:
-    """Base adapter for pre-norm decoder-only families laid out like Llama.
+    """The contract for decoder-only families; the defaults describe Llama's pre-norm layer.
 
-    Subclasses name their sub-modules through the class attributes below; families that differ
-    (other norms, parallel blocks) override the methods.
+    A family file (``models/families/``) subclasses it and describes, rather than assumes, how each
+    block is built (:meth:`block_spec`), where its projections are (:meth:`attention`,
+    :meth:`mlp`), what its head does (:meth:`head`), and which per-layer config entries follow the
+    layer index (:meth:`kept_layers_config`).
     """
 
     model_type: str = ""
-    attn_name = "self_attn"
-    mlp_name = "mlp"
-    attn_norm_name = "input_layernorm"
-    mlp_norm_name = "post_attention_layernorm"
+    attn_spec = BlockSpec("input_layernorm", "self_attn")
+    mlp_spec = BlockSpec("post_attention_layernorm", "mlp")
+    #: None when LLM-Pruner's width pruning works on the family, else why it is refused.
+    width_refusal: str | None = None
+    #: None when an export's config may give a narrower ``hidden_size``, else why not (a value derived from it).
+    hidden_resize_refusal: str | None = None
+    #: None when the model can be written in Llama's per-layer layout (gguf ``deci``, nemotron-nas), else why not.
+    llama_layout_refusal: str | None = None
 
     def __init__(self, model: nn.Module) -> None:
         self.model = model
@@ -154,55 +230,99 @@ class ModelAdapter:
     def embed(self) -> nn.Embedding:
         return self.decoder.embed_tokens
 
+    def head(self) -> Head:
+        return Head(self.decoder.norm, self.model.lm_head)
+
     @property
     def final_norm(self) -> nn.Module:
-        return self.decoder.norm
+        return self.head().final_norm
 
     @property
     def lm_head(self) -> nn.Linear:
-        return self.model.lm_head
+        return self.head().lm_head
 
     def blocks(self, kind: str = "mix") -> list[Block]:
         """All blocks of ``kind`` ('mix' = both), in forward order, removed ones included."""
         out = [Block(i) for i in range(self.num_blocks)]
         return out if kind == "mix" else [b for b in out if b.kind == kind]
 
-    def block_modules(self, block: Block) -> tuple[nn.Module, nn.Module]:
-        """(pre-norm, sub-layer) of a block."""
-        layer = self.layers[block.layer]
-        if block.kind == ATTN:
-            return getattr(layer, self.attn_norm_name), getattr(layer, self.attn_name)
-        return getattr(layer, self.mlp_norm_name), getattr(layer, self.mlp_name)
+    def block_spec(self, block: Block) -> BlockSpec:
+        """How ``block`` is built (attribute names on its decoder layer)."""
+        return self.attn_spec if block.kind == ATTN else self.mlp_spec
+
+    def sublayer(self, block: Block) -> nn.Module:
+        return getattr(self.layers[block.layer], self.block_spec(block).sublayer)
+
+    def norms(self, block: Block) -> tuple[nn.Module | None, nn.Module | None]:
+        """(input norm, output norm) of a block; None where the family has none (or it is removed)."""
+        layer, spec = self.layers[block.layer], self.block_spec(block)
+        out = []
+        for name in (spec.input_norm, spec.output_norm):
+            m = getattr(layer, name) if name else None
+            out.append(None if m is None or isinstance(m, nn.Identity) else m)
+        return out[0], out[1]
+
+    def block_modules(self, block: Block) -> tuple[nn.Module, ...]:
+        """Every module of a block in forward order: input norm, sub-layer, output norm (those it has)."""
+        inp, outp = self.norms(block)
+        return tuple(m for m in (inp, self.sublayer(block), outp) if m is not None)
 
     def is_removed(self, block: Block) -> bool:
-        return getattr(self.block_modules(block)[1], "removed", False)
+        return getattr(self.sublayer(block), "removed", False)
 
     def block_params(self, block: Block) -> int:
-        """Parameters of the block (norm + sub-layer) as the model holds it now."""
+        """Parameters of the block (norms + sub-layer) as the model holds it now."""
         return sum(p.numel() for m in self.block_modules(block) for p in m.parameters())
 
     def total_params(self) -> int:
         """Parameters of the whole model, tied embeddings counted once."""
         return sum(p.numel() for p in self.model.parameters())
 
+    def weight_macs(self, block: Block) -> float:
+        """Multiply-accumulates per token of the block's weights (one per weight of its Linears)."""
+        return float(sum(m.weight.numel() for m in self.sublayer(block).modules() if isinstance(m, nn.Linear)))
+
+    def linear_modules(self, block: Block) -> list[nn.Module]:
+        """The Linear layers of a present block (what LoRA adapts)."""
+        return [m for m in self.sublayer(block).modules() if isinstance(m, nn.Linear)]
+
     def attention(self, layer: int) -> AttentionProjections:
-        attn = getattr(self.layers[layer], self.attn_name)
+        attn = self.sublayer(Block.of(layer, ATTN))
         hd = attn.head_dim
         n_q = attn.q_proj.out_features // hd
         n_kv = attn.k_proj.out_features // hd
-        return AttentionProjections(attn.q_proj, attn.k_proj, attn.v_proj, attn.o_proj, n_q, n_kv, hd)
+        return AttentionProjections(Proj(attn.q_proj), Proj(attn.k_proj), Proj(attn.v_proj), Proj(attn.o_proj), n_q, n_kv, hd)
 
     def mlp(self, layer: int) -> MlpProjections:
-        m = getattr(self.layers[layer], self.mlp_name)
-        return MlpProjections(m.gate_proj, m.up_proj, m.down_proj)
+        m = self.sublayer(Block.of(layer, MLP))
+        return MlpProjections(Proj(m.gate_proj), Proj(m.up_proj), Proj(m.down_proj))
+
+    def mlp_width(self, layer: int) -> int:
+        """Channels of ``layer``'s MLP (as the model holds it now)."""
+        return self.mlp(layer).gate.out_features
+
+    def sync_attention(self, layer: int) -> None:
+        """Make ``layer``'s attention module agree with its sliced weights (after head removal).
+
+        Llama-like attention infers the head count from the weights (``view(..., -1, head_dim)``);
+        families that read it from elsewhere override this."""
+
+    def kept_layers_config(self, sources: list[int]) -> dict:
+        """Config entries that follow the layer index, for a model that keeps base layers ``sources``
+        (in order) as its layers ``0..K-1``: e.g. the per-layer attention types."""
+        types = getattr(self.config, "layer_types", None)
+        if isinstance(types, list) and len(types) == self.num_layers:
+            return {"layer_types": [types[i] for i in sources]}
+        return {}
 
     # --- running blocks ----------------------------------------------------------------------
     def capture_inputs(self, input_ids: torch.Tensor) -> tuple[torch.Tensor, list[dict]]:
         """Embeddings and each decoder layer's keyword inputs (mask, rotary cos/sin) for a batch.
 
-        The model's own preamble computes them (so every family's masks and position encodings
-        are its own); the decoder layers are swapped for catchers and the forward stops before
-        the LM head. Returns ``h0 [batch, seq, hidden]`` and one kwargs dict per layer.
+        The model's own preamble computes them (so every family's embedding scale, masks and
+        position encodings are its own); the decoder layers are swapped for catchers and the
+        forward stops before the LM head. Returns ``h0 [batch, seq, hidden]`` and one kwargs dict
+        per layer.
         """
         record: list = []
         originals = list(self.layers)
@@ -223,11 +343,15 @@ class ModelAdapter:
         return h0, kwargs
 
     def run_block(self, block: Block, h: torch.Tensor, layer_kwargs: dict) -> torch.Tensor:
-        """One block on the residual stream: ``h + f(norm(h))``."""
-        norm, sub = self.block_modules(block)
-        if block.kind == ATTN:
-            return h + sub(hidden_states=norm(h), **layer_kwargs)[0]
-        return h + sub(norm(h))
+        """One block on the residual stream, as :class:`BlockSpec` says."""
+        spec = self.block_spec(block)
+        inp, outp = self.norms(block)
+        sub = self.sublayer(block)
+        x = inp(h) if inp is not None else h
+        y = sub(hidden_states=x, **layer_kwargs)[0] if block.kind == ATTN else sub(x)
+        if outp is not None:
+            y = outp(y)
+        return h + (y * spec.residual_scale if spec.residual_scale != 1.0 else y)
 
     def tile_inputs(self, layer_kwargs: dict, k: int, batch: int) -> dict:
         """A layer's keyword inputs for ``k`` copies of a ``batch``-window batch stacked along dim 0
@@ -244,26 +368,36 @@ class ModelAdapter:
         return {name: tile(v) for name, v in layer_kwargs.items()}
 
     def logits(self, h: torch.Tensor) -> torch.Tensor:
-        """Final norm and LM head on residual states ``[..., hidden]`` -> ``[..., vocab]``."""
-        return self.lm_head(self.final_norm(h))
+        """The head on residual states ``[..., hidden]`` -> ``[..., vocab]`` (see :class:`Head`)."""
+        head = self.head()
+        out = head.lm_head(head.final_norm(h))
+        if head.logit_divisor != 1.0:
+            out = out / head.logit_divisor
+        if head.softcap is not None:
+            out = torch.tanh(out / head.softcap) * head.softcap
+        return out
 
     # --- skipping and removing -----------------------------------------------------------------
-    def _swap(self, block: Block, norm: nn.Module, sub: nn.Module) -> tuple[nn.Module, nn.Module]:
+    def _swap(self, block: Block, mods: dict[str, nn.Module]) -> dict[str, nn.Module]:
         layer = self.layers[block.layer]
-        names = (self.attn_norm_name, self.attn_name) if block.kind == ATTN else (self.mlp_norm_name, self.mlp_name)
-        old = (getattr(layer, names[0]), getattr(layer, names[1]))
-        setattr(layer, names[0], norm)
-        setattr(layer, names[1], sub)
+        old = {name: getattr(layer, name) for name in mods}
+        for name, m in mods.items():
+            setattr(layer, name, m)
         return old
 
-    def _zero(self, block: Block) -> tuple[nn.Module, nn.Module]:
+    def _zero(self, block: Block) -> dict[str, nn.Module]:
+        spec = self.block_spec(block)
         zero = ZeroAttention(block.layer) if block.kind == ATTN else ZeroMLP()
-        return nn.Identity(), zero
+        mods = {spec.sublayer: zero}
+        for name in (spec.input_norm, spec.output_norm):
+            if name:
+                mods[name] = nn.Identity()
+        return mods
 
     def remove_block(self, block: Block) -> None:
-        """Remove a block for good: its weights leave the model, the residual passes through."""
+        """Remove a block for good: its norms and sub-layer leave the model, the residual passes through."""
         if not self.is_removed(block):
-            self._swap(block, *self._zero(block))
+            self._swap(block, self._zero(block))
 
     @contextlib.contextmanager
     def skipping(self, blocks: Iterable[Block]) -> Iterator[None]:
@@ -272,11 +406,11 @@ class ModelAdapter:
         try:
             for b in blocks:
                 if not self.is_removed(b):
-                    saved.append((b, self._swap(b, *self._zero(b))))
+                    saved.append((b, self._swap(b, self._zero(b))))
             yield
         finally:
             for b, old in reversed(saved):
-                self._swap(b, *old)
+                self._swap(b, old)
 
     def removed_blocks(self) -> list[Block]:
         return [b for b in self.blocks() if self.is_removed(b)]
@@ -300,3 +434,11 @@ class ModelAdapter:
 
 def block_set(blocks: Sequence[Block | int]) -> frozenset[int]:
     return frozenset(b.index if isinstance(b, Block) else int(b) for b in blocks)
+
+
+def embedding_keys(model: nn.Module) -> tuple[str, str]:
+    """State-dict keys of the LM head's and the input embedding's weights (``get_output_embeddings`` /
+    ``get_input_embeddings``, transformers' own accessors), e.g. for restoring a tied pair."""
+    head, embed = model.get_output_embeddings(), model.get_input_embeddings()
+    names = {id(m): n for n, m in model.named_modules(remove_duplicate=False)}
+    return f"{names[id(head)]}.weight", f"{names[id(embed)]}.weight"

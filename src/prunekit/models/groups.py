@@ -12,6 +12,9 @@ rest of the model keeps computing the same function of the remaining structures.
   GQA (``n_rep = 1``) a group is one head.
 - ``mlp`` (one per layer): structure ``j`` = channel ``j``: row ``j`` of gate and up (and their
   biases), column ``j`` of down.
+- Fused projections (:class:`~prunekit.models.adapter.Proj` parts of one Linear: Phi-3's
+  ``qkv_proj``, ``gate_up_proj``) own their rows at the part's offset; norms that span all heads
+  (OLMo 2's ``q_norm``/``k_norm``) own the rows of their heads.
 - ``hidden`` (one for the model): structure ``c`` = hidden channel ``c``: column ``c`` of the
   embedding and of every linear layer reading the residual stream (q, k, v, gate, up, LM head),
   row ``c`` of every layer writing it (o, down, and their biases), entry ``c`` of every norm.
@@ -30,7 +33,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from prunekit.models.adapter import ATTN, MLP, Block, ModelAdapter
+from prunekit.models.adapter import ATTN, MLP, Block, ModelAdapter, Proj
 
 
 @dataclass
@@ -77,10 +80,17 @@ def parameter_names(model: nn.Module) -> dict[int, str]:
     return {id(p): n for n, p in model.named_parameters()}
 
 
-def _part(module: nn.Module | None, attr: str, dim: int, index: torch.Tensor, role: str, names: dict[int, str]) -> Part | None:
+def _part(where: nn.Module | Proj | None, attr: str, dim: int, index: torch.Tensor, role: str, names: dict[int, str]) -> Part | None:
+    """A part over ``where`` (a module, or a :class:`Proj`: its rows offset ``index`` along dim 0)."""
+    if isinstance(where, Proj):
+        module, offset = where.module, where.start
+    else:
+        module, offset = where, 0
     p = getattr(module, attr, None) if module is not None else None
     if p is None:
         return None
+    if offset and dim == 0:
+        index = index + offset
     per_index = p.numel() // p.shape[dim]
     return Part(module, attr, dim, index, role, names.get(id(p), f"<{role}.{attr}>"), per_index)
 
@@ -113,6 +123,9 @@ def attention_family(adapter: ModelAdapter, layer: int, names: dict[int, str] | 
         _part(a.v, "weight", 0, kv_rows, "v", names), _part(a.v, "bias", 0, kv_rows, "v", names),
         _part(a.o, "weight", 1, q_rows, "o", names),
     ]
+    for norm, which in a.head_norms:  # norms spanning all heads (OLMo 2): sliced with their heads' rows
+        rows = q_rows if which == "q" else kv_rows
+        parts += [_part(norm, "weight", 0, rows, f"{which}_norm", names), _part(norm, "bias", 0, rows, f"{which}_norm", names)]
     return Family(ATTN, layer, a.num_kv_heads, [p for p in parts if p is not None])
 
 
@@ -143,8 +156,8 @@ def hidden_family(adapter: ModelAdapter, names: dict[int, str] | None = None) ->
             block = Block.of(layer, kind)
             if adapter.is_removed(block):
                 continue
-            norm = adapter.block_modules(block)[0]
-            parts += [_part(norm, "weight", 0, idx, "norm", names), _part(norm, "bias", 0, idx, "norm", names)]
+            for norm in adapter.norms(block):
+                parts += [_part(norm, "weight", 0, idx, "norm", names), _part(norm, "bias", 0, idx, "norm", names)]
             if kind == ATTN:
                 a = adapter.attention(layer)
                 parts += [_part(lin, "weight", 1, idx, r, names) for lin, r in ((a.q, "q"), (a.k, "k"), (a.v, "v"))]
@@ -181,21 +194,22 @@ def trace_kv_readers(adapter: ModelAdapter, layer: int, layer_kwargs: dict, hidd
     input changes are the ones that read ``g``. Returns one sorted list per KV head.
     """
     a = adapter.attention(layer)
-    attn = adapter.block_modules(Block.of(layer, ATTN))[1]
+    attn = adapter.sublayer(Block.of(layer, ATTN))
     seen: list[torch.Tensor] = []
-    hook = a.o.register_forward_pre_hook(lambda mod, args: seen.append(args[0].detach().clone()))
+    hook = a.o.module.register_forward_pre_hook(lambda mod, args: seen.append(args[0].detach().clone()))
     try:
         attn(hidden_states=hidden, **layer_kwargs)
         base = seen.pop()
         readers = []
         for g in range(a.num_kv_heads):
-            rows = slice(g * a.head_dim, (g + 1) * a.head_dim)
-            saved = a.v.weight[rows].clone()
-            a.v.weight[rows] += 1.0
+            rows = slice(a.v.start + g * a.head_dim, a.v.start + (g + 1) * a.head_dim)
+            weight = a.v.module.weight
+            saved = weight[rows].clone()
+            weight[rows] += 1.0
             try:
                 attn(hidden_states=hidden, **layer_kwargs)
             finally:
-                a.v.weight[rows] = saved
+                weight[rows] = saved
             diff = (seen.pop() - base).abs().reshape(*base.shape[:-1], a.num_heads, a.head_dim)
             changed = diff.amax(dim=tuple(range(diff.dim() - 2)) + (diff.dim() - 1,))
             readers.append([h for h in range(a.num_heads) if float(changed[h]) > 0.0])

@@ -1,4 +1,4 @@
-"""The explicit registry: ``config.model_type`` -> adapter class."""
+"""The explicit registry: ``config.model_type`` -> adapter class (one module per family in ``families/``)."""
 
 from __future__ import annotations
 
@@ -6,13 +6,20 @@ from torch import nn
 
 from prunekit.core.errors import PrunekitError
 from prunekit.models.adapter import ModelAdapter
-from prunekit.models.llama import LlamaAdapter, MistralAdapter, Qwen2Adapter, Qwen3Adapter
+from prunekit.models.families.gemma import Gemma2Adapter, Gemma3TextAdapter
+from prunekit.models.families.granite import GraniteAdapter
+from prunekit.models.families.llama import LlamaAdapter, MistralAdapter, Qwen2Adapter, Qwen3Adapter
+from prunekit.models.families.mixtral import MixtralAdapter
+from prunekit.models.families.olmo2 import Olmo2Adapter
+from prunekit.models.families.phi3 import Phi3Adapter
+from prunekit.models.families.qwen_moe import Qwen2MoeAdapter, Qwen3MoeAdapter
 
 ADAPTERS: dict[str, type[ModelAdapter]] = {
-    "llama": LlamaAdapter,
-    "mistral": MistralAdapter,
-    "qwen2": Qwen2Adapter,
-    "qwen3": Qwen3Adapter,
+    cls.model_type: cls
+    for cls in (
+        LlamaAdapter, MistralAdapter, Qwen2Adapter, Qwen3Adapter, Gemma2Adapter, Gemma3TextAdapter, Phi3Adapter,
+        Olmo2Adapter, GraniteAdapter, MixtralAdapter, Qwen2MoeAdapter, Qwen3MoeAdapter,
+    )
 }
 
 

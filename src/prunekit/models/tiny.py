@@ -29,6 +29,35 @@ def tiny_config(model_type: str = "llama", **overrides):
     return AutoConfig.for_model(model_type, **kw)
 
 
+# Per-family settings that make a tiny checkpoint exercise what the family does differently (sliding
+# and global layers, soft-caps, multipliers, sparse and dense MoE layers); see tests/test_families.py.
+FAMILY_OVERRIDES: dict[str, dict] = {
+    "llama": {}, "mistral": {}, "qwen2": {}, "qwen3": {}, "phi3": {}, "olmo2": {},
+    "gemma2": dict(head_dim=16, query_pre_attn_scalar=24, sliding_window=4, final_logit_softcapping=3.0,
+                   attn_logit_softcapping=5.0, layer_types=["sliding_attention", "full_attention"] * 2),
+    "gemma3_text": dict(head_dim=16, query_pre_attn_scalar=24, sliding_window=4, final_logit_softcapping=3.0,
+                        layer_types=["sliding_attention", "full_attention"] * 2),
+    "granite": dict(embedding_multiplier=3.0, residual_multiplier=0.5, attention_multiplier=0.2, logits_scaling=4.0),
+    "mixtral": dict(num_local_experts=4, num_experts_per_tok=2),
+    "qwen2_moe": dict(num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32, shared_expert_intermediate_size=48,
+                      mlp_only_layers=[1], decoder_sparse_step=1),
+    "qwen3_moe": dict(num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32, mlp_only_layers=[1],
+                      decoder_sparse_step=1, head_dim=16),
+}
+
+
+def family_model(model_type: str, seed: int = 0, **overrides) -> torch.nn.Module:
+    """:func:`tiny_model` with the family's :data:`FAMILY_OVERRIDES` and random (non-trivial) norm weights and biases."""
+    model = tiny_model(model_type, seed=seed, **(FAMILY_OVERRIDES[model_type] | overrides))
+    gen = torch.Generator().manual_seed(seed + 1)
+    with torch.no_grad():  # every 1-D parameter: the norms' weights around 1, Linear biases around 0
+        for module in model.modules():
+            for p in module.parameters(recurse=False):
+                if p.dim() == 1:
+                    p.copy_(torch.randn(p.shape, generator=gen) * 0.3 + (0.0 if isinstance(module, torch.nn.Linear) else 1.0))
+    return model
+
+
 def tiny_model(model_type: str = "llama", seed: int = 0, **overrides) -> torch.nn.Module:
     """A randomly initialised causal LM of ``model_type`` (weights scaled up so blocks matter)."""
     config = tiny_config(model_type, **overrides)

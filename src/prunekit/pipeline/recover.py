@@ -52,7 +52,7 @@ from prunekit.core.errors import PrunekitError
 from prunekit.core.io import check_output_dir, options_hash, write_json_atomic
 from prunekit.data.windows import build_windows, windows_from_texts
 from prunekit.evaluation.perplexity import perplexity
-from prunekit.models.adapter import ATTN, MLP, Block, ModelAdapter
+from prunekit.models.adapter import ModelAdapter
 from prunekit.models.loading import LoadedModel
 from prunekit.models.registry import get_adapter
 from prunekit.pipeline.distill import Teacher, distill_loss
@@ -168,15 +168,11 @@ def training_windows(tokenizer, cfg: RecoverConfig, max_positions: int | None):
 
 
 def lora_targets(adapter: ModelAdapter) -> list[str]:
-    """Full module names of every q, k, v, o, gate, up, down projection the model still has."""
+    """Full module names of every Linear of the blocks the model still has (q, k, v, o, gate, up, down ...)."""
     wanted: dict[int, str] = {}
-    for layer in range(adapter.num_layers):
-        if not adapter.is_removed(Block.of(layer, ATTN)):
-            a = adapter.attention(layer)
-            wanted.update({id(m): "" for m in (a.q, a.k, a.v, a.o)})
-        if not adapter.is_removed(Block.of(layer, MLP)):
-            m = adapter.mlp(layer)
-            wanted.update({id(x): "" for x in (m.gate, m.up, m.down)})
+    for block in adapter.blocks():
+        if not adapter.is_removed(block):
+            wanted.update({id(m): "" for m in adapter.linear_modules(block)})
     names = [n for n, mod in adapter.model.named_modules() if id(mod) in wanted]
     if not names:
         raise PrunekitError("the model has no projection left to adapt.", "Recover a model that keeps some attention or MLP blocks.")

@@ -20,7 +20,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
 from prunekit.core.errors import PrunekitError
 from prunekit.core.io import atomic_dir, check_disk_space, weights_hash, write_json_atomic
-from prunekit.models.adapter import Block, ModelAdapter
+from prunekit.models.adapter import Block, ModelAdapter, embedding_keys
 from prunekit.models.loading import LoadedModel, check_device, resolve_dtype
 from prunekit.models.registry import get_adapter
 from prunekit.plan.schema import read_plan, removed_blocks, validate_plan
@@ -105,11 +105,12 @@ def load_pruned(out: str | Path, dtype: str | torch.dtype = "float32", device: s
             f"could not read the weights in '{out / 'model.safetensors'}' ({e}): missing, corrupted or truncated.",
             "Re-run the pruning (or restore the file).",
         ) from None
-    if getattr(config, "tie_word_embeddings", False) and "lm_head.weight" not in state:
-        state["lm_head.weight"] = state["model.embed_tokens.weight"]
-    elif getattr(config, "tie_word_embeddings", False) and "model.embed_tokens.weight" not in state and "lm_head.weight" in state:
-        # safetensors' save_model keeps one name of a tied pair (the first in sorted order: lm_head.weight)
-        state["model.embed_tokens.weight"] = state["lm_head.weight"]
+    head_key, embed_key = embedding_keys(model)
+    if getattr(config, "tie_word_embeddings", False) and head_key not in state:
+        state[head_key] = state[embed_key]
+    elif getattr(config, "tie_word_embeddings", False) and embed_key not in state and head_key in state:
+        # safetensors' save_model keeps one name of a tied pair (the first in sorted order: the head's)
+        state[embed_key] = state[head_key]
     missing, unexpected = model.load_state_dict(state, strict=False, assign=True)
     missing = [k for k in missing if not k.endswith("rotary_emb.inv_freq")]
     if missing or unexpected:
@@ -118,7 +119,8 @@ def load_pruned(out: str | Path, dtype: str | torch.dtype = "float32", device: s
             "Re-run the pruning; the directory was modified by hand.",
         )
     if getattr(config, "tie_word_embeddings", False):
-        model.lm_head.weight = model.model.embed_tokens.weight
+        adapter = get_adapter(model)
+        adapter.lm_head.weight = adapter.embed.weight
     model.to(device=dev, dtype=torch_dtype).eval()
     tokenizer = None
     if (out / "tokenizer_config.json").exists() or (out / "tokenizer.json").exists():

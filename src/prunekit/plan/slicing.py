@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from prunekit.core.errors import PrunekitError
-from prunekit.models.adapter import ModelAdapter
+from prunekit.models.adapter import MLP, Block, ModelAdapter
 from prunekit.models.groups import Family, attention_family, hidden_family, kv_readers, mlp_family, parameter_names
 
 
@@ -64,13 +64,26 @@ def _fix_module(module: nn.Module) -> None:
 
 
 def slice_family(family: Family, kept: list[int]) -> None:
-    """Keep structures ``kept`` (sorted indices) of ``family`` in every part, drop the rest."""
+    """Keep structures ``kept`` (sorted indices) of ``family`` in every part, drop the rest.
+
+    Parts that share a parameter (the q, k and v rows of a fused ``qkv_proj``) are cut together:
+    the parameter keeps every index no structure owns, and the indices of the kept structures, in
+    their order, so a fused layout stays ``[Q' | K' | V']`` / ``[gate' | up']``.
+    """
     sel = torch.tensor(kept, dtype=torch.long)
-    touched: dict[int, nn.Module] = {}
+    params: dict[tuple[int, str], list] = {}
     for part in family.parts:
-        idx = part.index[sel].reshape(-1)
-        _slice_param(part.module, part.attr, part.dim, idx)
-        touched[id(part.module)] = part.module
+        entry = params.setdefault((id(part.module), part.attr), [part.module, part.attr, part.dim, [], []])
+        entry[3].append(part.index.reshape(-1))
+        entry[4].append(part.index[sel].reshape(-1))
+    touched: dict[int, nn.Module] = {}
+    for module, attr, dim, owned, keep in params.values():
+        size = getattr(module, attr).shape[dim]
+        mask = torch.ones(size, dtype=torch.bool)
+        mask[torch.cat(owned)] = False
+        mask[torch.cat(keep)] = True
+        _slice_param(module, attr, dim, mask.nonzero().flatten())
+        touched[id(module)] = module
     for module in touched.values():
         _fix_module(module)
 
@@ -93,6 +106,7 @@ def _slice_layer(adapter: ModelAdapter, entry: dict, names: dict[int, str]) -> N
                 "Use a plan.json written by prunekit.",
             )
         slice_family(fam, kept)
+        adapter.sync_attention(layer)
     if entry.get("mlp_channels") is not None:
         fam = mlp_family(adapter, layer, names)
         if fam is None:
@@ -134,8 +148,7 @@ def layer_sizes(adapter: ModelAdapter) -> dict:
             a = adapter.attention(layer)
             heads.append(a.num_heads)
             kv.append(a.num_kv_heads)
-        m = mlp_family(adapter, layer)
-        inter.append(None if m is None else m.n)
+        inter.append(None if adapter.is_removed(Block.of(layer, MLP)) else adapter.mlp_width(layer))
     return {
         "hidden_size": int(adapter.embed.weight.shape[1]), "num_attention_heads": heads,
         "num_key_value_heads": kv, "intermediate_size": inter,

@@ -1,0 +1,85 @@
+"""Sparse mixture-of-experts families: Mixtral, Qwen2-MoE, Qwen3-MoE.
+
+Checked against transformers' ``modeling_mixtral.py``, ``modeling_qwen2_moe.py`` and
+``modeling_qwen3_moe.py`` (5.24). The decoder layer is Llama's, and the MLP block is the sparse
+MoE block (a router and the experts, whose weights are 3-D Parameters ``gate_up_proj`` ``[E, 2I,
+H]`` and ``down_proj`` ``[E, H, I]``; Qwen2-MoE adds a gated shared expert): the block returns
+one tensor, so it runs and is removed like any MLP block.
+
+Qwen2/3-MoE choose which layers are sparse by index: layer ``i`` is sparse when ``i`` is not in
+``mlp_only_layers`` and ``(i + 1) % decoder_sparse_step == 0``. Blocks removed in memory keep
+their modules' places, so nothing changes there; an export that drops whole layers renumbers
+them, so :meth:`kept_layers_config` records the kept layers' kinds as an explicit
+``mlp_only_layers`` with ``decoder_sparse_step`` 1.
+
+LLM-Pruner's width pruning is refused (experts' channels are not coupled groups prunekit slices).
+"""
+
+from __future__ import annotations
+
+from prunekit.core.errors import PrunekitError
+from prunekit.models.adapter import MLP, Block, MlpProjections, ModelAdapter
+
+MOE_WIDTH_REFUSAL = "llm-pruner does not prune mixture-of-experts models in prunekit (the experts' channels are not sliced)"
+
+
+class MoeAdapter(ModelAdapter):
+    """Base of the sparse-MoE families; subclasses say which layers are sparse and the experts' width."""
+
+    width_refusal = MOE_WIDTH_REFUSAL
+    llama_layout_refusal = "the sparse mixture-of-experts MLP has no place in its dense layers"
+
+    def is_sparse(self, layer: int) -> bool:
+        return True
+
+    def expert_width(self) -> int:
+        return int(self.config.intermediate_size)
+
+    def num_experts(self) -> int:
+        return int(self.config.num_local_experts)
+
+    def weight_macs(self, block: Block) -> float:
+        """Dense weights once each; each expert's 3-D weights scaled by the active share ``top_k / E``."""
+        share = self.config.num_experts_per_tok / self.num_experts()
+        macs = 0.0
+        for p in self.sublayer(block).parameters():
+            macs += p.numel() * (share if p.dim() == 3 else 1.0)
+        return macs
+
+    def mlp(self, layer: int) -> MlpProjections:
+        if self.is_sparse(layer):
+            raise PrunekitError(f"{MOE_WIDTH_REFUSAL}.", "Use a depth method (blockpruner, shortgpt, sleb, ...).")
+        return super().mlp(layer)
+
+    def mlp_width(self, layer: int) -> int:
+        if self.is_removed(Block.of(layer, MLP)):
+            return 0
+        return self.expert_width() if self.is_sparse(layer) else super().mlp_width(layer)
+
+
+class MixtralAdapter(MoeAdapter):
+    model_type = "mixtral"
+
+
+class _QwenMoeAdapter(MoeAdapter):
+    def is_sparse(self, layer: int) -> bool:
+        c = self.config
+        return layer not in (c.mlp_only_layers or []) and c.num_experts > 0 and (layer + 1) % c.decoder_sparse_step == 0
+
+    def expert_width(self) -> int:
+        return int(self.config.moe_intermediate_size)
+
+    def num_experts(self) -> int:
+        return int(self.config.num_experts)
+
+    def kept_layers_config(self, sources: list[int]) -> dict:
+        dense = [k for k, src in enumerate(sources) if not self.is_sparse(src)]
+        return super().kept_layers_config(sources) | {"mlp_only_layers": dense, "decoder_sparse_step": 1}
+
+
+class Qwen2MoeAdapter(_QwenMoeAdapter):
+    model_type = "qwen2_moe"
+
+
+class Qwen3MoeAdapter(_QwenMoeAdapter):
+    model_type = "qwen3_moe"

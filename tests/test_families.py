@@ -1,0 +1,312 @@
+"""The block contract on every supported family: one contract class, one subclass per family.
+
+Each family is a tiny random checkpoint built from transformers' own config class
+(:data:`prunekit.models.tiny.FAMILY_OVERRIDES`: sliding and global layers, soft-caps, multipliers,
+sparse and dense MoE layers) with random norm weights and biases (:func:`family_model`). The
+checks: the engine's block-stepped perplexity equals ``model.forward``'s; removing a zeroed block,
+or zeroed heads and MLP channels, leaves the logits unchanged; the cached search makes the naive
+search's choices; and an hf export, reloaded in a fresh process, computes the in-memory pruned
+model's logits and its greedy tokens under the KV cache (one subprocess per family).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from conftest import random_windows
+from prunekit.core.errors import PrunekitError
+from prunekit.engine import Engine, reference_nll
+from prunekit.export import export
+from prunekit.export.hf import export_hf
+from prunekit.methods.depth.search import naive_greedy
+from prunekit.methods.depth.units import make_units, unit_name
+from prunekit.methods.width.llm_pruner import families_for
+from prunekit.methods.width.options import WidthConfig
+from prunekit.models import ATTN, MLP, Block, get_adapter, supported_model_types
+from prunekit.models.loading import wrap_model
+from prunekit.models.tiny import FAMILY_OVERRIDES, family_model, tiny_tokenizer
+from prunekit.pipeline.recover import RecoverConfig, attach_lora, merge_lora
+from prunekit.plan.slicing import apply_width
+
+from test_search import CONFIGS, _assert_same, _search
+
+IDS = torch.tensor([[5, 9, 17, 33, 65, 120, 7, 200, 44, 3]])
+NEW_TOKENS = 6
+
+# Loads each export directory given on the command line in this fresh interpreter (no prunekit
+# import) and prints its logits on IDS and its greedy tokens with the KV cache, as JSON.
+RELOAD = r"""
+import json, sys, torch
+from transformers import AutoModelForCausalLM
+torch.set_num_threads(1)
+ids = torch.tensor(json.loads(sys.argv[1]))
+out = {}
+for path in sys.argv[3:]:
+    model = AutoModelForCausalLM.from_pretrained(path, trust_remote_code=True, dtype=torch.float32).eval()
+    with torch.no_grad():
+        logits = model(input_ids=ids).logits
+        tokens = model.generate(ids, max_new_tokens=int(sys.argv[2]), min_new_tokens=int(sys.argv[2]), do_sample=False)
+    out[path] = {"logits": logits.tolist(), "tokens": tokens[0].tolist()}
+print(json.dumps(out))
+"""
+
+
+CASES = {"layers": [Block.of(0, ATTN), Block.of(0, MLP)], "blocks": [Block.of(0, ATTN), Block.of(2, MLP)]}
+EXPECTED_LAYOUT = {"layers": "stock", "blocks": "per-layer"}
+
+
+def _pruned_outputs(model_type: str, blocks: list[Block], to) -> tuple:
+    """Export the family's model with ``blocks`` removed; its layout, logits on IDS, greedy tokens with
+    and without the KV cache."""
+    loaded = wrap_model(family_model(model_type), tiny_tokenizer())
+    for b in blocks:
+        loaded.adapter.remove_block(b)
+    layout = export_hf(loaded, to, verify=False)["layout"]
+    with torch.no_grad():
+        logits = loaded.model(input_ids=IDS).logits
+        tokens = loaded.model.generate(IDS, max_new_tokens=NEW_TOKENS, min_new_tokens=NEW_TOKENS, do_sample=False)
+        full = IDS
+        for _ in range(NEW_TOKENS):
+            full = torch.cat([full, loaded.model(input_ids=full, use_cache=False).logits[:, -1:].argmax(-1)], 1)
+    return layout, logits, full[0].tolist(), tokens[0].tolist()
+
+
+@pytest.fixture(scope="module")
+def reloaded(tmp_path_factory):
+    """Every family exported twice (CASES), all reloaded in one fresh interpreter (no prunekit)."""
+    root = tmp_path_factory.mktemp("families")
+    want: dict[str, dict] = {}
+    paths = {}
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        for model_type in supported_model_types():
+            for case, blocks in CASES.items():
+                path = root / model_type / case
+                want.setdefault(model_type, {})[case] = _pruned_outputs(model_type, blocks, path)
+                paths[str(path)] = f"{model_type}/{case}"
+    finally:
+        torch.set_num_threads(threads)
+    proc = subprocess.run([sys.executable, "-c", RELOAD, json.dumps(IDS.tolist()), str(NEW_TOKENS), *paths],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    got = json.loads(proc.stdout.strip().splitlines()[-1])
+    return {"want": want, "got": {paths[p]: v for p, v in got.items()}}
+
+
+def zero_(module: torch.nn.Module) -> None:
+    with torch.no_grad():
+        for p in module.parameters():
+            p.zero_()
+
+
+class FamilyContract:
+    model_type = "llama"
+    moe = False
+
+    @pytest.fixture(autouse=True)
+    def _one_thread(self, one_thread):
+        """Tiny models run fastest on one thread (conftest.one_thread)."""
+
+    @pytest.fixture
+    def model(self):
+        return family_model(self.model_type)
+
+    @pytest.fixture
+    def ids(self):
+        return torch.randint(0, 256, (2, 12), generator=torch.Generator().manual_seed(1))
+
+    def test_registry_picks_this_family(self, model):
+        assert get_adapter(model).model_type == self.model_type == model.config.model_type
+
+    def test_engine_perplexity_equals_forward(self, model):
+        adapter = get_adapter(model)
+        w = random_windows(4, 12)
+        engine = Engine(adapter, w, batch_size=2)
+        with torch.inference_mode():
+            ref = sum(reference_nll(model(input_ids=ids).logits, ids, None) for ids in w.ids.split(2))
+        assert math.isclose(engine.total_score(frozenset()), ref, rel_tol=1e-5)
+
+    def test_block_stepping_with_removed_blocks_equals_forward(self, model, ids):
+        a = get_adapter(model)
+        removed = [Block.of(0, ATTN), Block.of(2, MLP)]
+        h, kwargs = a.capture_inputs(ids)
+        with torch.inference_mode(), a.skipping(removed):
+            ref = model(input_ids=ids).logits
+            for b in a.blocks():
+                if b not in removed:
+                    h = a.run_block(b, h, kwargs[b.layer])
+            ours = a.logits(h)
+        torch.testing.assert_close(ours, ref, rtol=1e-5, atol=1e-5)
+
+    @pytest.mark.parametrize("kind", [ATTN, MLP])
+    def test_removing_a_zeroed_block_leaves_logits_unchanged(self, model, ids, kind):
+        a = get_adapter(model)
+        block = Block.of(1, kind)
+        zero_(a.sublayer(block))
+        params = a.total_params()
+        with torch.no_grad():
+            before = model(input_ids=ids).logits
+            a.remove_block(block)
+            after = model(input_ids=ids).logits
+        torch.testing.assert_close(after, before, rtol=0, atol=1e-6)
+        assert a.total_params() < params and a.block_params(block) == 0  # its norms and sub-layer are gone
+
+    def test_removing_zeroed_heads_and_channels_leaves_logits_unchanged(self, model, ids):
+        a = get_adapter(model)
+        if self.moe:
+            with pytest.raises(PrunekitError, match="mixture-of-experts"):
+                families_for(a, WidthConfig())
+            return
+        att, mlp = a.attention(1), a.mlp(2)
+        hd, rep = att.head_dim, att.num_heads // att.num_kv_heads
+        with torch.no_grad():  # KV group 0 of layer 1 (its q, k, v rows and o columns); channels 3 and 7 of layer 2
+            for proj, rows in ((att.q, rep * hd), (att.k, hd), (att.v, hd)):
+                proj.weight[:rows] = 0
+                if proj.bias is not None:
+                    proj.bias[:rows] = 0
+            att.o.weight[:, : rep * hd] = 0
+            mlp.gate.weight[[3, 7]] = 0
+            mlp.up.weight[[3, 7]] = 0
+            mlp.down.weight[:, [3, 7]] = 0
+            before = model(input_ids=ids).logits
+        width = mlp.gate.out_features
+        apply_width(a, {"strategy": "block", "hidden": None, "layers": [
+            {"layer": 1, "kv_heads": list(range(1, att.num_kv_heads))},
+            {"layer": 2, "mlp_channels": [j for j in range(width) if j not in (3, 7)]},
+        ]})
+        with torch.no_grad():
+            after = model(input_ids=ids).logits
+        assert a.attention(1).num_heads == att.num_heads - rep and a.mlp_width(2) == width - 2
+        torch.testing.assert_close(after, before, rtol=1e-5, atol=1e-5)
+
+    def test_hidden_channels_keep_the_embedding_scale(self, model, ids, tmp_path):
+        a = get_adapter(model)
+        if self.moe:
+            return
+        h0, _ = a.capture_inputs(ids)
+        kept = list(range(0, model.config.hidden_size, 2))
+        apply_width(a, {"strategy": "channel", "layers": [], "hidden": kept})
+        h1, _ = a.capture_inputs(ids)
+        torch.testing.assert_close(h1, h0[..., kept])  # the embedding's own scale (Gemma's sqrt(hidden)) is kept
+        if a.hidden_resize_refusal:
+            with pytest.raises(PrunekitError, match="hidden"):
+                export_hf(wrap_model(model, tiny_tokenizer()), tmp_path / "hf")
+
+    def test_cached_search_equals_naive(self, model):
+        adapter = get_adapter(model)
+        w = random_windows(4, 12)
+        units = make_units(adapter, "mix")
+        ref = naive_greedy(adapter, w, units, 2, None, batch_size=2)
+        for cache, early_exit, budget in (CONFIGS[0], CONFIGS[-1]):
+            got, _, _ = _search(adapter, w, units, 2, cache, early_exit, budget)
+            _assert_same(got, ref)
+        assert [unit_name(u) for u, _ in ref]
+
+    def test_lora_recovery_trains_and_merges(self, model, ids):
+        a = get_adapter(model)
+        a.remove_block(Block.of(1, MLP))
+        params = a.total_params()
+        peft_model = attach_lora(model, a, RecoverConfig(lora_r=2, lora_alpha=4, lora_dropout=0.0))
+        trainable = [p for p in peft_model.parameters() if p.requires_grad]
+        assert trainable
+        loss = peft_model(input_ids=ids, labels=ids).loss
+        loss.backward()
+        with torch.no_grad():
+            for p in trainable:
+                p -= 0.5 * p.grad
+            tuned = peft_model(input_ids=ids).logits
+        merged = merge_lora(peft_model)
+        with torch.no_grad():
+            torch.testing.assert_close(merged(input_ids=ids).logits, tuned, rtol=1e-4, atol=1e-4)
+        assert get_adapter(merged).total_params() == params
+
+    def test_llama_layout_exports_or_a_refusal_naming_hf(self, model, tmp_path):
+        loaded = wrap_model(model, tiny_tokenizer())
+        loaded.adapter.remove_block(Block.of(1, ATTN))
+        reason = loaded.adapter.llama_layout_refusal
+        for fmt, to in (("gguf", tmp_path / "m.gguf"), ("nemotron-nas", tmp_path / "nas")):
+            if reason is None:
+                continue  # the old families' gguf / nemotron-nas behaviour is tested in test_export_*.py
+            with pytest.raises(PrunekitError, match="`format` hf") as e:
+                export(loaded, fmt, to)
+            assert reason in str(e.value) and not to.exists()
+
+    def test_export_reloads_in_a_fresh_process(self, reloaded):
+        """Whole layer 0 removed (stock layout: per-layer types renumbered), and blocks removed (per-layer layout)."""
+        for case, (layout, logits, tokens, cached) in reloaded["want"][self.model_type].items():
+            assert layout == EXPECTED_LAYOUT[case]
+            assert cached == tokens  # in memory: greedy with the KV cache == greedy without it
+            got = reloaded["got"][f"{self.model_type}/{case}"]
+            torch.testing.assert_close(torch.tensor(got["logits"]), logits, rtol=1e-5, atol=1e-5)
+            assert got["tokens"] == tokens
+
+
+class TestLlama(FamilyContract):
+    model_type = "llama"
+
+
+class TestMistral(FamilyContract):
+    model_type = "mistral"
+
+
+class TestQwen2(FamilyContract):
+    model_type = "qwen2"
+
+
+class TestQwen3(FamilyContract):
+    model_type = "qwen3"
+
+
+class TestGemma2(FamilyContract):
+    model_type = "gemma2"
+
+
+class TestGemma3Text(FamilyContract):
+    model_type = "gemma3_text"
+
+
+class TestPhi3(FamilyContract):
+    model_type = "phi3"
+
+
+class TestOlmo2(FamilyContract):
+    model_type = "olmo2"
+
+
+class TestGranite(FamilyContract):
+    model_type = "granite"
+
+
+class TestMixtral(FamilyContract):
+    model_type = "mixtral"
+    moe = True
+
+
+class TestQwen2Moe(FamilyContract):
+    model_type = "qwen2_moe"
+    moe = True
+
+
+class TestQwen3Moe(FamilyContract):
+    model_type = "qwen3_moe"
+    moe = True
+
+
+def test_every_family_is_tested_and_registered():
+    tested = {cls.model_type for cls in FamilyContract.__subclasses__()}
+    assert tested == set(supported_model_types()) == set(FAMILY_OVERRIDES)
+
+
+def test_unknown_model_type_is_refused_with_the_supported_list():
+    model = family_model("llama")
+    model.config.model_type = "phi"
+    with pytest.raises(PrunekitError) as e:
+        get_adapter(model)
+    assert all(name in str(e.value) for name in supported_model_types())
