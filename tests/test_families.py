@@ -24,6 +24,7 @@ from prunekit.core.errors import PrunekitError
 from prunekit.engine import Engine, reference_nll
 from prunekit.export import export
 from prunekit.export.hf import export_hf
+from prunekit.export.reading import load_export
 from prunekit.methods.depth.search import naive_greedy
 from prunekit.methods.depth.units import make_units, unit_name
 from prunekit.methods.width.llm_pruner import families_for
@@ -109,6 +110,7 @@ def zero_(module: torch.nn.Module) -> None:
 class FamilyContract:
     model_type = "llama"
     moe = False
+    llama_layout: tuple[str, ...] = ()  # formats in Llama's per-layer layout that write this family
 
     @pytest.fixture(autouse=True)
     def _one_thread(self, one_thread):
@@ -227,16 +229,28 @@ class FamilyContract:
             torch.testing.assert_close(merged(input_ids=ids).logits, tuned, rtol=1e-4, atol=1e-4)
         assert get_adapter(merged).total_params() == params
 
-    def test_llama_layout_exports_or_a_refusal_naming_hf(self, model, tmp_path):
-        loaded = wrap_model(model, tiny_tokenizer())
-        loaded.adapter.remove_block(Block.of(1, ATTN))
-        reason = loaded.adapter.llama_layout_refusal
+    def test_llama_layout_exports_or_a_refusal_naming_hf(self, tmp_path):
+        """gguf (deci) and nemotron-nas: written and verified (Phi-3 split, Granite folded), or refused naming hf."""
+        model = family_model(self.model_type, vocab_size=300, intermediate_size=256, tie_word_embeddings=True)
+        loaded = wrap_model(model, tiny_tokenizer(300))
+        loaded.adapter.remove_block(Block.of(0, ATTN))
+        loaded.adapter.remove_block(Block.of(2, MLP))
+        written = set()
         for fmt, to in (("gguf", tmp_path / "m.gguf"), ("nemotron-nas", tmp_path / "nas")):
-            if reason is None:
-                continue  # the old families' gguf / nemotron-nas behaviour is tested in test_export_*.py
-            with pytest.raises(PrunekitError, match="`format` hf") as e:
-                export(loaded, fmt, to)
-            assert reason in str(e.value) and not to.exists()
+            try:
+                result = export(loaded, fmt, to, **({"gguf_type": "f32"} if fmt == "gguf" else {}))
+            except PrunekitError as e:
+                assert "`format` hf" in str(e) and not to.exists()
+                if loaded.adapter.llama_layout_refusal:
+                    assert loaded.adapter.llama_layout_refusal in str(e)
+                continue
+            assert result["max_logit_diff"] <= 1e-4
+            written.add(fmt)
+        assert written == set(self.llama_layout)
+        if "gguf" in written:  # read back as the Llama model it was written as: the pruned model's logits
+            back = load_export(tmp_path / "m.gguf").model
+            with torch.no_grad():
+                torch.testing.assert_close(back(input_ids=IDS).logits, model(input_ids=IDS).logits, rtol=1e-4, atol=1e-4)
 
     def test_export_reloads_in_a_fresh_process(self, reloaded):
         """Whole layer 0 removed (stock layout: per-layer types renumbered), and blocks removed (per-layer layout)."""
@@ -250,14 +264,17 @@ class FamilyContract:
 
 class TestLlama(FamilyContract):
     model_type = "llama"
+    llama_layout = ("gguf", "nemotron-nas")
 
 
 class TestMistral(FamilyContract):
     model_type = "mistral"
+    llama_layout = ("gguf",)
 
 
 class TestQwen2(FamilyContract):
     model_type = "qwen2"
+    llama_layout = ("gguf",)
 
 
 class TestQwen3(FamilyContract):
@@ -274,6 +291,7 @@ class TestGemma3Text(FamilyContract):
 
 class TestPhi3(FamilyContract):
     model_type = "phi3"
+    llama_layout = ("gguf", "nemotron-nas")
 
 
 class TestOlmo2(FamilyContract):
@@ -282,6 +300,7 @@ class TestOlmo2(FamilyContract):
 
 class TestGranite(FamilyContract):
     model_type = "granite"
+    llama_layout = ("gguf", "nemotron-nas")
 
 
 class TestMixtral(FamilyContract):

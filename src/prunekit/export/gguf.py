@@ -23,7 +23,12 @@ Both stand-ins are reported (``zero_ffn_layers``, ``zero_attention_layers``) and
 
 Which parameter goes where is found through the adapter (embedding, norms, projections), and a
 model with any parameter left unplaced (e.g. Qwen3's q/k norms, which ``deci`` has no slot for)
-is refused. Tokenizer: copied from the source GGUF when the model came from one (the embedded
+is refused, as is a family whose adapter says Llama's layout cannot hold it
+(``llama_layout_refusal``: Gemma, OLMo 2, the MoE families). Fused projections (Phi-3) are written
+as their parts; a family's multipliers (Granite) are folded into the weights
+(``adapter.llama_folds``) and its config written as Llama's (``adapter.llama_config``), so the file
+is read back as the Llama model that computes the same function (:func:`llama_layout_model`), and
+verified against that model rounded. Tokenizer: copied from the source GGUF when the model came from one (the embedded
 model), else built from a byte-level BPE Hugging Face tokenizer. The base config rides along as
 ``prunekit.source_config`` so prunekit's reader (:func:`read_gguf`) can rebuild the model.
 
@@ -60,7 +65,7 @@ from prunekit.core.errors import PrunekitError, check_choice
 from prunekit.core.io import check_disk_space
 from prunekit.core.paths import package_dir
 from prunekit.export.layout import ModelLayout, model_layout
-from prunekit.export.readers import build_pruned_model, model_logits
+from prunekit.export.readers import build_pruned_model, logits_gap, model_logits
 from prunekit.models.adapter import ATTN, MLP, Block, Proj
 from prunekit.models.families.llama import LLAMA_GGUF_KEYS
 from prunekit.models.loading import EMBEDDED, LoadedModel
@@ -106,27 +111,33 @@ def _rope_freq_factors(config: dict, head_dim: int) -> np.ndarray | None:
     return (base / scaled.float()).numpy().astype(np.float32)
 
 
-def placed_tensors(loaded: LoadedModel, layout: ModelLayout, zero_ffn_width: int = ZERO_FFN_WIDTH) -> list[tuple[str, np.ndarray]]:
-    """(GGUF name, float32 array in torch layout) for every weight, q/k permuted; refuses unplaced params."""
+def placed_tensors(loaded: LoadedModel, layout: ModelLayout, zero_ffn_width: int = ZERO_FFN_WIDTH,
+                   stand_ins: bool = True) -> list[tuple[str, np.ndarray]]:
+    """(GGUF name, float32 array in torch layout) for every weight, q/k permuted; refuses unplaced params.
+
+    Fused projections are written as their separate parts, and the family's :class:`LlamaFolds`
+    are multiplied in (Granite's multipliers). ``stand_ins``: add the zero stand-ins of the module
+    docstring (False: only the model's own weights)."""
     adapter = loaded.adapter
-    placed: list[tuple[str, torch.Tensor]] = []
+    folds = adapter.llama_folds()
+    placed: list[tuple[str, torch.Tensor, float]] = []
     seen: set[int] = set()
 
-    def put(name: str, param: torch.Tensor | Proj | None, attr: str = "weight") -> None:
+    def put(name: str, param: torch.Tensor | Proj | None, attr: str = "weight", scale: float = 1.0) -> None:
         if isinstance(param, Proj):  # a projection, maybe rows of a fused Linear: mark the whole parameter seen
             base = getattr(param.module, attr)
             param = getattr(param, attr)
             if base is not None:
                 seen.add(id(base))
         if param is not None:
-            placed.append((name, param))
+            placed.append((name, param, scale))
             seen.add(id(param))
 
     tied = getattr(adapter.config, "tie_word_embeddings", False) or adapter.lm_head.weight is adapter.embed.weight
-    put("token_embd.weight", adapter.embed.weight)
+    put("token_embd.weight", adapter.embed.weight, scale=folds.embed)
     put("output_norm.weight", adapter.final_norm.weight)
-    if not tied:
-        put("output.weight", adapter.lm_head.weight)
+    if not tied or folds.embed != folds.logits:  # a folded tied head is its own tensor
+        put("output.weight", adapter.lm_head.weight, scale=folds.logits)
     else:
         seen.add(id(adapter.lm_head.weight))
     hidden = layout.config["hidden_size"]
@@ -140,15 +151,16 @@ def placed_tensors(loaded: LoadedModel, layout: ModelLayout, zero_ffn_width: int
                     f"layer {i} keeps {a.num_heads} query heads with a query bias, which llama.cpp's deci loader sizes as the hidden size.",
                     "Use `format` hf for this model.",
                 )
-            for short, lin in (("attn_q", a.q), ("attn_k", a.k), ("attn_v", a.v), ("attn_output", a.o)):
-                put(f"blk.{k}.{short}.weight", lin)
-                put(f"blk.{k}.{short}.bias", lin, "bias")
+            for short, lin, scale in (("attn_q", a.q, folds.query), ("attn_k", a.k, 1.0), ("attn_v", a.v, 1.0),
+                                      ("attn_output", a.o, folds.residual)):
+                put(f"blk.{k}.{short}.weight", lin, scale=scale)
+                put(f"blk.{k}.{short}.bias", lin, "bias", scale)
         if g.has_mlp:
             put(f"blk.{k}.ffn_norm.weight", adapter.norms(Block.of(i, MLP))[0].weight)
             m = adapter.mlp(i)
-            for short, lin in (("ffn_gate", m.gate), ("ffn_up", m.up), ("ffn_down", m.down)):
-                put(f"blk.{k}.{short}.weight", lin)
-                put(f"blk.{k}.{short}.bias", lin, "bias")
+            for short, lin, scale in (("ffn_gate", m.gate, 1.0), ("ffn_up", m.up, 1.0), ("ffn_down", m.down, folds.residual)):
+                put(f"blk.{k}.{short}.weight", lin, scale=scale)
+                put(f"blk.{k}.{short}.bias", lin, "bias", scale)
     left = [n for n, p in adapter.model.named_parameters() if id(p) not in seen]
     if left:
         raise PrunekitError(
@@ -158,13 +170,17 @@ def placed_tensors(loaded: LoadedModel, layout: ModelLayout, zero_ffn_width: int
     heads = {g.source: g for g in layout.layers}
     source_index = {k: g.source for k, g in enumerate(layout.layers)}
     out = []
-    for name, p in placed:
+    for name, p, scale in placed:
         w = p.detach().to("cpu", torch.float32).numpy()
+        if scale != 1.0:
+            w = w * np.float32(scale)
         parts = name.split(".")
         if parts[0] == "blk" and parts[2] in ("attn_q", "attn_k"):
             g = heads[source_index[int(parts[1])]]
             w = permute_rope_rows(w, g.num_heads if parts[2] == "attn_q" else g.num_kv_heads)
         out.append((name, np.ascontiguousarray(w)))
+    if not stand_ins:
+        return out
     if layout.layers and not layout.layers[0].has_attention:
         out.append(("blk.0.attn_norm.weight", np.ones(hidden, np.float32)))
         out.append(("blk.0.attn_output.weight", np.zeros((hidden, hidden), np.float32)))
@@ -296,7 +312,13 @@ def verify_gguf(loaded: LoadedModel, path: str | Path, gguf_type: str) -> tuple[
     family, config, (heads, kv, inter, head_dim), state = read_gguf(path)
     back = model_logits(build_pruned_model(family, config, heads, kv, inter, head_dim, state))
     del state  # one extra model in memory at a time: the re-read one, then the rounded copy
-    ref = model_logits(rounded_model(loaded.model, gguf_type))
+    _, _, written = llama_layout_model(loaded, model_layout(loaded.adapter))
+    if written is not None:  # split / folded weights: the rounded model is the Llama-layout one
+        fold_gap = logits_gap(loaded.model, written)
+        if not fold_gap <= VERIFY_TOL:
+            raise PrunekitError(f"the Llama-layout copy of this '{loaded.adapter.model_type}' model is {fold_gap:.3g} away from it.",
+                                "Report this as a prunekit bug, with the plan.json.")
+    ref = model_logits(rounded_model(written if written is not None else loaded.model, gguf_type))
     diff = (back - ref).abs().max().item()
     rounding = (model_logits(loaded.model) - ref).abs().max().item()
     if not diff <= VERIFY_TOL:
@@ -335,6 +357,7 @@ def export_gguf(loaded: LoadedModel, to: str | Path, overwrite: bool = False, gg
         )
     if not layout.layers:
         raise PrunekitError("every block of the model is removed: there is nothing to export.", "Prune less.")
+    cfg = llama_config(loaded, layout)  # a family written in Llama's layout is read back as Llama
     tensors = placed_tensors(loaded, layout)
     factors = _rope_freq_factors(cfg, layout.head_dim)
     check_disk_space(to.parent, sum(a.nbytes for _, a in tensors) + (64 << 20))
@@ -438,6 +461,11 @@ def read_gguf(path: str | Path) -> tuple[str, dict, tuple[list[int], list[int], 
             for short in ("ffn_norm", "ffn_gate", "ffn_up", "ffn_down"):
                 arrays.pop(f"blk.{k}.{short}.weight")
         inter.append(0 if zero else width)
+    return config["model_type"], config, (heads, kv, inter, head_dim), llama_state(arrays, heads, kv)
+
+
+def llama_state(arrays: dict[str, np.ndarray], heads: list[int], kv: list[int]) -> dict[str, torch.Tensor]:
+    """GGUF-named arrays (q/k rows permuted) as a Llama-layout state dict (q/k rows as Hugging Face has them)."""
     names = LLAMA_GGUF_KEYS
     state: dict[str, torch.Tensor] = {}
     for name, arr in arrays.items():
@@ -452,7 +480,34 @@ def read_gguf(path: str | Path) -> tuple[str, dict, tuple[list[int], list[int], 
         else:
             key = f"{names[parts[0]]}.{parts[1]}"
         state[key] = torch.from_numpy(np.ascontiguousarray(arr))
-    return config["model_type"], config, (heads, kv, inter, head_dim), state
+    return state
+
+
+def llama_config(loaded: LoadedModel, layout: ModelLayout) -> dict:
+    """The config of the model as written in Llama's layout (``layout.config`` itself for Llama-layout
+    families); a tied head whose folds differ from the embedding's is written untied."""
+    adapter = loaded.adapter
+    config = adapter.llama_config(layout.config)
+    folds = adapter.llama_folds()
+    if config.get("tie_word_embeddings") and folds.embed != folds.logits:
+        config = config | {"tie_word_embeddings": False}
+    return config
+
+
+def llama_layout_model(loaded: LoadedModel, layout: ModelLayout) -> tuple[str, dict, torch.nn.Module | None]:
+    """(model_type, config, model) of the pruned model as written in Llama's layout: for a family that is
+    Llama's layout already, its own model_type and config and None (the pruned model itself is it);
+    otherwise the Llama model holding the split and folded weights (:func:`placed_tensors`)."""
+    adapter = loaded.adapter
+    config = llama_config(loaded, layout)
+    if config is layout.config and adapter.llama_folds().identity:
+        return config["model_type"], config, None
+    arrays = dict(placed_tensors(loaded, layout, stand_ins=False))
+    heads = [g.num_heads for g in layout.layers]
+    kv = [g.num_kv_heads for g in layout.layers]
+    inter = [g.intermediate_size for g in layout.layers]
+    model = build_pruned_model(config["model_type"], config, heads, kv, inter, layout.head_dim, llama_state(arrays, heads, kv))
+    return config["model_type"], config, model
 
 
 class LlamaCppModel:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 from safetensors.torch import save_file
@@ -22,6 +23,7 @@ from safetensors.torch import save_file
 from prunekit.core.errors import PrunekitError
 from prunekit.core.io import atomic_dir, check_disk_space
 from prunekit.export.layout import ModelLayout, model_layout, renumbered_state_dict
+from prunekit.export.gguf import llama_layout_model
 from prunekit.export.readers import build_pruned_model, logits_gap, read_safetensors
 from prunekit.models.adapter import embedding_keys
 from prunekit.models.loading import LoadedModel
@@ -79,10 +81,11 @@ def block_configs(model_type: str, layout: ModelLayout) -> list[dict]:
     return out
 
 
-def nas_config(loaded: LoadedModel, layout: ModelLayout) -> dict:
-    """config.json of the export: the base Llama config, ``block_configs``, the DeciLM names."""
-    blocks = block_configs(loaded.model.config.model_type, layout)
-    cfg = {k: v for k, v in layout.config.items() if k not in DROP}
+def nas_config(loaded: LoadedModel, layout: ModelLayout, model_type: str, base: dict) -> dict:
+    """config.json of the export: the base Llama config (``base``: the model's config as Llama-layout
+    ``model_type`` reads it), ``block_configs``, the DeciLM names."""
+    blocks = block_configs(model_type, replace(layout, config=base))
+    cfg = {k: v for k, v in base.items() if k not in DROP}
     rope = cfg.get("rope_parameters") or {}
     if rope.get("rope_theta") is not None:  # readers older than transformers 5 look for these
         cfg["rope_theta"] = rope["rope_theta"]
@@ -124,10 +127,16 @@ def export_nemotron_nas(loaded: LoadedModel, to: str | Path, overwrite: bool = F
     if loaded.adapter.llama_layout_refusal:
         raise _refuse(f"{loaded.adapter.llama_layout_refusal} ('{loaded.adapter.model_type}')")
     layout = model_layout(loaded.adapter)
-    config = nas_config(loaded, layout)
-    state = renumbered_state_dict(loaded.adapter, layout)
-    if config.get("tie_word_embeddings"):
-        state.pop(embedding_keys(loaded.model)[0], None)
+    model_type, base, written = llama_layout_model(loaded, layout)  # Phi-3 split, Granite folded; else the model
+    config = nas_config(loaded, layout, model_type, base)
+    if written is None:
+        state = renumbered_state_dict(loaded.adapter, layout)
+        if config.get("tie_word_embeddings"):
+            state.pop(embedding_keys(loaded.model)[0], None)
+    else:
+        state = dict(written.state_dict())
+        if config.get("tie_word_embeddings"):
+            state.pop(embedding_keys(written)[0], None)
     state = {k: v.detach().to("cpu").contiguous() for k, v in state.items()}
     check_disk_space(to.parent if not to.exists() else to, sum(v.numel() * v.element_size() for v in state.values()) + (64 << 20))
     with atomic_dir(to, overwrite=overwrite) as tmp:

@@ -73,6 +73,23 @@ class Head:
     softcap: float | None = None
 
 
+@dataclass(frozen=True)
+class LlamaFolds:
+    """Factors that write a model in Llama's layout (gguf ``deci``, nemotron-nas): multiplying the
+    token embedding, the q rows, the o / down rows (what each block writes to the residual) and the
+    LM head by them gives Llama's semantics (embedding unscaled, attention scale ``head_dim ** -0.5``,
+    residual scale 1, logits unscaled) the same function."""
+
+    embed: float = 1.0
+    query: float = 1.0
+    residual: float = 1.0
+    logits: float = 1.0
+
+    @property
+    def identity(self) -> bool:
+        return self == LlamaFolds()
+
+
 class Proj:
     """Output rows ``[start, stop)`` of a Linear: a whole projection, or one part of a fused one
     (Phi-3's ``qkv_proj`` = ``[Q | K | V]`` rows, ``gate_up_proj`` = ``[gate | up]`` rows).
@@ -306,6 +323,15 @@ class ModelAdapter:
 
         Llama-like attention infers the head count from the weights (``view(..., -1, head_dim)``);
         families that read it from elsewhere override this."""
+
+    def llama_folds(self) -> LlamaFolds:
+        """How this model's weights are scaled to be written in Llama's layout (see :class:`LlamaFolds`)."""
+        return LlamaFolds()
+
+    def llama_config(self, config: dict) -> dict:
+        """``config`` (a dict of this family's config) as the config of the Llama-layout model it is
+        written as; the family's own for families that are Llama's layout already."""
+        return config
 
     def kept_layers_config(self, sources: list[int]) -> dict:
         """Config entries that follow the layer index, for a model that keeps base layers ``sources``

@@ -9,6 +9,8 @@ so removing heads leaves them as they are. The contract's defaults are exactly t
 
 from __future__ import annotations
 
+from transformers import LlamaConfig
+
 from prunekit.models.adapter import ModelAdapter
 
 
@@ -36,3 +38,9 @@ LLAMA_GGUF_KEYS = {
     "attn_v": "self_attn.v_proj", "attn_output": "self_attn.o_proj", "ffn_norm": "post_attention_layernorm",
     "ffn_gate": "mlp.gate_proj", "ffn_up": "mlp.up_proj", "ffn_down": "mlp.down_proj",
 }
+
+
+def as_llama_config(config: dict) -> dict:
+    """A family's config dict as a Llama config dict: the entries Llama's config has, ``model_type`` llama."""
+    keys = set(LlamaConfig().to_dict()) - {"architectures", "transformers_version"}
+    return {k: v for k, v in config.items() if k in keys} | {"model_type": "llama", "architectures": ["LlamaForCausalLM"]}

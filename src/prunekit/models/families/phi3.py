@@ -6,6 +6,9 @@ by ``chunk(2)``, so MLP channel ``j`` owns rows ``j`` and ``I + j``. The residua
 identities in evaluation. The attention slices its fused output with
 ``config.num_attention_heads`` and ``self.num_key_value_heads``, so after head removal
 :meth:`sync_attention` gives the module its own copy of the config with its own head count.
+
+In Llama's layout (gguf, nemotron-nas) the fused rows are written as separate q / k / v and
+gate / up tensors; a scaled RoPE (``longrope``) or a partial rotary factor is refused there.
 """
 
 from __future__ import annotations
@@ -13,11 +16,20 @@ from __future__ import annotations
 import copy
 
 from prunekit.models.adapter import ATTN, MLP, AttentionProjections, Block, MlpProjections, ModelAdapter, Proj
+from prunekit.models.families.llama import as_llama_config
 
 
 class Phi3Adapter(ModelAdapter):
     model_type = "phi3"
-    llama_layout_refusal = "prunekit does not yet split Phi-3's fused projections for it"
+
+    @property
+    def llama_layout_refusal(self) -> str | None:
+        rope = getattr(self.config, "rope_parameters", None) or {}
+        if rope.get("rope_type", "default") != "default":
+            return f"its RoPE type '{rope.get('rope_type')}' is not Llama's"
+        if float(rope.get("partial_rotary_factor", getattr(self.config, "partial_rotary_factor", None)) or 1.0) != 1.0:
+            return "it rotates only part of each head (partial_rotary_factor), which Llama's layout cannot say"
+        return None
 
     def attention(self, layer: int) -> AttentionProjections:
         attn = self.sublayer(Block.of(layer, ATTN))
@@ -44,3 +56,6 @@ class Phi3Adapter(ModelAdapter):
             attn.config.num_key_value_heads = a.num_kv_heads
             attn.num_key_value_heads = a.num_kv_heads
             attn.num_key_value_groups = a.num_heads // a.num_kv_heads
+
+    def llama_config(self, config: dict) -> dict:
+        return as_llama_config(config)
