@@ -30,6 +30,7 @@ from prunekit.methods.depth.units import make_units, unit_name
 from prunekit.methods.width.llm_pruner import families_for
 from prunekit.methods.width.options import WidthConfig
 from prunekit.models import ATTN, MLP, Block, get_adapter, supported_model_types
+from prunekit.models.groups import block_families, hidden_family
 from prunekit.models.loading import wrap_model
 from prunekit.models.tiny import FAMILY_OVERRIDES, family_model, tiny_tokenizer
 from prunekit.pipeline.recover import RecoverConfig, attach_lora, merge_lora
@@ -179,6 +180,8 @@ class FamilyContract:
             mlp.down.weight[:, [3, 7]] = 0
             before = model(input_ids=ids).logits
         width = mlp.gate.out_features
+        fams = {f.kind: f for f in block_families(a, 1, 3) if (f.kind, f.layer) in (("attn", 1), ("mlp", 2))}
+        expected = a.total_params() - fams["attn"].params_per_structure - 2 * fams["mlp"].params_per_structure
         apply_width(a, {"strategy": "block", "hidden": None, "layers": [
             {"layer": 1, "kv_heads": list(range(1, att.num_kv_heads))},
             {"layer": 2, "mlp_channels": [j for j in range(width) if j not in (3, 7)]},
@@ -186,6 +189,7 @@ class FamilyContract:
         with torch.no_grad():
             after = model(input_ids=ids).logits
         assert a.attention(1).num_heads == att.num_heads - rep and a.mlp_width(2) == width - 2
+        assert a.total_params() == expected
         torch.testing.assert_close(after, before, rtol=1e-5, atol=1e-5)
 
     def test_hidden_channels_keep_the_embedding_scale(self, model, ids, tmp_path):
@@ -194,7 +198,10 @@ class FamilyContract:
             return
         h0, _ = a.capture_inputs(ids)
         kept = list(range(0, model.config.hidden_size, 2))
+        fam = hidden_family(a)  # its accounting (what the channel strategy budgets with) is what slicing removes
+        expected = a.total_params() - (fam.n - len(kept)) * fam.params_per_structure
         apply_width(a, {"strategy": "channel", "layers": [], "hidden": kept})
+        assert a.total_params() == expected
         h1, _ = a.capture_inputs(ids)
         torch.testing.assert_close(h1, h0[..., kept])  # the embedding's own scale (Gemma's sqrt(hidden)) is kept
         if a.hidden_resize_refusal:

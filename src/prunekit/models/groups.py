@@ -170,7 +170,11 @@ def hidden_family(adapter: ModelAdapter, names: dict[int, str] | None = None) ->
     parts += [_part(norm, "weight", 0, idx, "norm", names), _part(norm, "bias", 0, idx, "norm", names)]
     if adapter.lm_head.weight is not adapter.embed.weight:  # a tied head is the embedding: counted once
         parts.append(_part(adapter.lm_head, "weight", 1, idx, "lm_head", names))
-    return Family("hidden", None, n, [p for p in parts if p is not None])
+    unique: dict[tuple[int, str], Part] = {}  # a fused Linear's columns (Phi-3's q, k, v) are one part
+    for p in parts:
+        if p is not None:
+            unique.setdefault((id(p.module), p.attr), p)
+    return Family("hidden", None, n, list(unique.values()))
 
 
 def block_families(adapter: ModelAdapter, start: int, end: int) -> list[Family]:
