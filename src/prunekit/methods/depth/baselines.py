@@ -65,22 +65,32 @@ def relative_magnitude(h_in: torch.Tensor, h_out: torch.Tensor) -> tuple[float, 
 
 
 def _walk(engine: Engine, units: list[Unit], fn, progress: ProgressFn | None, stage: str) -> dict[Unit, float]:
-    """Mean over tokens of ``fn(state in, state out)`` per unit, on the dense model (``fn`` returns (sum, count))."""
+    """Mean over tokens of ``fn(state in, state out)`` per unit, on the dense model (``fn`` returns (sum, count)).
+
+    Block-major: every window batch through a unit before the next unit, so under a memory cap each
+    block's weights come in once."""
     e = engine
     order = sorted(units, key=lambda u: u[0])
     sums = {u: 0.0 for u in order}
     count = {u: 0 for u in order}
-    for j in range(e.n_batches):
-        h, b = e.h0(j), 0
-        for u in order:
-            h = e.run(j, h, b, u[0], frozenset())
-            out = e.run(j, h, u[0], u[-1] + 1, frozenset())
-            s, n = fn(h, out)
+    hs, b = [e.h0(j) for j in range(e.n_batches)], 0
+
+    def advance(stop: int) -> None:  # every batch through block ``blk`` before block ``blk + 1``
+        for blk in range(b, stop):
+            for j in range(e.n_batches):
+                hs[j] = e.run(j, hs[j], blk, blk + 1, frozenset())
+
+    for k, u in enumerate(order):
+        advance(u[0])
+        b, ins = u[0], list(hs)
+        advance(u[-1] + 1)
+        for j in range(e.n_batches):
+            s, n = fn(ins[j], hs[j])
             sums[u] += s
             count[u] += n
-            h, b = out, u[-1] + 1
+        b = u[-1] + 1
         if progress:
-            progress(stage, j + 1, e.n_batches)
+            progress(stage, k + 1, len(order))
     return {u: sums[u] / max(count[u], 1) for u in order}
 
 
@@ -105,6 +115,12 @@ def alone_totals(engine: Engine, units: list[Unit], progress: ProgressFn | None 
     totals = {u: 0.0 for u in order}
     done, n = 0, e.n_batches * len(order)
     for j in range(e.n_batches):
+        if e.onload is not None:  # under a memory cap: every unit at once, each block's weights in once per batch
+            _alone_group(e, j, order, totals)
+            done += len(order)
+            if progress:
+                progress("scoring units alone", done, n)
+            continue
         h, b = e.h0(j), 0
         for u in order:
             h = e.run(j, h, b, u[0], frozenset())
@@ -115,6 +131,18 @@ def alone_totals(engine: Engine, units: list[Unit], progress: ProgressFn | None 
             if progress:
                 progress("scoring units alone", done, n)
     return totals
+
+
+def _alone_group(e: Engine, j: int, order: list[Unit], totals: dict[Unit, float]) -> None:
+    """Batch ``j`` of :func:`alone_totals` with the units run together (``Engine.run_group``, block-major):
+    the dense states at the units' first blocks, then every unit's run to the end in one walk."""
+    h, b, items = e.h0(j), 0, []
+    for u in order:
+        h = e.run(j, h, b, u[0], frozenset())
+        b = u[0]
+        items.append((u[0], h, frozenset(u), ()))
+    for u, (out, _) in zip(order, e.run_group(j, items)):
+        totals[u] += float(e.score(j, out).sum())
 
 
 def taylor_scores(loaded: LoadedModel, engine: Engine, units: list[Unit]) -> dict[Unit, float]:
