@@ -59,16 +59,22 @@ print(json.dumps(out))
 """
 
 
-CASES = {"layers": [Block.of(0, ATTN), Block.of(0, MLP)], "blocks": [Block.of(0, ATTN), Block.of(2, MLP)]}
-EXPECTED_LAYOUT = {"layers": "stock", "blocks": "per-layer"}
+CASES = {"layers": [Block.of(0, ATTN), Block.of(0, MLP)], "blocks": [Block.of(0, ATTN), Block.of(2, MLP)],
+         "width": [Block.of(3, MLP)]}
+EXPECTED_LAYOUT = {"layers": "stock", "blocks": "per-layer", "width": "per-layer"}
+# "width" also slices KV group 0 of layer 1 and every other MLP channel of layer 2 (not for MoE families)
+WIDTH = {"strategy": "block", "hidden": None,
+         "layers": [{"layer": 1, "kv_heads": [1]}, {"layer": 2, "mlp_channels": list(range(0, 96, 2))}]}
 
 
-def _pruned_outputs(model_type: str, blocks: list[Block], to) -> tuple:
-    """Export the family's model with ``blocks`` removed; its layout, logits on IDS, greedy tokens with
+def _pruned_outputs(model_type: str, case: str, to) -> tuple:
+    """Export the family's model pruned as ``case`` says; its layout, logits on IDS, greedy tokens with
     and without the KV cache."""
     loaded = wrap_model(family_model(model_type), tiny_tokenizer())
-    for b in blocks:
+    for b in CASES[case]:
         loaded.adapter.remove_block(b)
+    if case == "width":
+        apply_width(loaded.adapter, WIDTH)
     layout = export_hf(loaded, to, verify=False)["layout"]
     with torch.no_grad():
         logits = loaded.model(input_ids=IDS).logits
@@ -89,9 +95,11 @@ def reloaded(tmp_path_factory):
     torch.set_num_threads(1)
     try:
         for model_type in supported_model_types():
-            for case, blocks in CASES.items():
+            for case in CASES:
+                if case == "width" and get_adapter(family_model(model_type)).width_refusal:
+                    continue
                 path = root / model_type / case
-                want.setdefault(model_type, {})[case] = _pruned_outputs(model_type, blocks, path)
+                want.setdefault(model_type, {})[case] = _pruned_outputs(model_type, case, path)
                 paths[str(path)] = f"{model_type}/{case}"
     finally:
         torch.set_num_threads(threads)
@@ -260,7 +268,8 @@ class FamilyContract:
                 torch.testing.assert_close(back(input_ids=IDS).logits, model(input_ids=IDS).logits, rtol=1e-4, atol=1e-4)
 
     def test_export_reloads_in_a_fresh_process(self, reloaded):
-        """Whole layer 0 removed (stock layout: per-layer types renumbered), and blocks removed (per-layer layout)."""
+        """Whole layer 0 removed (stock layout: per-layer types renumbered), blocks removed, and heads and MLP
+        channels sliced (per-layer layout: the fused projections and all-head norms resized)."""
         for case, (layout, logits, tokens, cached) in reloaded["want"][self.model_type].items():
             assert layout == EXPECTED_LAYOUT[case]
             assert cached == tokens  # in memory: greedy with the KV cache == greedy without it

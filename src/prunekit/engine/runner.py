@@ -43,8 +43,9 @@ class WorkCounter:
 def block_macs_per_token(adapter: ModelAdapter, block: Block, seq_len: int) -> float:
     """MACs per token of one block on ``seq_len``-token windows.
 
-    Weights: one MAC per weight (``adapter.weight_macs``: a sparse MoE block counts its active experts). Attention adds ``Q K^T`` and ``A V``: ``2 * n_heads *
-    head_dim`` MACs per attended key, ``(seq_len + 1) / 2`` keys on average under the causal mask.
+    Weights: one MAC per weight (``adapter.weight_macs``: a sparse MoE block counts its active experts).
+    Attention adds ``Q K^T`` and ``A V``: ``2 * n_heads * head_dim`` MACs per attended key,
+    ``(seq_len + 1) / 2`` keys on average under the causal mask.
     """
     if adapter.is_removed(block):
         return 0.0

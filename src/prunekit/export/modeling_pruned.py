@@ -9,7 +9,8 @@ nor anything else to load, run, generate with or re-save the model::
 
 Each class subclasses the base family's own transformers classes (Llama, Mistral, Qwen2, Qwen3,
 Gemma 2, Gemma 3 text, Phi-3, OLMo 2, Granite, Mixtral, Qwen2-MoE, Qwen3-MoE), so the forward
-pass, masks, rotary embeddings, KV cache and ``generate`` are the family's own. The config adds three per-layer lists, one entry per decoder layer:
+pass, masks, rotary embeddings, KV cache and ``generate`` are the family's own. The config adds
+three per-layer lists, one entry per decoder layer:
 
 - ``layer_num_attention_heads[i]``: query heads of layer ``i`` (0 = its attention block is absent);
 - ``layer_num_key_value_heads[i]``: KV heads of layer ``i`` (0 when its attention is absent);

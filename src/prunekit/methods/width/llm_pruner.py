@@ -125,7 +125,8 @@ class Gradients:
 def families_for(adapter, width: WidthConfig) -> tuple[list[Family], str | None]:
     """The coupled families ``width`` prunes, and the resolved layer range (block strategy)."""
     if adapter.width_refusal:
-        raise PrunekitError(f"{adapter.width_refusal} (model_type '{adapter.model_type}').", "Use a depth method (blockpruner, shortgpt, sleb, ...).")
+        raise PrunekitError(f"{adapter.width_refusal} (model_type '{adapter.model_type}').",
+                            "Use a depth method (blockpruner, shortgpt, sleb, ...).")
     if width.strategy == "block":
         start, end = parse_layers(width.layers, adapter.num_layers)
         families = block_families(adapter, start, end)

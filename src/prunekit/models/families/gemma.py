@@ -27,7 +27,8 @@ from prunekit.models.adapter import BlockSpec, Head, ModelAdapter
 class Gemma2Adapter(ModelAdapter):
     model_type = "gemma2"
     llama_layout_refusal = "Gemma's norms on the attention and MLP outputs and its logit soft-capping have no place in it"
-    hidden_resize_refusal = "Gemma's config derives the embedding normaliser sqrt(hidden_size) from the hidden size, so a narrower one would change it"
+    hidden_resize_refusal = ("Gemma's config derives the embedding normaliser sqrt(hidden_size) from the hidden size, "
+                             "so a narrower one would change it")
     attn_spec = BlockSpec("input_layernorm", "self_attn", "post_attention_layernorm")
     mlp_spec = BlockSpec("pre_feedforward_layernorm", "mlp", "post_feedforward_layernorm")
 
