@@ -35,6 +35,8 @@ def main() -> None:
     ap.add_argument("--work", default="/tmp/prunekit-distill")
     ap.add_argument("--steps", default="30,200")
     ap.add_argument("--losses", default="lm,distill")
+    ap.add_argument("--alpha", type=float, default=1.0, help="distill: weight of the KL (the LM loss gets 1 - alpha).")
+    ap.add_argument("--topk", type=int, default=0, help="distill: cache the teacher's top-K (0: full, on the fly).")
     ap.add_argument("--json", default=str(HERE / "results" / "distill_vs_lm.json"))
     args = ap.parse_args()
     work = Path(args.work)
@@ -47,22 +49,25 @@ def main() -> None:
     results = json.loads(path.read_text()) if path.is_file() else {}
     for steps in [int(s) for s in args.steps.split(",")]:
         for loss in args.losses.split(","):
-            key = f"{loss}-{steps}"
+            variant = "" if loss == "lm" or (args.alpha == 1.0 and not args.topk) else f"-a{args.alpha:g}-k{args.topk}"
+            key = f"{loss}{variant}-{steps}"
             if key in results:
                 continue
             cfg = RecoverConfig(data="wiki", seq_len=128, batch_size=4, max_steps=steps, epochs=100,
-                                save_every=10**6, distill=loss == "distill")
+                                save_every=10**6, distill=loss == "distill", distill_alpha=args.alpha,
+                                distill_topk=args.topk)
             rep = recover(pruned, cfg, work / key, overwrite=True, device="cpu")
             results[key] = {k: rep[k] for k in ("steps", "train_seconds", "perplexity_before", "perplexity_after",
                                                 "first_loss", "last_loss", "train_windows", "loss")}
             results[key]["plan"] = args.plan
+            results[key]["options"] = {k: rep["options"][k] for k in ("lr", "lora_r", "distill_alpha", "distill_topk")}
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(json.dumps(results, indent=2) + "\n")
             print(key, json.dumps(results[key]), flush=True)
     print("| steps | loss | wiki-test | news | train s |\n|---:|---|---:|---:|---:|")
     for key, r in results.items():
         after = r["perplexity_after"]
-        print(f"| {r['steps']} | {r['loss']} | {after['wiki-test']:.3f} | {after['news']:.3f} | {r['train_seconds']:.0f} |")
+        print(f"| {r['steps']} | {key.rsplit('-', 1)[0]} | {after['wiki-test']:.3f} | {after['news']:.3f} | {r['train_seconds']:.0f} |")
 
 
 if __name__ == "__main__":

@@ -223,3 +223,16 @@ def test_every_command_has_help(command):
     r = run_cli(command, "--help")
     assert r.returncode == 0, r.stderr
     assert "Usage:" in r.stdout and f" {command} [OPTIONS]" in r.stdout and "--help" in r.stdout
+
+
+def test_demo_runs_its_method_and_blockpruner_beside_it(ws):
+    """`prunekit demo` on a tiny model: SLEB's plan and, on the same calibration, BlockPruner's; one table of both."""
+    _, model_dir, _ = ws
+    r = run_cli("demo", "--model", str(model_dir), "--windows", "2", "--seq-len", "32", "--eval-windows", "1",
+                env={"OMP_NUM_THREADS": "1", "COLUMNS": "200"})
+    assert r.returncode == 0, r.stderr
+    table = r.stdout[r.stdout.index("held-out perplexity"):]
+    assert "sleb: removed" in r.stdout and "blockpruner: removed" in r.stdout
+    assert all(row in table for row in ("dense", "sleb", "blockpruner"))
+    r = run_cli("demo", "--model", str(model_dir), "--method", "llm-pruner")
+    assert r.returncode == 2 and "depth methods" in r.stderr

@@ -148,27 +148,38 @@ def info(model: str = typer.Argument(..., help="Model spec or a prunekit output 
 def demo(
     model: str = typer.Option("smollm2-135m", "--model", help="Model spec."),
     ratio: float = typer.Option(0.2, "--ratio", help="Fraction of parameters to remove."),
+    method: str = typer.Option("sleb", "--method", help="The depth method the demo prunes with (SLEB: lowest held-out perplexity in BENCHMARKS.md)."),
+    against: str = typer.Option("blockpruner", "--against", help="The depth method run beside it on the same calibration ('none': skip)."),
     windows: int = typer.Option(4, "--windows", help="Calibration windows (of --seq-len tokens) from wiki."),
     seq_len: int = typer.Option(64, "--seq-len", help="Tokens per calibration window."),
     batch_size: int = typer.Option(1, "--batch-size", help="Calibration windows per batch (early exit works between batches)."),
     eval_windows: int = typer.Option(8, "--eval-windows", help="Evaluation windows of 256 tokens per source."),
 ) -> None:
-    """What `make demo` runs: BlockPruner on the embedded model, dense vs pruned perplexity on held-out text."""
+    """What `make demo` runs: --method (and --against beside it) on the embedded model, held-out perplexity of each."""
     t0 = time.perf_counter()
+    methods = [method] + ([against] if against != "none" and against != method else [])
+    for m in methods:
+        if get_method(m).kind != "depth":
+            raise PrunekitError(f"the demo runs depth methods; '{m}' is a {get_method(m).kind} method.",
+                                "Use e.g. --method sleb --against blockpruner.")
     loaded = load_model(model, device="cpu")
     console.print(f"calibrating on {windows} x {seq_len} = {windows * seq_len} tokens of the embedded wiki split; "
                   f"evaluating on {eval_windows} x 256 tokens of wiki-test (held-out articles) and news")
-    dense = pipeline.evaluate(loaded, ["wiki-test", "news"], 256, eval_windows)
-    depth = DepthConfig(ratio=ratio)
+    rows = [("dense", pipeline.evaluate(loaded, ["wiki-test", "news"], 256, eval_windows), None)]
     cal = CalibConfig(source="wiki", seq_len=seq_len, windows=windows, batch_size=batch_size)
-    with progress_bar() as update:
-        res = pipeline.prune(loaded, depth, cal, progress=update, on_step=print_step)
-    pruned = pipeline.evaluate(res.loaded, ["wiki-test", "news"], 256, eval_windows)
-    print_plan(res.plan, res.timing)
-    t = Table(title="held-out perplexity, dense vs pruned")
-    for col in ("model", "parameters", "wiki-test", "news"):
+    for m in methods:
+        console.print(f"{m}: searching for {ratio:.0%} of the parameters")
+        with progress_bar() as update:
+            res = pipeline.prune(loaded, DepthConfig(method=m, ratio=ratio), cal, progress=update, on_step=print_step)
+        print_plan(res.plan, res.timing)
+        rows.append((m, pipeline.evaluate(res.loaded, ["wiki-test", "news"], 256, eval_windows), res.timing["search_seconds"]))
+        del res
+    t = Table(title="held-out perplexity, dense vs pruned (the same calibration for every method)")
+    for col in ("model", "parameters", "removed", "wiki-test", "news", "search s"):
         t.add_column(col, justify="right")
-    for name, r in (("dense", dense), (f"blockpruner {ratio:.0%}", pruned)):
-        t.add_row(name, f"{r['parameters']:,}", f"{r['perplexity']['wiki-test']:.3f}", f"{r['perplexity']['news']:.3f}")
+    dense_params = rows[0][1]["parameters"]
+    for name, r, secs in rows:
+        t.add_row(name, f"{r['parameters']:,}", f"{1 - r['parameters'] / dense_params:.1%}", f"{r['perplexity']['wiki-test']:.3f}",
+                  f"{r['perplexity']['news']:.3f}", "-" if secs is None else f"{secs:.0f}")
     out_console.print(t)
     out_console.print(f"wall time: {time.perf_counter() - t0:.1f} s")

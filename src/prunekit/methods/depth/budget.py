@@ -18,7 +18,13 @@ step's best reaching unit, exactly what a run for that budget alone gives; the p
 on by the per-cost key. Both choices come from one pass over the candidates
 (:class:`prunekit.methods.depth.search.Selection`'s further objectives), with the engine's
 prefix and trajectory caches and early exit (a candidate is dropped once its partial total rules
-it out of every objective).
+it out of every objective). Early exit seldom acts on the per-cost key: a partial total is below
+the current model's total (a negative rise) until most windows are scored, so nearly every
+candidate runs to the end and a step costs far more than a BlockPruner step.
+
+**Landing lookahead** (``budget-greedy-la``, ``landing`` 2): each of the first ``landing`` steps
+at which some unit can reach the budget offers a landing (the path so far plus that step's best
+reaching unit), and the lowest total among them wins. The path does not depend on it.
 """
 
 from __future__ import annotations
