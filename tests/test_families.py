@@ -11,6 +11,7 @@ model's logits and its greedy tokens under the KV cache (one subprocess per fami
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import subprocess
@@ -21,6 +22,7 @@ import torch
 
 from conftest import random_windows
 from prunekit.core.errors import PrunekitError
+from prunekit.data.calibration import CalibConfig
 from prunekit.engine import Engine, reference_nll
 from prunekit.export import export
 from prunekit.export.hf import export_hf
@@ -32,8 +34,10 @@ from prunekit.methods.width.options import WidthConfig
 from prunekit.models import ATTN, MLP, Block, get_adapter, supported_model_types
 from prunekit.models.groups import block_families, hidden_family
 from prunekit.models.loading import wrap_model
-from prunekit.models.tiny import FAMILY_OVERRIDES, family_model, tiny_tokenizer
+from prunekit.models.tiny import FAMILY_OVERRIDES, TINY_TEXT, family_model, tiny_tokenizer
+from prunekit.pipeline.prune import prune_width
 from prunekit.pipeline.recover import RecoverConfig, attach_lora, merge_lora
+from prunekit.plan.apply import apply_plan
 from prunekit.plan.slicing import apply_width
 
 from test_search import CONFIGS, _assert_same, _search
@@ -62,7 +66,8 @@ print(json.dumps(out))
 CASES = {"layers": [Block.of(0, ATTN), Block.of(0, MLP)], "blocks": [Block.of(0, ATTN), Block.of(2, MLP)],
          "width": [Block.of(3, MLP)]}
 EXPECTED_LAYOUT = {"layers": "stock", "blocks": "per-layer", "width": "per-layer"}
-# "width" also slices KV group 0 of layer 1 and every other MLP channel of layer 2 (not for MoE families)
+# "width" also slices KV group 0 of layer 1 and every other MLP channel of layer 2 (8 channels of every expert
+# in a sparse MoE layer 2)
 WIDTH = {"strategy": "block", "hidden": None,
          "layers": [{"layer": 1, "kv_heads": [1]}, {"layer": 2, "mlp_channels": list(range(0, 96, 2))}]}
 
@@ -74,14 +79,19 @@ def _pruned_outputs(model_type: str, case: str, to) -> tuple:
     for b in CASES[case]:
         loaded.adapter.remove_block(b)
     if case == "width":
-        apply_width(loaded.adapter, WIDTH)
+        ex = loaded.adapter.experts(2)
+        width = WIDTH if ex is None else {"strategy": "block", "hidden": None, "layers": [
+            {"layer": 1, "kv_heads": [1]}, {"layer": 2, "expert_channels": [list(range(8, ex.width))] * ex.num_experts}]}
+        apply_width(loaded.adapter, width)
     layout = export_hf(loaded, to, verify=False)["layout"]
     with torch.no_grad():
         logits = loaded.model(input_ids=IDS).logits
         tokens = loaded.model.generate(IDS, max_new_tokens=NEW_TOKENS, min_new_tokens=NEW_TOKENS, do_sample=False)
         full = IDS
-        for _ in range(NEW_TOKENS):
-            full = torch.cat([full, loaded.model(input_ids=full, use_cache=False).logits[:, -1:].argmax(-1)], 1)
+        for _ in range(NEW_TOKENS):  # greedy without the cache; EOS barred as min_new_tokens bars it
+            last = loaded.model(input_ids=full, use_cache=False).logits[:, -1:]
+            last[..., loaded.model.generation_config.eos_token_id] = -torch.inf
+            full = torch.cat([full, last.argmax(-1)], 1)
     return layout, logits, full[0].tolist(), tokens[0].tolist()
 
 
@@ -96,8 +106,6 @@ def reloaded(tmp_path_factory):
     try:
         for model_type in supported_model_types():
             for case in CASES:
-                if case == "width" and get_adapter(family_model(model_type)).width_refusal:
-                    continue
                 path = root / model_type / case
                 want.setdefault(model_type, {})[case] = _pruned_outputs(model_type, case, path)
                 paths[str(path)] = f"{model_type}/{case}"
@@ -108,6 +116,13 @@ def reloaded(tmp_path_factory):
     assert proc.returncode == 0, proc.stderr[-3000:]
     got = json.loads(proc.stdout.strip().splitlines()[-1])
     return {"want": want, "got": {paths[p]: v for p, v in got.items()}}
+
+
+@pytest.fixture(scope="module")
+def calib_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("calib") / "calib.txt"
+    path.write_text((TINY_TEXT + "\n\n") * 20)
+    return str(path)
 
 
 def zero_(module: torch.nn.Module) -> None:
@@ -173,8 +188,8 @@ class FamilyContract:
         a = get_adapter(model)
         if self.moe:
             with pytest.raises(PrunekitError, match="mixture-of-experts"):
-                families_for(a, WidthConfig())
-            return
+                families_for(a, WidthConfig(strategy="channel"))
+            return self._zeroed_experts(a, ids)
         att, mlp = a.attention(1), a.mlp(2)
         hd, rep = att.head_dim, att.num_heads // att.num_kv_heads
         with torch.no_grad():  # KV group 0 of layer 1 (its q, k, v rows and o columns); channels 3 and 7 of layer 2
@@ -198,6 +213,24 @@ class FamilyContract:
             after = model(input_ids=ids).logits
         assert a.attention(1).num_heads == att.num_heads - rep and a.mlp_width(2) == width - 2
         assert a.total_params() == expected
+        torch.testing.assert_close(after, before, rtol=1e-5, atol=1e-5)
+
+    def _zeroed_experts(self, a, ids):
+        """Channels 0..7 of every routed expert of layer 2, zeroed, then sliced away: the logits stay."""
+        ex = a.experts(2)
+        gate_up, down = getattr(ex.module, ex.gate_up), getattr(ex.module, ex.down)
+        with torch.no_grad():
+            gate_up[:, :8] = 0
+            gate_up[:, ex.width: ex.width + 8] = 0
+            down[:, :, :8] = 0
+            before = a.model(input_ids=ids).logits
+        fams = [f for f in block_families(a, 2, 3) if f.expert is not None]
+        expected = a.total_params() - 8 * sum(f.params_per_structure for f in fams)
+        apply_width(a, {"strategy": "block", "hidden": None, "layers": [
+            {"layer": 2, "expert_channels": [list(range(8, ex.width))] * ex.num_experts}]})
+        with torch.no_grad():
+            after = a.model(input_ids=ids).logits
+        assert a.mlp_width(2) == ex.width - 8 and a.total_params() == expected
         torch.testing.assert_close(after, before, rtol=1e-5, atol=1e-5)
 
     def test_hidden_channels_keep_the_embedding_scale(self, model, ids, tmp_path):
@@ -225,6 +258,21 @@ class FamilyContract:
             got, _, _ = _search(adapter, w, units, 2, cache, early_exit, budget)
             _assert_same(got, ref)
         assert [unit_name(u) for u, _ in ref]
+
+    def test_llm_pruner_plans_and_applies(self, calib_file):
+        """Taylor importance from calibration gradients, the uniform choice, the plan re-applied to the base model."""
+        base = family_model(self.model_type, vocab_size=300)
+        loaded = wrap_model(copy.deepcopy(base), tiny_tokenizer(300))
+        res = prune_width(loaded, WidthConfig(ratio=0.2, samples=2), CalibConfig(source=calib_file, seq_len=16))
+        assert res.plan["width"]["layers"] and res.loaded.adapter.total_params() == res.plan["params_after"]
+        again = apply_plan(base, res.plan)
+        assert again.total_params() == res.plan["params_after"]
+        with torch.no_grad():
+            torch.testing.assert_close(base(input_ids=IDS).logits, res.loaded.model(input_ids=IDS).logits, rtol=1e-5, atol=1e-5)
+        if self.moe:  # every routed expert of a layer keeps the same count, a multiple of 8
+            for entry in res.plan["width"]["layers"]:
+                counts = {len(k) for k in entry.get("expert_channels", [[0] * 8])}
+                assert len(counts) == 1 and counts.pop() % 8 == 0
 
     def test_lora_recovery_trains_and_merges(self, model, ids):
         a = get_adapter(model)

@@ -102,7 +102,7 @@ def build_export_model(loaded: LoadedModel) -> tuple[torch.nn.Module, str]:
                             "Prune with the block strategy (heads and MLP channels) to export it, or keep the pruned output.")
     state = renumbered_state_dict(loaded.adapter, layout)
     kind = "stock"
-    config = stock_config(model_type, layout)
+    config = stock_config(model_type, layout) if loaded.adapter.stock_width or not layout.width_pruned else None
     target = _empty_model(config) if config is not None else None
     if target is None or not _shapes_match(target, state):
         kind = "per-layer"

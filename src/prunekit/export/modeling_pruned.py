@@ -14,7 +14,8 @@ three per-layer lists, one entry per decoder layer:
 
 - ``layer_num_attention_heads[i]``: query heads of layer ``i`` (0 = its attention block is absent);
 - ``layer_num_key_value_heads[i]``: KV heads of layer ``i`` (0 when its attention is absent);
-- ``layer_intermediate_size[i]``: MLP width of layer ``i`` (0 = its MLP block is absent).
+- ``layer_intermediate_size[i]``: MLP width of layer ``i`` (0 = its MLP block is absent; for a sparse
+  MoE block, the width of each routed expert).
 
 ``head_dim`` is explicit and shared by all layers. An absent block is a zero module without
 weights, and its norms (``BLOCK_NORMS``: pre-norm, and the output norm of Gemma / OLMo 2) are
@@ -142,13 +143,25 @@ def _resize_mlp(family: str, mlp: nn.Module, hidden: int, width: int) -> None:
         mlp.intermediate_size = width
 
 
+def _resize_experts(experts: nn.Module, width: int) -> None:
+    """Routed experts as 3-D Parameters ``gate_up_proj [E, 2I, H]`` and ``down_proj [E, H, I]``, to width ``I``."""
+    old_gu, old_down = experts.gate_up_proj, experts.down_proj
+    if old_down.shape[2] == width:
+        return
+    e, h = old_gu.shape[0], old_gu.shape[2]
+    kw = {"device": old_gu.device, "dtype": old_gu.dtype}
+    experts.gate_up_proj = nn.Parameter(torch.empty(e, 2 * width, h, **kw))
+    experts.down_proj = nn.Parameter(torch.empty(e, h, width, **kw))
+    experts.intermediate_dim = width
+
+
 def apply_per_layer_geometry(
     model: nn.Module, heads: list[int], kv_heads: list[int], inter: list[int], head_dim: int,
     zero_attention=ZeroAttention, zero_mlp=ZeroMLP,
 ) -> None:
     """Give decoder layer ``i`` of ``model`` (a ``*ForCausalLM``) ``heads[i]`` query heads,
     ``kv_heads[i]`` KV heads and an MLP of width ``inter[i]``; 0 replaces the block by a zero module
-    (and its norms by identities). A sparse MoE block is kept as it is or removed, never resized."""
+    (and its norms by identities). For a sparse MoE block ``inter[i]`` is the width of every routed expert."""
     family = _family(model)
     attn_norms, mlp_norms = BLOCK_NORMS[family]
     layers = model.model.layers
@@ -168,7 +181,9 @@ def apply_per_layer_geometry(
             layer.mlp = zero_mlp()
             for name in mlp_norms:
                 setattr(layer, name, nn.Identity())
-        elif not hasattr(layer.mlp, "experts"):
+        elif hasattr(layer.mlp, "experts"):  # a sparse MoE block: ``inter[i]`` is its routed experts' width
+            _resize_experts(layer.mlp.experts, inter[i])
+        else:
             _resize_mlp(family, layer.mlp, hidden, inter[i])
 
 

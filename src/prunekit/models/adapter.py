@@ -146,6 +146,19 @@ class AttentionProjections:
 
 
 @dataclass(frozen=True)
+class ExpertProjections:
+    """The routed experts of a sparse MoE block, as 3-D Parameters of ``module``: ``gate_up``
+    ``[E, 2I, H]`` (expert ``e``'s channel ``j`` = rows ``j`` and ``I + j`` of slab ``e``, gate then
+    up) and ``down`` ``[E, H, I]`` (column ``j`` of slab ``e``)."""
+
+    module: nn.Module
+    gate_up: str
+    down: str
+    num_experts: int
+    width: int
+
+
+@dataclass(frozen=True)
 class MlpProjections:
     """Gated MLP of one layer: ``down(act(gate(x)) * up(x))``; channel j = row j of gate/up, column j of down."""
 
@@ -217,6 +230,10 @@ class ModelAdapter:
     mlp_spec = BlockSpec("post_attention_layernorm", "mlp")
     #: None when LLM-Pruner's width pruning works on the family, else why it is refused.
     width_refusal: str | None = None
+    #: None when the channel strategy and global ranking work on the family, else why they are refused.
+    width_options_refusal: str | None = None
+    #: False when the stock config cannot say a width-pruned model's widths (MoE: experts and dense MLPs).
+    stock_width = True
     #: None when an export's config may give a narrower ``hidden_size``, else why not (a value derived from it).
     hidden_resize_refusal: str | None = None
     #: None when the model can be written in Llama's per-layer layout (gguf ``deci``, nemotron-nas), else why not.
@@ -313,6 +330,13 @@ class ModelAdapter:
     def mlp(self, layer: int) -> MlpProjections:
         m = self.sublayer(Block.of(layer, MLP))
         return MlpProjections(Proj(m.gate_proj), Proj(m.up_proj), Proj(m.down_proj))
+
+    def experts(self, layer: int) -> ExpertProjections | None:
+        """The routed experts of ``layer``'s MLP block when it is a sparse MoE block, else None."""
+        return None
+
+    def sync_experts(self, layer: int) -> None:
+        """Make ``layer``'s experts module agree with its sliced weights (MoE families override it)."""
 
     def mlp_width(self, layer: int) -> int:
         """Channels of ``layer``'s MLP (as the model holds it now)."""

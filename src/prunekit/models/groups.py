@@ -12,6 +12,9 @@ rest of the model keeps computing the same function of the remaining structures.
   GQA (``n_rep = 1``) a group is one head.
 - ``mlp`` (one per layer): structure ``j`` = channel ``j``: row ``j`` of gate and up (and their
   biases), column ``j`` of down.
+- ``mlp`` of a sparse MoE layer: one family per routed expert ``e``, structure ``j`` = its channel
+  ``j``: rows ``j`` and ``I + j`` of ``gate_up[e]``, column ``j`` of ``down[e]`` (parts over the
+  slab ``e`` of the 3-D Parameters).
 - Fused projections (:class:`~prunekit.models.adapter.Proj` parts of one Linear: Phi-3's
   ``qkv_proj``, ``gate_up_proj``) own their rows at the part's offset; norms that span all heads
   (OLMo 2's ``q_norm``/``k_norm``) own the rows of their heads.
@@ -28,6 +31,7 @@ with transformers 5.x it fails on these models (see docs/ARCHITECTURE.md, width 
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import torch
@@ -51,10 +55,12 @@ class Part:
     role: str
     name: str = ""
     per_index: int = 0
+    expert: int | None = None  # a slab ``param[expert]`` of a 3-D experts Parameter (``dim`` counts in the slab)
 
     @property
-    def param(self) -> nn.Parameter:
-        return getattr(self.module, self.attr)
+    def param(self) -> torch.Tensor:
+        p = getattr(self.module, self.attr)
+        return p if self.expert is None else p[self.expert]
 
 
 @dataclass
@@ -65,6 +71,17 @@ class Family:
     layer: int | None
     n: int
     parts: list[Part] = field(default_factory=list)
+    expert: int | None = None  # routed expert ``expert`` of a sparse MoE layer (kind ``mlp``)
+    align: int = 1  # kept counts are multiples of this (see :meth:`aligned`)
+
+    def aligned(self, k: int) -> int:
+        """``k`` removed structures, moved so that the kept count is a multiple of ``align`` (the nearest one,
+        at least ``align``; all removed stays all removed). Routed experts use 8: transformers'
+        ``grouped_mm`` experts kernel needs rows of a multiple of 16 bytes (8 values in 16-bit floats)."""
+        kept = self.n - k
+        if self.align == 1 or k == 0 or kept <= 0:
+            return k
+        return self.n - max(self.align, int(math.floor(kept / self.align + 0.5)) * self.align)
 
     @property
     def params_per_structure(self) -> int:
@@ -72,7 +89,8 @@ class Family:
         return sum(p.index.shape[1] * p.per_index for p in self.parts)
 
     def key(self) -> str:
-        return self.kind if self.layer is None else f"{self.kind} {self.layer}"
+        base = self.kind if self.layer is None else f"{self.kind} {self.layer}"
+        return base if self.expert is None else f"{base} expert {self.expert}"
 
 
 def parameter_names(model: nn.Module) -> dict[int, str]:
@@ -129,9 +147,31 @@ def attention_family(adapter: ModelAdapter, layer: int, names: dict[int, str] | 
     return Family(ATTN, layer, a.num_kv_heads, [p for p in parts if p is not None])
 
 
+EXPERT_ALIGN = 8
+
+
+def expert_families(adapter: ModelAdapter, layer: int, names: dict[int, str] | None = None) -> list[Family]:
+    """One family per routed expert of ``layer``'s sparse MoE block (none for a dense or removed MLP)."""
+    ex = adapter.experts(layer)
+    if ex is None:
+        return []
+    names = names if names is not None else parameter_names(adapter.model)
+    gate_up, down = getattr(ex.module, ex.gate_up), getattr(ex.module, ex.down)
+    rows = _blocks(ex.width, 1)
+    out = []
+    for e in range(ex.num_experts):
+        parts = [
+            Part(ex.module, ex.gate_up, 0, rows, "gate", names.get(id(gate_up), ""), gate_up.shape[2], e),
+            Part(ex.module, ex.gate_up, 0, rows + ex.width, "up", names.get(id(gate_up), ""), gate_up.shape[2], e),
+            Part(ex.module, ex.down, 1, rows, "down", names.get(id(down), ""), down.shape[1], e),
+        ]
+        out.append(Family(MLP, layer, ex.width, parts, expert=e, align=EXPERT_ALIGN))
+    return out
+
+
 def mlp_family(adapter: ModelAdapter, layer: int, names: dict[int, str] | None = None) -> Family | None:
-    """The channels of ``layer``'s gated MLP (None when its MLP block is removed)."""
-    if adapter.is_removed(Block.of(layer, MLP)):
+    """The channels of ``layer``'s gated MLP (None when its MLP block is removed or is a sparse MoE block)."""
+    if adapter.is_removed(Block.of(layer, MLP)) or adapter.experts(layer) is not None:
         return None
     names = names if names is not None else parameter_names(adapter.model)
     m = adapter.mlp(layer)
@@ -178,11 +218,12 @@ def hidden_family(adapter: ModelAdapter, names: dict[int, str] | None = None) ->
 
 
 def block_families(adapter: ModelAdapter, start: int, end: int) -> list[Family]:
-    """Attention and MLP families of layers ``start <= layer < end`` (removed blocks skipped)."""
+    """Attention and MLP families (one per routed expert in a sparse MoE layer) of layers
+    ``start <= layer < end`` (removed blocks skipped)."""
     names = parameter_names(adapter.model)
     out = []
     for layer in range(start, end):
-        for fam in (attention_family(adapter, layer, names), mlp_family(adapter, layer, names)):
+        for fam in (attention_family(adapter, layer, names), mlp_family(adapter, layer, names), *expert_families(adapter, layer, names)):
             if fam is not None:
                 out.append(fam)
     return out

@@ -9,6 +9,7 @@ field is set. The ``width`` record (kept indices, so the plan re-applies to the 
         {"layer": 7, "kv_heads": [0, 2], "heads": [0, 1, 2, 6, 7, 8], "mlp_channels": [...],
          "num_heads": 6, "num_kv_heads": 2, "intermediate_size": 1152}, ...],
       "hidden": null | [kept hidden channels],     # --strategy channel
+      (a sparse MoE layer: "expert_channels": [[kept channels of expert e] for each e], one count for all)
       "hidden_size": 576,                          # after pruning
       ...                                          # how the choice was made (importance, fractions)
     }
@@ -30,7 +31,7 @@ from torch import nn
 
 from prunekit.core.errors import PrunekitError
 from prunekit.models.adapter import MLP, Block, ModelAdapter
-from prunekit.models.groups import Family, attention_family, hidden_family, kv_readers, mlp_family, parameter_names
+from prunekit.models.groups import Family, attention_family, expert_families, hidden_family, kv_readers, mlp_family, parameter_names
 
 
 def _check_kept(kept: object, n: int, what: str) -> list[int]:
@@ -88,6 +89,42 @@ def slice_family(family: Family, kept: list[int]) -> None:
         _fix_module(module)
 
 
+def _slice_experts(adapter: ModelAdapter, layer: int, kept: object, names: dict[int, str]) -> None:
+    """Keep channels ``kept[e]`` of each routed expert ``e`` of ``layer`` (the same number for every expert:
+    they share one 3-D tensor per projection)."""
+    fams = expert_families(adapter, layer, names)
+    if not fams:
+        raise PrunekitError(f"the plan slices the experts of layer {layer}, which has no sparse MoE block.", "Use a plan.json written by prunekit.")
+    if not isinstance(kept, list) or len(kept) != len(fams):
+        raise PrunekitError(f"the plan's expert channels of layer {layer} do not list its {len(fams)} experts.", "Use a plan.json written by prunekit.")
+    kept = [_check_kept(k, fam.n, f"channels of expert {e} of layer {layer}") for e, (k, fam) in enumerate(zip(kept, fams))]
+    if len({len(k) for k in kept}) != 1 or len(kept[0]) % fams[0].align and len(kept[0]) != fams[0].n:
+        raise PrunekitError(
+            f"the plan keeps unequal channel counts, or counts not a multiple of {fams[0].align}, in the experts of layer {layer}.",
+            "Use a plan.json written by prunekit.")
+    slabs: dict[tuple[int, str], list] = {}
+    for fam, keep in zip(fams, kept):
+        sel = torch.tensor(keep, dtype=torch.long)
+        for part in fam.parts:
+            entry = slabs.setdefault((id(part.module), part.attr), [part.module, part.attr, part.dim, {}])
+            owned, chosen = entry[3].setdefault(part.expert, ([], []))
+            owned.append(part.index.reshape(-1))
+            chosen.append(part.index[sel].reshape(-1))
+    for module, attr, dim, per_expert in slabs.values():
+        p = getattr(module, attr)
+        new = []
+        for e in range(p.shape[0]):
+            owned, chosen = per_expert[e]
+            mask = torch.ones(p.shape[1 + dim], dtype=torch.bool)
+            mask[torch.cat(owned)] = False
+            mask[torch.cat(chosen)] = True
+            idx = mask.nonzero().flatten()
+            new.append(p.data[e].index_select(dim, idx if p.device.type == "meta" else idx.to(p.device)))
+        data = torch.stack(new)
+        setattr(module, attr, nn.Parameter(data if p.device.type == "meta" else data.clone(), requires_grad=p.requires_grad))
+    adapter.sync_experts(layer)
+
+
 def _slice_layer(adapter: ModelAdapter, entry: dict, names: dict[int, str]) -> None:
     layer = entry.get("layer")
     if not isinstance(layer, int) or not (0 <= layer < adapter.num_layers):
@@ -107,6 +144,8 @@ def _slice_layer(adapter: ModelAdapter, entry: dict, names: dict[int, str]) -> N
             )
         slice_family(fam, kept)
         adapter.sync_attention(layer)
+    if entry.get("expert_channels") is not None:
+        _slice_experts(adapter, layer, entry["expert_channels"], names)
     if entry.get("mlp_channels") is not None:
         fam = mlp_family(adapter, layer, names)
         if fam is None:

@@ -198,6 +198,9 @@ def part_scores(family: Family, importance: str, stats: GradStats | None) -> tor
         w = part.param
         g = stats.grad.get(part.name) if stats else None
         f = stats.fisher.get(part.name) if stats and stats.fisher is not None else None
+        if part.expert is not None:  # one expert's slab of a 3-D Parameter
+            g = g[part.expert] if g is not None else None
+            f = f[part.expert] if f is not None else None
         if importance not in ("l1", "l2") and g is None:
             raise ValueError(f"no gradient collected for {part.name}")
         s = element_scores(importance, w, g, f)

@@ -76,7 +76,11 @@ def _width_record(families: list[Family], choice: Choice, strategy: str, adapter
             hidden = kept
             continue
         entry = layers.setdefault(fam.layer, {"layer": fam.layer})
-        if fam.kind == "attn":
+        if fam.expert is not None:  # every routed expert of the layer, the untouched ones whole
+            experts = entry.setdefault("expert_channels", [list(range(f.n)) for f in families if f.layer == fam.layer and f.expert is not None])
+            experts[fam.expert] = kept
+            entry["moe_intermediate_size"] = len(kept)
+        elif fam.kind == "attn":
             a = adapter.attention(fam.layer)
             readers = kv_readers(a.num_heads, a.num_kv_heads)
             entry["kv_heads"] = kept
@@ -127,6 +131,9 @@ def families_for(adapter, width: WidthConfig) -> tuple[list[Family], str | None]
     if adapter.width_refusal:
         raise PrunekitError(f"{adapter.width_refusal} (model_type '{adapter.model_type}').",
                             "Use a depth method (blockpruner, shortgpt, sleb, ...).")
+    if adapter.width_options_refusal and (width.strategy != "block" or width.global_):
+        raise PrunekitError(f"{adapter.width_options_refusal} (model_type '{adapter.model_type}').",
+                            "Use `strategy` block without `global`.")
     if width.strategy == "block":
         start, end = parse_layers(width.layers, adapter.num_layers)
         families = block_families(adapter, start, end)

@@ -63,7 +63,7 @@ def uniform(families: list[Family], scores: list[torch.Tensor], target: float, t
         candidates.update((k - 0.5) / fam.n for k in range(1, fam.n + 1))
     best, best_valid = None, None
     for f in sorted(candidates):
-        ks = [_k(f, fam.n) for fam in families]
+        ks = [fam.aligned(_k(f, fam.n)) for fam in families]
         removed = sum(k * fam.params_per_structure for k, fam in zip(ks, families))
         gap = (removed < target, removed - target if removed >= target else target - removed) if at_least else abs(removed - target)
         item = (gap, f, ks, removed)

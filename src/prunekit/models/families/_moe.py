@@ -12,28 +12,31 @@ their modules' places, so nothing changes there; an export that drops whole laye
 them, so :meth:`kept_layers_config` records the kept layers' kinds as an explicit
 ``mlp_only_layers`` with ``decoder_sparse_step`` 1.
 
-LLM-Pruner's width pruning is refused (experts' channels are not coupled groups prunekit slices).
+LLM-Pruner prunes each routed expert's channels as its own family (:meth:`experts`: channel ``j``
+of expert ``e`` = rows ``j`` and ``I + j`` of ``gate_up_proj[e]``, column ``j`` of
+``down_proj[e]``); the experts of a layer share one 3-D tensor, so every expert of a layer keeps
+the same number of channels (the uniform strategy gives them that). Global ranking and the
+hidden-channel strategy are refused; Qwen2-MoE's shared expert is not pruned.
 """
 
 from __future__ import annotations
 
 from prunekit.core.errors import PrunekitError
-from prunekit.models.adapter import MLP, Block, MlpProjections, ModelAdapter
+from prunekit.models.adapter import MLP, Block, ExpertProjections, MlpProjections, ModelAdapter
 
-MOE_WIDTH_REFUSAL = "llm-pruner does not prune mixture-of-experts models in prunekit (the experts' channels are not sliced)"
+MOE_OPTIONS_REFUSAL = ("llm-pruner prunes a mixture-of-experts model's experts by the same fraction in every layer and "
+                       "expert (the experts of a layer share one tensor): global ranking and hidden channels are refused")
 
 
 class MoeAdapter(ModelAdapter):
     """Base of the sparse-MoE families; subclasses say which layers are sparse and the experts' width."""
 
-    width_refusal = MOE_WIDTH_REFUSAL
+    width_options_refusal = MOE_OPTIONS_REFUSAL
+    stock_width = False
     llama_layout_refusal = "the sparse mixture-of-experts MLP has no place in its dense layers"
 
     def is_sparse(self, layer: int) -> bool:
         return True
-
-    def expert_width(self) -> int:
-        return int(self.config.intermediate_size)
 
     def num_experts(self) -> int:
         return int(self.config.num_local_experts)
@@ -46,15 +49,26 @@ class MoeAdapter(ModelAdapter):
             macs += p.numel() * (share if p.dim() == 3 else 1.0)
         return macs
 
+    def experts(self, layer: int) -> ExpertProjections | None:
+        if not self.is_sparse(layer) or self.is_removed(Block.of(layer, MLP)):
+            return None
+        experts = self.sublayer(Block.of(layer, MLP)).experts
+        return ExpertProjections(experts, "gate_up_proj", "down_proj", experts.gate_up_proj.shape[0], experts.down_proj.shape[2])
+
+    def sync_experts(self, layer: int) -> None:
+        """Keep the experts module's width attribute true to its sliced weights."""
+        ex = self.experts(layer)
+        ex.module.intermediate_dim = ex.width
+
     def mlp(self, layer: int) -> MlpProjections:
         if self.is_sparse(layer):
-            raise PrunekitError(f"{MOE_WIDTH_REFUSAL}.", "Use a depth method (blockpruner, shortgpt, sleb, ...).")
+            raise PrunekitError(f"layer {layer}'s MLP is a sparse MoE block; its experts are `experts({layer})`.",
+                                "Report this as a prunekit bug.")
         return super().mlp(layer)
 
     def mlp_width(self, layer: int) -> int:
-        if self.is_removed(Block.of(layer, MLP)):
-            return 0
-        return self.expert_width() if self.is_sparse(layer) else super().mlp_width(layer)
+        ex = self.experts(layer)
+        return ex.width if ex is not None else super().mlp_width(layer)
 
 
 class MixtralAdapter(MoeAdapter):
@@ -65,9 +79,6 @@ class _QwenMoeAdapter(MoeAdapter):
     def is_sparse(self, layer: int) -> bool:
         c = self.config
         return layer not in (c.mlp_only_layers or []) and c.num_experts > 0 and (layer + 1) % c.decoder_sparse_step == 0
-
-    def expert_width(self) -> int:
-        return int(self.config.moe_intermediate_size)
 
     def num_experts(self) -> int:
         return int(self.config.num_experts)
