@@ -25,6 +25,7 @@ import torch
 from export_helpers import IDS, LLAMA_CPP_TEXT, fitted_pruned_tiny, pruned_tiny, smollm2_tokenizer
 from prunekit.export import export
 from prunekit.export.gguf import GGUF_TYPES, VERIFY_TOL, llama_cpp_logits
+from prunekit.models.tiny import FAMILY_OVERRIDES
 
 BOUNDS = {"f32": 0.08, "f16": 0.08, "bf16": 0.5, "q8_0": 1.2}
 PLANS = ("depth", "width")
@@ -90,9 +91,11 @@ def test_q8_0_tensors_are_what_llama_cpp_quantizes(plan, fitted, tmp_path):
     assert types == ({"F32", "Q8_0", "F16"} if plan == "width" else {"F32", "Q8_0"})
 
 
-@pytest.mark.parametrize("family, kind", [("llama", "blocks"), ("llama", "width"), ("mistral", "layers"), ("qwen2", "blocks")])
+@pytest.mark.parametrize("family, kind", [("llama", "blocks"), ("llama", "width"), ("mistral", "layers"), ("qwen2", "blocks"),
+                                          ("phi3", "blocks"), ("phi3", "width"), ("granite", "blocks"), ("granite", "width")])
 def test_llama_cpp_runs_each_family_with_the_same_next_tokens(family, kind, tmp_path):
-    loaded = pruned_tiny(family, kind)
+    """Phi-3 with its fused rows split, Granite with its multipliers folded (FAMILY_OVERRIDES: none of them 1)."""
+    loaded = pruned_tiny(family, kind, **FAMILY_OVERRIDES[family])
     path = tmp_path / "m.gguf"
     export(loaded, "gguf", path, gguf_type="f32")
     with torch.no_grad():
