@@ -89,6 +89,7 @@ def memory(args) -> dict:
         a, b = (Path(args.work) / f"mem-{n}" / "plan.json" for n in ("uncapped", "capped"))
         runs["plans_identical"] = a.read_bytes() == b.read_bytes()
         res["runs"].append(runs)
+        partial(args, res)
     rs = res["runs"]
     res["plans_identical"] = all(r["plans_identical"] for r in rs)
     for name in ("uncapped", "capped"):
@@ -129,6 +130,7 @@ def ranks(args) -> dict:
         one_rep["search_speedup"] = one_rep["1 process x 2 threads"]["search_s"] / one_rep["2 ranks x 1 thread"]["search_s"]
         one_rep["wall_speedup"] = one_rep["1 process x 2 threads"]["wall_s"] / one_rep["2 ranks x 1 thread"]["wall_s"]
         res["runs"].append(one_rep)
+        partial(args, res)
     rs = res["runs"]
     res["same_choices"] = all(r["same_choices"] for r in rs)
     res["median_search_speedup"] = median(r["search_speedup"] for r in rs)
@@ -137,6 +139,12 @@ def ranks(args) -> dict:
     res["rank_total_macs"] = w
     res["rank_balance_min_over_max"] = min(w) / max(w)
     return res
+
+
+def partial(args, res: dict) -> None:
+    """Write the repeats finished so far (a run cut short keeps them)."""
+    if args.json:
+        Path(args.json).write_text(json.dumps(res | {"partial": True}, indent=2) + "\n")
 
 
 def main() -> None:
