@@ -78,9 +78,6 @@ def prune(
     if method.kind == "width":
         return prune_width(model, config, calib, progress=progress, out=out, overwrite=overwrite, resume=resume,
                            dtype=dtype, device=device)
-    if config.max_memory and method.needs_gradients:
-        raise PrunekitError(f"`method` {config.method} takes a backward pass through the whole model; `max_memory` does not apply to it yet.",
-                            "Drop `max_memory`, or use a method without gradients (e.g. blockpruner, sleb, shortgpt).")
     ranks = current()
     if out is not None and not resume and ranks.is_main:
         check_output_dir(Path(out), overwrite)

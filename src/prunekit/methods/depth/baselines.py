@@ -38,6 +38,7 @@ import torch
 import torch.nn.functional as F
 
 from prunekit.core.errors import PrunekitError
+from prunekit.engine.layerwise import layerwise_gradients
 from prunekit.engine.runner import Engine
 from prunekit.methods.depth.blockpruner import blockpruner
 from prunekit.methods.depth.outcome import DepthOutcome, ProgressFn, RecordFn, StopFn
@@ -150,8 +151,11 @@ def taylor_scores(loaded: LoadedModel, engine: Engine, units: list[Unit]) -> dic
 
     ``L`` = the calibration NLL summed over all counted targets / their number (the engine's
     windows, batches and ignore index), its gradient accumulated over the batches with the
-    model's own forward. Only the units' weights get gradients; flags are restored after.
+    model's own forward. Only the units' weights get gradients; flags are restored after. Under a
+    memory cap (``engine.onload``) the same gradients come layer by layer (:func:`_taylor_layerwise`).
     """
+    if engine.onload is not None:
+        return _taylor_layerwise(engine, units)
     adapter, model = engine.adapter, engine.adapter.model
     params = {u: [p for b in u for m in adapter.block_modules(Block(b)) for p in m.parameters()] for u in units}
     wanted = {id(p) for ps in params.values() for p in ps}
@@ -177,6 +181,46 @@ def taylor_scores(loaded: LoadedModel, engine: Engine, units: list[Unit]) -> dic
         for p, flag in flags:
             p.grad = None
             p.requires_grad_(flag)
+
+
+def _batch_nll(engine: Engine):
+    """The loss of one window batch for :func:`taylor_scores`: its NLL over the counted targets of all windows."""
+    ignore = -100 if engine.ignore_index is None else engine.ignore_index
+
+    def loss(logits_fn, h: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+        logits = logits_fn(h[:, :-1]).float()
+        nll = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1), ignore_index=ignore, reduction="sum")
+        return nll / engine.n_targets
+
+    return loss
+
+
+def _taylor_layerwise(engine: Engine, units: list[Unit]) -> dict[Unit, float]:
+    """:func:`taylor_scores` under a memory cap: the gradients summed over the batches in float32 on the
+    CPU (:func:`prunekit.engine.layerwise.layerwise_gradients`), ``w`` in the compute dtype.
+
+    Counted as four forward passes of the blocks (forward, recomputed forward, backward through
+    activations and weights) and three of the head."""
+    onload, adapter = engine.onload, engine.adapter
+    onload.release()  # the stored parameters, which name the units' weights
+    names = {id(p): n for n, p in adapter.model.named_parameters()}
+    params = {u: [(names[id(p)], p) for b in u for m in adapter.block_modules(Block(b)) for p in m.parameters()] for u in units}
+    sums: dict[str, torch.Tensor] = {}
+
+    def add(k: int, name: str, g: torch.Tensor) -> None:
+        g = g.float().cpu()
+        if name in sums:
+            sums[name].add_(g)
+        else:
+            sums[name] = g.clone()
+
+    wanted = {n for ps in params.values() for n, _ in ps}
+    layerwise_gradients(onload, list(engine.batches), _batch_nll(engine), wanted, add, engine.store.budget)
+    tokens = engine.windows.n_tokens
+    engine.counter.block_macs += 4 * sum(engine.macs) * tokens
+    engine.counter.head_macs += 3 * engine.head_macs * tokens
+    return {u: float(sum((p.detach().to(onload.dtype).float() * sums[n]).abs().double().sum() for n, p in ps if n in sums))
+            for u, ps in params.items()}
 
 
 # --- one-shot ranking ----------------------------------------------------------------------------
