@@ -46,6 +46,7 @@ def prune(
     cache_gb: Optional[float] = typer.Option(None, "--cache-gb", help="Memory budget of the cached states (default: half the free memory)."),
     candidate_batch: Optional[int] = typer.Option(None, "--candidate-batch", help="Greedy candidates run as one batch (default: 1 on the CPU; on an accelerator, as many as its free memory allows)."),
     max_memory: Optional[float] = typer.Option(None, "--max-memory", help="GiB of weights resident on the compute device; the rest stay memory-mapped in the checkpoint's dtype and blocks come in as they run (same plan)."),
+    device_map: Optional[str] = typer.Option(None, "--device-map", help="Split the model over devices with accelerate: auto, or a JSON object {module: device} (inline or a .json file); each block runs on its own device (same plan)."),
     dtype: str = typer.Option("float32", "--dtype", help="float32, bfloat16 or float16."),
     device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda, cuda:N... (default: cuda if available)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing --out directory."),
@@ -67,13 +68,15 @@ def prune(
             raise PrunekitError("--remove counts blocks; llm-pruner takes --ratio (a fraction of the parameters).", "Use e.g. --ratio 0.2.")
         if max_memory is not None:
             raise PrunekitError("--max-memory does not apply to llm-pruner yet (its gradient pass holds the whole model).", "Drop --max-memory.")
+        if device_map is not None:
+            raise PrunekitError("--device-map does not apply to llm-pruner (its gradient pass runs the whole model on one device).", "Drop --device-map.")
         config = WidthConfig(ratio=ratio, importance=importance, aggregate=aggregate, strategy=strategy, layers=layers,
                              global_=global_, samples=samples, seed=seed, at_least=at_least)
         cal = _calib(calib or "wiki", seq_len or 64, windows, sample, seed, batch_size)
     else:
         config = DepthConfig(method=method, blocks_kind=blocks_kind, remove=remove, ratio=ratio, search=search, cache=cache,
                              early_exit=early_exit, cache_gb=cache_gb, candidate_batch=candidate_batch,
-                             max_memory=max_memory)
+                             max_memory=max_memory, device_map=device_map)
         cal = _calib(calib or "alpaca", seq_len or 2048, windows, sample, seed, batch_size)
     with progress_bar() as update:
         result = pipeline.prune(model, config, cal, out=out, overwrite=overwrite, resume=resume, progress=update,
@@ -104,16 +107,19 @@ def eval_(
     limit: Optional[int] = typer.Option(None, "--limit", help="--tasks: items per task (quick runs)."),
     task_dir: Optional[str] = typer.Option(None, "--task-dir", help="--tasks: a directory of your own lm-eval task YAMLs."),
     max_memory: Optional[float] = typer.Option(None, "--max-memory", help="GiB of weights resident on the device (a base checkpoint; blocks come in as they run, same values)."),
+    device_map: Optional[str] = typer.Option(None, "--device-map", help="Split a base checkpoint over devices with accelerate: auto, or a JSON object {module: device} (inline or a .json file)."),
 ) -> None:
     """Perplexity of a model (or a pruned output) on held-out text, and its parameter count; with --tasks, lm-eval zero-shot accuracy."""
     if tasks and max_memory is not None:
         raise PrunekitError("--max-memory does not apply to --tasks (lm-eval runs the whole model).", "Drop --max-memory, or evaluate perplexity.")
+    if tasks and device_map is not None:
+        raise PrunekitError("--device-map does not apply to --tasks.", "Drop --device-map, or evaluate perplexity.")
     if tasks:
         run_zero_shot(model, tasks, limit, task_dir, batch_size, plan, dtype, device)
         return
     p = read_plan(plan) if plan else None
     res = pipeline.evaluate(model, [s for s in data.split(",") if s], seq_len, windows, batch_size, plan=p, dtype=dtype, device=device,
-                            max_memory=max_memory)
+                            max_memory=max_memory, device_map=device_map)
     t = Table(title=f"{res['model']}: {res['parameters']:,} parameters")
     t.add_column("data")
     t.add_column("perplexity", justify="right")

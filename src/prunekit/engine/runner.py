@@ -3,7 +3,10 @@
 Searches never call ``model.forward`` in their inner loop. The engine holds the calibration
 windows in batches, each batch's layer inputs (rotary cos/sin, masks: computed once per batch
 shape by the model's own preamble), a memory-budgeted store of residual states, and a counter of
-the work it runs. Boundary ``b`` means "the residual stream just before block ``b``"; boundary
+the work it runs. A model split over devices (``--device-map``: each block's weights on one device)
+is stepped block by block on each block's own device: the residual state moves to the block's
+device before it runs, each layer's inputs are kept on that layer's device (moved once, one copy
+per device), and the head runs where the final norm is. Boundary ``b`` means "the residual stream just before block ``b``"; boundary
 ``num_blocks`` is the final state, before the final norm.
 """
 
@@ -17,6 +20,7 @@ import psutil
 import torch
 
 from prunekit.data.windows import Windows
+from prunekit.core.errors import PrunekitError
 from prunekit.engine.loss import DEFAULT_CHUNK_TOKENS, counted_targets, window_js, window_kl, window_nll
 from prunekit.engine.onload import Onloader
 from prunekit.engine.ranks import Ranks
@@ -54,6 +58,51 @@ def block_macs_per_token(adapter: ModelAdapter, block: Block, seq_len: int) -> f
         a = adapter.attention(block.layer)
         macs += 2.0 * a.num_heads * a.head_dim * (seq_len + 1) / 2.0
     return macs
+
+
+def _weights_device(modules, what: str) -> torch.device | None:
+    """The one device of the weights of ``modules`` (None when they hold none); refuses several."""
+    devices = {p.device for m in modules if m is not None for p in m.parameters()}
+    if len(devices) > 1:
+        raise PrunekitError(f"{what} has weights on several devices ({', '.join(sorted(map(str, devices)))}).",
+                            "Give a `device_map` that keeps each decoder layer on one device (e.g. model.layers.N), or auto.")
+    return next(iter(devices), None)
+
+
+def check_runnable(devices: list[torch.device | None], head: torch.device) -> None:
+    """Refuse weights on ``meta`` (offloaded by accelerate's hooks, which the engine does not call, or never loaded)."""
+    meta = torch.device("meta")
+    if meta in devices or head == meta:
+        name = f"block {Block(devices.index(meta))}" if meta in devices else "the head"
+        raise PrunekitError(f"{name} has its weights on the meta device (offloaded by accelerate, or never loaded).",
+                            "Put every module on a device that runs it; to go past the device memory use `max_memory`.")
+
+
+def block_devices(adapter: ModelAdapter) -> list[torch.device | None]:
+    """The device of each block's weights (None for a removed block, which holds none): where it runs.
+
+    A block's norms and sub-layer must share one device (accelerate's ``auto`` never splits a
+    decoder layer); a block split over devices, or with weights on ``meta``, is refused."""
+    return [_weights_device(adapter.block_modules(Block(b)), f"block {Block(b)}") for b in range(adapter.num_blocks)]
+
+
+def head_device(adapter: ModelAdapter) -> torch.device:
+    """Where the head runs: the final norm's device (the LM head's, when the norm holds no weights);
+    :meth:`ModelAdapter.logits` moves the normed state to the LM head when it lies elsewhere."""
+    lm = _weights_device([adapter.lm_head], "the LM head")
+    return _weights_device([adapter.final_norm], "the final norm") or lm
+
+
+def _on(value, device: torch.device, memo: dict):
+    """``value`` (a tensor, a tuple of them, or anything else) on ``device``; each tensor moved once per device."""
+    if isinstance(value, torch.Tensor):
+        key = (id(value), device)
+        if key not in memo:
+            memo[key] = value.to(device)
+        return memo[key]
+    if isinstance(value, tuple):
+        return tuple(_on(v, device, memo) for v in value)
+    return value
 
 
 class StateStore:
@@ -123,15 +172,33 @@ class Engine:
         self.store = StateStore(cache_bytes, cache_device or self.device)
         self.n_targets = counted_targets(windows.ids, ignore_index) if criterion == "ppl" else windows.n_tokens
         self._inputs: list[tuple[torch.Tensor, list[dict]]] = []
+        if onload is not None:
+            self.devices: list[torch.device | None] = [onload.device] * self.num_blocks
+            self.head_device = onload.device
+        else:
+            self.devices, self.head_device = block_devices(adapter), head_device(adapter)
+            check_runnable(self.devices, self.head_device)
         self._bring("embed")
         with torch.inference_mode():
             for ids in self.batches:
-                self._inputs.append(adapter.capture_inputs(ids))
+                h0, kwargs = adapter.capture_inputs(ids)
+                self._inputs.append((h0, self._per_layer_device(kwargs)))
+        self._targets = [ids.to(self.head_device) for ids in self.batches]
         self._dense_final: list[torch.Tensor] | None = None
         if criterion in ("kl", "js"):
-            self._dense_final = [self.run(j, self.h0(j), 0, self.num_blocks, frozenset()) for j in range(len(self.batches))]
+            self._dense_final = [self.run(j, self.h0(j), 0, self.num_blocks, frozenset()).to(self.head_device)
+                                 for j in range(len(self.batches))]
 
     # --- running -----------------------------------------------------------------------------
+    def _per_layer_device(self, kwargs: list[dict]) -> list[dict]:
+        """Each layer's inputs on the device its attention block runs on (shared tensors moved once per device)."""
+        memo: dict = {}
+        out = []
+        for i, kw in enumerate(kwargs):
+            dev = self.devices[2 * i] or self.devices[2 * i + 1]
+            out.append(kw if dev is None else {k: _on(v, dev, memo) for k, v in kw.items()})
+        return out
+
     def _bring(self, key) -> None:
         if self.onload is not None:
             self.onload.bring(key)
@@ -182,7 +249,7 @@ class Engine:
             if b in removed or self.macs[b] == 0:
                 continue
             self._bring(b)
-            h = self.adapter.run_block(Block(b), h, kwargs[b // 2])
+            h = self.adapter.run_block(Block(b), h.to(self.devices[b]), kwargs[b // 2])
             self.counter.block_macs += self.macs[b] * tokens
             self.counter.block_runs += 1
         return h
@@ -212,6 +279,8 @@ class Engine:
             if not active or self.macs[b] == 0:
                 continue
             self._bring(b)
+            for i in active:  # to the block's device (a no-op unless the model is split over devices)
+                hs[i] = hs[i].to(self.devices[b])
             if self.onload is not None:
                 for i in active:
                     hs[i] = self.adapter.run_block(Block(b), hs[i], kwargs[b // 2])
@@ -231,7 +300,8 @@ class Engine:
     @torch.inference_mode()
     def score(self, j: int, h: torch.Tensor) -> torch.Tensor:
         """The criterion per window of batch ``j`` from its final state ``h`` (float64 ``[batch]``)."""
-        ids = self.batches[j]
+        ids = self._targets[j]
+        h = h.to(self.head_device)
         self._bring("head")
         logits_fn = self.adapter.logits
         if self.criterion == "ppl":

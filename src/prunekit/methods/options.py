@@ -30,7 +30,7 @@ def parse_search(value: str) -> tuple[str, int]:
 
 
 CACHE_MODES = ("none", "prefix", "trajectory")
-RUNTIME_OPTIONS = ("cache", "early_exit", "cache_gb", "candidate_batch", "max_memory")  # change the speed, never the choices
+RUNTIME_OPTIONS = ("cache", "early_exit", "cache_gb", "candidate_batch", "max_memory", "device_map")  # change the speed, never the choices
 
 
 
@@ -46,6 +46,8 @@ class DepthConfig:
     many as a quarter of the free accelerator memory holds, at most 16, on an accelerator).
     ``max_memory``: GiB of weights resident on the compute device; the rest stay memory-mapped in
     the checkpoint's dtype and blocks are brought in as they run (the plan is the uncapped one).
+    ``device_map``: ``auto`` or ``{module name: device}`` (a dict, inline JSON or a .json path):
+    the checkpoint split over devices by accelerate, each block run on its own device (same plan).
     """
 
     method: str = "blockpruner"
@@ -58,6 +60,7 @@ class DepthConfig:
     cache_gb: float | None = None
     candidate_batch: int | None = None
     max_memory: float | None = None
+    device_map: str | dict | None = None
 
     def __post_init__(self) -> None:
         check_choice("`blocks_kind`", self.blocks_kind, ("mix", "attn", "mlp"))
@@ -75,6 +78,9 @@ class DepthConfig:
             check_positive_int("candidate_batch", self.candidate_batch)
         if self.max_memory is not None and not self.max_memory > 0:
             raise PrunekitError(f"`max_memory` {self.max_memory} must be positive.", "Use e.g. `max_memory` 20 (GiB).")
+        if self.device_map is not None and self.max_memory is not None:
+            raise PrunekitError("`device_map` and `max_memory` do not go together (a split over devices, or blocks brought in to one).",
+                                "Give one of them.")
 
     def as_dict(self) -> dict:
         return asdict(self)

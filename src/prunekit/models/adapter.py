@@ -420,7 +420,8 @@ class ModelAdapter:
     def logits(self, h: torch.Tensor) -> torch.Tensor:
         """The head on residual states ``[..., hidden]`` -> ``[..., vocab]`` (see :class:`Head`)."""
         head = self.head()
-        out = head.lm_head(head.final_norm(h))
+        x = head.final_norm(h)
+        out = head.lm_head(x.to(head.lm_head.weight.device))  # a no-op unless a device map put them apart
         if head.logit_divisor != 1.0:
             out = out / head.logit_divisor
         if head.softcap is not None:

@@ -11,6 +11,10 @@ A spec is one of:
 
 These are base (unpruned) models. Pruned outputs and exports are read by
 :func:`prunekit.pipeline.load.load_model`, which dispatches here for everything else.
+
+A ``device_map`` (``auto``, or ``{module name: device}``) is handed to transformers'
+``from_pretrained``, which has accelerate compute (``auto``) and dispatch the split; the map is
+checked first (devices that are there, every weight covered, no offloading to cpu or disk).
 """
 
 from __future__ import annotations
@@ -22,6 +26,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from accelerate import init_empty_weights
+from accelerate.utils import check_device_map
 from safetensors import SafetensorError
 from torch import nn
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
@@ -85,6 +91,87 @@ def check_device(device: str, dtype: torch.dtype) -> torch.device:
     return dev
 
 
+def _map_device(name: str, value) -> str:
+    """One device of a device map, checked to be there: ``cuda:N`` (an int N means ``cuda:N``), ``mps``, ``cpu``."""
+    text = f"cuda:{value}" if isinstance(value, int) and not isinstance(value, bool) else str(value)
+    try:
+        dev = torch.device(text)
+    except RuntimeError:
+        dev = None
+    if dev is None or dev.type not in ("cpu", "cuda", "mps"):
+        raise PrunekitError(f"`device_map` puts '{name}' on '{text}', which is not a device prunekit runs on.",
+                            "Use cpu, cuda:N or mps (to go past the device memory, use `max_memory`).")
+    if dev.type == "cuda" and (not torch.cuda.is_available() or (dev.index or 0) >= torch.cuda.device_count()):
+        seen = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        raise PrunekitError(f"`device_map` puts '{name}' on {text}, but {seen} CUDA device(s) are visible.",
+                            "Name only devices that are there, or use `device_map` auto.")
+    if dev.type == "mps" and not torch.backends.mps.is_available():
+        raise PrunekitError(f"`device_map` puts '{name}' on mps, but MPS is not available.", "Use cpu or cuda:N.")
+    return str(dev) if dev.type != "cuda" else f"cuda:{dev.index or 0}"
+
+
+def read_device_map(value: str | dict) -> str | dict[str, str]:
+    """``auto``, or a ``{module name: device}`` map (a dict, inline JSON or the path of a .json file),
+    its devices checked to be there. cpu beside an accelerator is refused: accelerate would offload
+    those modules (weights brought to the accelerator at every forward), which is `max_memory`'s job."""
+    if value == "auto":
+        return "auto"
+    raw = value
+    if isinstance(value, str):
+        text = value.strip()
+        if not text.startswith("{"):
+            path = Path(os.path.expanduser(text))
+            if not path.is_file():
+                raise PrunekitError(f"`device_map` '{value}' is not auto, a JSON object or a .json file.",
+                                    "Use auto, an object such as '{\"model.layers.0\": \"cuda:0\", ...}', or a path to one.")
+            text = path.read_text(encoding="utf-8")
+        try:
+            raw = json.loads(text)
+        except ValueError as e:
+            raise PrunekitError(f"`device_map` is not valid JSON ({e}).", "Give a JSON object {module name: device}.") from None
+    if not isinstance(raw, dict) or not raw:
+        raise PrunekitError("`device_map` must be auto or a non-empty JSON object {module name: device}.",
+                            "For example {\"\": \"cuda:0\"} or auto.")
+    out = {str(k): _map_device(str(k), v) for k, v in raw.items()}
+    kinds = {torch.device(d).type for d in out.values()}
+    if "cpu" in kinds and len(kinds) > 1:
+        raise PrunekitError("`device_map` puts modules on the cpu beside an accelerator; accelerate would offload them "
+                            "(their weights copied to the accelerator at every forward).",
+                            "Put every module on an accelerator, or use `max_memory` to run past the device memory.")
+    return out
+
+
+def _check_map_covers(source: str | os.PathLike, device_map: dict[str, str]) -> None:
+    """Refuse a map that names modules the model lacks or leaves weights without a device (accelerate's check),
+    on the model's skeleton (no weights read)."""
+    try:
+        config = AutoConfig.from_pretrained(source)
+    except (OSError, ValueError) as e:
+        raise PrunekitError(f"could not read the config of '{source}' to check `device_map` ({str(e).splitlines()[0][:160]}).",
+                            "Check the path or hub id.") from None
+    with init_empty_weights():
+        skeleton = AutoModelForCausalLM.from_config(config)
+    names = dict(skeleton.named_modules())
+    unknown = [k for k in device_map if k and k not in names]
+    if unknown:
+        raise PrunekitError(f"`device_map` names modules the model does not have: {', '.join(unknown[:3])}"
+                            f"{' ...' if len(unknown) > 3 else ''}.", "Use the model's module names (model.embed_tokens, model.layers.N, model.norm, lm_head), or auto.")
+    try:
+        check_device_map(skeleton, device_map)
+    except ValueError as e:
+        missing = str(e).split(":", 1)[-1].strip().split(", ")
+        raise PrunekitError(f"`device_map` gives no device for {len(missing)} weight(s) of the model ({', '.join(missing[:3])}"
+                            f"{' ...' if len(missing) > 3 else ''}).", "Name a device for every module, or use `device_map` auto.") from None
+
+
+def _check_dispatched(model: nn.Module) -> None:
+    """Refuse a model accelerate dispatched with weights offloaded (on ``meta``, brought in by hooks)."""
+    offloaded = [n for n, p in model.named_parameters() if p.device.type == "meta"]
+    if offloaded:
+        raise PrunekitError(f"the model does not fit the devices of `device_map`: accelerate offloaded {len(offloaded)} weight(s) "
+                            f"to cpu or disk (e.g. {offloaded[0]}).", "Use more devices, a smaller `dtype`, or `max_memory` on one device.")
+
+
 def _embedded_checkpoint(name: str) -> Path:
     """The embedded model as a cached HF checkpoint directory, prepared from its GGUF on first use."""
     target = cache_dir() / "models" / name
@@ -117,26 +204,43 @@ def _from_pretrained(path_or_id: str | os.PathLike, dtype: torch.dtype, **kw):
 
 
 def load_base_model(spec: str, dtype: str | torch.dtype = "float32", device: str | None = None,
-                    stored: bool = False) -> LoadedModel:
+                    stored: bool = False, device_map: str | dict | None = None) -> LoadedModel:
     """Load a base model from a spec (see the module docstring) onto ``device`` (default: cuda if available).
 
     ``stored``: keep the weights in the checkpoint's own dtype on the CPU (memory-mapped from the
     safetensors file), for sequential onloading under a memory cap; ``dtype`` and ``device`` are
     then checked as the compute dtype and device (``info['compute_dtype']``, ``info['compute_device']``).
+    ``device_map``: ``auto`` or ``{module name: device}`` (see :func:`read_device_map`), handed to
+    ``from_pretrained`` (accelerate computes and dispatches the split); ``device`` is not used then.
     """
     torch_dtype = resolve_dtype(dtype)
+    path = Path(os.path.expanduser(str(spec)))
+    kw: dict = {}
+    if device_map is not None:
+        device_map = read_device_map(device_map)
+        if path.suffix == ".gguf" or (device is not None) or stored:
+            raise PrunekitError("`device_map` applies to checkpoint directories and hub ids, alone (without `device` or a memory cap).",
+                                "Give a checkpoint directory, and drop `device` and `max_memory`.")
+        for d in sorted(set(device_map.values())) if isinstance(device_map, dict) else [default_device()]:
+            check_device(d, torch_dtype)
+        kw["device_map"] = device_map
     dev = check_device(device or default_device(), torch_dtype)
     if stored:
         torch_dtype = "auto"
     t0 = time.perf_counter()
-    path = Path(os.path.expanduser(str(spec)))
     if spec in EMBEDDED:
-        model, tokenizer = _from_pretrained(_embedded_checkpoint(spec), torch_dtype)
+        source_dir = _embedded_checkpoint(spec)
+        if isinstance(device_map, dict):
+            _check_map_covers(source_dir, device_map)
+        model, tokenizer = _from_pretrained(source_dir, torch_dtype, **kw)
         source = "embedded"
     elif path.is_dir():
         if not (path / "config.json").exists():
             raise PrunekitError(f"'{spec}' is a directory without config.json.", "Point to a Hugging Face checkpoint directory.")
-        model, tokenizer = _load_local(path, torch_dtype)
+        if isinstance(device_map, dict):
+            _check_model_type(path)
+            _check_map_covers(path, device_map)
+        model, tokenizer = _load_local(path, torch_dtype, **kw)
         source = "local"
     elif path.suffix == ".gguf":
         if not path.is_file():
@@ -146,11 +250,17 @@ def load_base_model(spec: str, dtype: str | torch.dtype = "float32", device: str
     elif path.exists():
         raise PrunekitError(f"'{spec}' is a file, not a model.", "Give a checkpoint directory, a .gguf file or a hub id.")
     else:
-        model, tokenizer = _load_hub(spec, torch_dtype)
+        if isinstance(device_map, dict):
+            _check_map_covers(spec, device_map)
+        model, tokenizer = _load_hub(spec, torch_dtype, **kw)
         source = "hub"
     info = {"source": source, "load_seconds": time.perf_counter() - t0}
     if stored:
         info |= {"compute_dtype": resolve_dtype(dtype), "compute_device": str(dev)}
+        model.eval()
+    elif device_map is not None:  # placed by accelerate: each module stays where the map put it
+        _check_dispatched(model)
+        info["devices"] = sorted({str(p.device) for p in model.parameters()})
         model.eval()
     else:
         model.to(dev).eval()
@@ -191,14 +301,14 @@ def _load_local(path: Path, dtype: torch.dtype, **kw):
         ) from None
 
 
-def _load_hub(spec: str, dtype: torch.dtype):
+def _load_hub(spec: str, dtype: torch.dtype, **kw):
     if "/" not in spec:
         raise PrunekitError(
             f"model spec '{spec}' is not an embedded model, a local path or a hub id.",
             f"Use one of: {', '.join(EMBEDDED)}, a checkpoint directory, a .gguf file, or org/name from the hub.",
         )
     try:
-        return _from_pretrained(spec, dtype)
+        return _from_pretrained(spec, dtype, **kw)
     except OSError as e:
         raise PrunekitError(
             f"could not fetch '{spec}' from the Hugging Face hub ({str(e).splitlines()[0][:160]}).",

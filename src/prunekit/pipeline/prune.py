@@ -23,7 +23,7 @@ from prunekit.core.journal import Journal
 from prunekit.data.calibration import CalibConfig, calibration_windows
 from prunekit.data.windows import build_windows
 from prunekit.engine.onload import Onloader
-from prunekit.engine.ranks import Ranks, current, rank_device
+from prunekit.engine.ranks import Ranks, current, rank_device, requested_world
 from prunekit.engine.runner import default_cache_bytes
 from prunekit.evaluation.perplexity import perplexity
 from prunekit.evaluation.report import write_report
@@ -78,10 +78,12 @@ def prune(
     if method.kind == "width":
         return prune_width(model, config, calib, progress=progress, out=out, overwrite=overwrite, resume=resume,
                            dtype=dtype, device=device)
+    if config.device_map is not None:  # before joining any torchrun process group
+        _check_device_map_run(config, method.needs_gradients, requested_world(), device)
     ranks = current()
     if out is not None and not resume and ranks.is_main:
         check_output_dir(Path(out), overwrite)
-    loaded = as_loaded(model, dtype, rank_device(device, ranks), stored=bool(config.max_memory))
+    loaded = as_loaded(model, dtype, rank_device(device, ranks), stored=bool(config.max_memory), device_map=config.device_map)
     onload = None
     if config.max_memory:  # weights stay stored; blocks come in, converted, under the cap
         onload = Onloader(loaded.adapter, loaded.info.get("compute_device", loaded.device),
@@ -117,6 +119,18 @@ def prune(
         save_pruned(pruned, res.plan, out, overwrite=True, extra_files={"timing.json": res.timing}, copy_files=[journal.path])
         write_report(out)
     return PruneResult(res.plan, pruned, res.timing)
+
+
+def _check_device_map_run(config: DepthConfig, needs_gradients: bool, world: int, device: str | None) -> None:
+    """What a run split over devices (``device_map``) does not do: gradients, torchrun ranks, a `device` beside it."""
+    if needs_gradients:
+        raise PrunekitError(f"`method` {config.method} takes a backward pass through the whole model; `device_map` does not apply to it.",
+                            "Drop `device_map`, or use a method without gradients (e.g. blockpruner, sleb, shortgpt).")
+    if world > 1:
+        raise PrunekitError(f"`device_map` splits one model over the devices of one process; this run has {world} torchrun ranks.",
+                            "Run one process with `device_map`, or ranks without it.")
+    if device is not None:
+        raise PrunekitError("`device_map` places every module itself; `device` was given too.", "Drop `device`.")
 
 
 def _open_journal(out: Path, fingerprint: dict, resume: bool, ranks: Ranks) -> tuple[Journal | None, list[dict]]:
@@ -171,18 +185,22 @@ def prune_width(
 def evaluate(
     model: str | LoadedModel, sources: list[str] | tuple[str, ...] = ("wiki-test",), seq_len: int = 256,
     windows: int | None = 16, batch_size: int = 4, plan: Plan | None = None, dtype: str = "float32",
-    device: str | None = None, max_memory: float | None = None,
+    device: str | None = None, max_memory: float | None = None, device_map: str | dict | None = None,
 ) -> dict:
     """Perplexity on each source (first ``windows`` windows of ``seq_len``) and the parameter count.
 
     With ``plan``, the plan is applied to a copy of the model first (the caller's model is left as it is).
     ``max_memory``: GiB of weights resident on ``device`` (a base checkpoint given as a spec, kept
     memory-mapped in its dtype; blocks brought in block-major): the values are the uncapped ones.
+    ``device_map``: a base checkpoint split over devices by accelerate (``auto`` or ``{module: device}``),
+    each block run on its own device.
     """
+    if device_map is not None and (max_memory is not None or device is not None):
+        raise PrunekitError("`device_map` goes alone: without `max_memory` and `device`.", "Drop `max_memory` and `device`.")
     if max_memory is not None and (isinstance(model, LoadedModel) or not max_memory > 0):
         raise PrunekitError("`max_memory` needs a positive number of GiB and a checkpoint path (not an in-memory model).",
                             "Give the checkpoint's path, or drop `max_memory`.")
-    loaded = as_loaded(model, dtype, device, stored=max_memory is not None)
+    loaded = as_loaded(model, dtype, device, stored=max_memory is not None, device_map=device_map)
     if plan is not None:
         loaded = with_plan(loaded, plan, owned=not isinstance(model, LoadedModel), check=True)
     onload = None

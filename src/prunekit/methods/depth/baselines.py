@@ -86,7 +86,7 @@ def _walk(engine: Engine, units: list[Unit], fn, progress: ProgressFn | None, st
         b, ins = u[0], list(hs)
         advance(u[-1] + 1)
         for j in range(e.n_batches):
-            s, n = fn(ins[j], hs[j])
+            s, n = fn(ins[j].to(hs[j].device), hs[j])  # a unit's input may lie on the device before it
             sums[u] += s
             count[u] += n
         b = u[-1] + 1
