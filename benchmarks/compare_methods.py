@@ -61,6 +61,18 @@ def recheck_variants(model: str, out: Path, rows: list[dict], sources: list[str]
     return lines
 
 
+def progress_lines(every: float):
+    """A progress callback that prints one line (elapsed seconds, what, done/total) at most every ``every`` s."""
+    t0, last = time.perf_counter(), [0.0]
+
+    def show(what: str, done: int, total: int) -> None:
+        now = time.perf_counter() - t0
+        if now - last[0] >= every or done == total:
+            last[0] = now
+            print(f"[{now:7.0f} s] {what} {done}/{total}", flush=True)
+    return show
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="smollm2-135m")
@@ -89,7 +101,8 @@ def main(argv: list[str] | None = None) -> int:
     calib = CalibConfig(source=args.calib, seq_len=args.seq_len, windows=args.windows, batch_size=args.batch_size)
     t0 = time.perf_counter()
     rows = compare(args.model, args.methods, args.ratios, calib, sources, args.out, eval_windows=args.eval_windows,
-                   eval_seq_len=args.eval_seq_len, device="cpu", log=lambda m: print(m, flush=True))
+                   eval_seq_len=args.eval_seq_len, device="cpu", log=lambda m: print(m, flush=True),
+                   progress=progress_lines(60.0))
     out = Path(args.out)
     print((out / "results.md").read_text(encoding="utf-8"))
     for line in variant_summary(rows, sources):
