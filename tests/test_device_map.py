@@ -1,7 +1,7 @@
 """``--device-map``: a checkpoint split over devices by accelerate, each block stepped on its own device.
 
-This machine has only the CPU, so a real split is not run here (``benchmarks/gpu_check.py`` runs a
-cuda + cpu split when a GPU is lent): the tests check that a map on the CPU gives the plan of a run
+This machine has only the CPU, so a real split (two or more accelerators; a cpu + cuda map is
+refused, as accelerate would offload the cpu part) is not run here: the tests check that a map on the CPU gives the plan of a run
 without it, byte for byte; the engine's per-block device logic with ``meta`` standing in for a second
 device (layer inputs kept once per device, states moved before each block); and every refusal.
 """
