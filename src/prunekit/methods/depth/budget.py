@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 
 from prunekit.engine.runner import Engine
 from prunekit.methods.depth.beam import levels_of
@@ -75,6 +76,59 @@ def unit_costs(engine: Engine, units: list[Unit], cost: str) -> dict[Unit, float
     return {u: float(sum(engine.macs[b] for b in u)) for u in units}
 
 
+class Landings:
+    """Each budget's landing options: ``(total, path length before it, the landing record)``.
+
+    A budget stays open (its reaching units still scored) until ``landing`` steps have offered it an
+    option; ``closed[k]`` holds the stamp of the moment budget ``k``'s answer became known.
+    """
+
+    def __init__(self, levels: list[StopFn], landing: int, start: list[dict], done_units: list[Unit]) -> None:
+        self.levels = levels
+        self.options: list[list[tuple[float, int, dict]]] = [[] for _ in levels]
+        self.left = [landing] * len(levels)
+        self.closed: list[dict] = [{} for _ in levels]
+        for i, rec in enumerate(start):  # a resumed run: the options its journaled steps offered
+            for k, opt in enumerate(rec.get("landing_options") or []):
+                if opt is not None and k < len(levels):
+                    self.options[k].append((opt["score"], i, opt))
+                    self.left[k] -= 1
+
+        # a budget already met by the resumed path, with no option seen, had landed before (not open)
+        self.open = [self.left[k] > 0 and (bool(self.options[k]) or not level(done_units))
+                     for k, level in enumerate(levels)]
+
+    def offer(self, r: StepResult, step: int, engine: Engine, stamp: Callable[[], dict]) -> list[dict | None]:
+        """Record step ``step``'s best reaching unit for every open budget (``r.also``); the new options."""
+        found: list[dict | None] = [None] * len(self.levels)
+        for k, win in enumerate(r.also):
+            if win is None or not self.open[k]:
+                continue
+            unit, total = win
+            found[k] = {"step": step, "unit": unit_name(unit), "blocks": list(unit), "score": total,
+                        "value": engine.perplexity(total), "landing": True, "prefix": step}
+            self.options[k].append((total, step, found[k]))
+            self.left[k] -= 1
+            self.open[k] = self.left[k] > 0
+            if not self.open[k]:
+                self.closed[k] = stamp()  # this budget's answer is known now
+        return found
+
+    def outcomes(self, records: list[dict], naive_macs, stamp: Callable[[], dict]) -> list[DepthOutcome]:
+        """One outcome per budget: the path before its lowest-total landing, then that landing (the
+        earlier one on a tie); the whole path when no step could reach the budget."""
+        outs = []
+        for k, options in enumerate(self.options):
+            if not options:
+                outs.append(DepthOutcome([tuple(x["blocks"]) for x in records], list(records), naive_macs, stamp()))
+                continue
+            _, n, land = min(options, key=lambda o: (o[0], o[1]))
+            outs.append(DepthOutcome([tuple(x["blocks"]) for x in records[:n]] + [tuple(land["blocks"])],
+                                     records[:n] + [land], naive_macs,
+                                     (self.closed[k] or stamp()) | {"landings": [(m, rec) for _, m, rec in options]}))
+        return outs
+
+
 def budget_greedy(loaded: LoadedModel, engine: Engine, units: list[Unit], stop: StopFn, depth: DepthConfig,
                   progress: ProgressFn | None = None, start: list[dict] | None = None,
                   on_record: RecordFn | None = None, *, cost: str = "params", landing: int = 1) -> DepthOutcome:
@@ -95,8 +149,7 @@ def budget_greedy(loaded: LoadedModel, engine: Engine, units: list[Unit], stop: 
     done_units = [tuple(r["blocks"]) for r in start]
     t0 = time.perf_counter()
     w0 = engine.counter.total_macs
-    removed_blocks = frozenset(b for u in done_units for b in u)
-    initial = start[-1]["score"] if start else engine.total_score(removed_blocks)
+    initial = start[-1]["score"] if start else engine.total_score(frozenset(b for u in done_units for b in u))
 
     def on_candidate(step: int, done: int, total: int) -> None:
         if progress:
@@ -105,55 +158,28 @@ def budget_greedy(loaded: LoadedModel, engine: Engine, units: list[Unit], stop: 
     def stamp() -> dict:
         return extra0 | {"seconds": time.perf_counter() - t0, "macs": engine.counter.total_macs - w0}
 
+    lands = Landings(levels, landing, start, done_units)
     selection = PerCost(unit_costs(engine, units, cost), levels, initial, name)
+    selection.open = lands.open  # the selection scores a budget's reaching units while it is open
     records = list(start)
-    # landing options per budget: (total, path length before it, the landing record); resumed steps' first
-    options: list[list[tuple[float, int, dict]]] = [[] for _ in levels]
-    left = [landing] * len(levels)
-    closed: list[dict] = [{} for _ in levels]
-    for i, rec in enumerate(start):
-        for k, opt in enumerate(rec.get("landing_options") or []):
-            if opt is not None and k < len(levels):
-                options[k].append((opt["score"], i, opt))
-                left[k] -= 1
-    selection.open = [left[k] > 0 and (bool(options[k]) or not level(done_units)) for k, level in enumerate(levels)]
     previous = StepResult.from_record(start[-1]) if start else None
     search = GreedySearch(engine, units, cache=depth.cache, early_exit=depth.early_exit, removed=done_units,
                           progress=on_candidate, previous=previous,
                           candidate_batch=depth.candidate_batch or engine.auto_candidate_batch(), selection=selection)
-    while search.candidates() and any(selection.open):
+    while search.candidates() and any(lands.open):
         r = search.step()
         rec = r.record()
-        found: list[dict | None] = [None] * len(levels)
-        for k, win in enumerate(r.also):
-            if win is None or not selection.open[k]:
-                continue
-            unit, total = win
-            found[k] = {"step": len(records), "unit": unit_name(unit), "blocks": list(unit), "score": total,
-                        "value": engine.perplexity(total), "landing": True, "prefix": len(records)}
-            options[k].append((total, len(records), found[k]))
-            left[k] -= 1
-            selection.open[k] = left[k] > 0
-            if not selection.open[k]:
-                closed[k] = stamp()  # this budget's answer is known now
+        found = lands.offer(r, len(records), engine, stamp)
         if landing > 1 and any(f is not None for f in found):
             rec["landing_options"] = found  # journaled, so a resumed run knows the options already seen
-        if not any(selection.open):
+        if not any(lands.open):
             break
         records.append(rec)
         if on_record:
             on_record(rec)
-    outs = []
-    for k in range(len(levels)):
-        if not options[k]:
-            outs.append(DepthOutcome([tuple(x["blocks"]) for x in records], list(records), search.naive_macs, stamp()))
-            continue
-        _, n, land = min(options[k], key=lambda o: (o[0], o[1]))
-        outs.append(DepthOutcome([tuple(x["blocks"]) for x in records[:n]] + [tuple(land["blocks"])],
-                                 records[:n] + [land], search.naive_macs,
-                                 (closed[k] or stamp()) | {"landings": [(m, rec) for _, m, rec in options[k]]}))
+    outs = lands.outcomes(records, search.naive_macs, stamp)
     main = outs[-1]
-    if len(levels) == 1 and on_record and options[0]:
+    if len(levels) == 1 and on_record and lands.options[0]:
         on_record(main.records[-1])
     if len(levels) > 1:
         main.extra["levels"] = outs
