@@ -3,10 +3,16 @@
 Each family is a tiny random checkpoint built from transformers' own config class
 (:data:`prunekit.models.tiny.FAMILY_OVERRIDES`: sliding and global layers, soft-caps, multipliers,
 sparse and dense MoE layers) with random norm weights and biases (:func:`family_model`). The
-checks: the engine's block-stepped perplexity equals ``model.forward``'s; removing a zeroed block,
-or zeroed heads and MLP channels, leaves the logits unchanged; the cached search makes the naive
-search's choices; and an hf export, reloaded in a fresh process, computes the in-memory pruned
-model's logits and its greedy tokens under the KV cache (one subprocess per family).
+checks: blocks alternate attention and MLP layer by layer, each inside its own decoder layer; the
+blocks, the embedding, the final norm and the LM head hold every parameter (a tied weight counted
+once); the adapter's projections (fused ones as row ranges) and routed experts have the config's
+heads, KV heads, head size and MLP or expert widths; skipping blocks restores the model exactly and
+removing them drops their weights; greedy decoding with the KV cache after layer 0's attention is
+removed equals it without the cache; the engine's block-stepped perplexity equals ``model.forward``'s;
+skipping or removing a zeroed block, or removing zeroed heads and MLP channels, leaves the logits
+unchanged; the cached search makes the naive search's choices; and an hf export, reloaded in a fresh
+process, computes the in-memory pruned model's logits and its greedy tokens under the KV cache (one
+subprocess per family).
 """
 
 from __future__ import annotations
@@ -31,7 +37,7 @@ from prunekit.methods.depth.search import naive_greedy
 from prunekit.methods.depth.units import make_units, unit_name
 from prunekit.methods.width.llm_pruner import families_for
 from prunekit.methods.width.options import WidthConfig
-from prunekit.models import ATTN, MLP, Block, get_adapter, supported_model_types
+from prunekit.models import ATTN, MLP, Block, Proj, get_adapter, supported_model_types
 from prunekit.models.groups import block_families, hidden_family
 from prunekit.models.loading import wrap_model
 from prunekit.models.tiny import FAMILY_OVERRIDES, TINY_TEXT, family_model, tiny_tokenizer
@@ -87,12 +93,19 @@ def _pruned_outputs(model_type: str, case: str, to) -> tuple:
     with torch.no_grad():
         logits = loaded.model(input_ids=IDS).logits
         tokens = loaded.model.generate(IDS, max_new_tokens=NEW_TOKENS, min_new_tokens=NEW_TOKENS, do_sample=False)
-        full = IDS
-        for _ in range(NEW_TOKENS):  # greedy without the cache; EOS barred as min_new_tokens bars it
-            last = loaded.model(input_ids=full, use_cache=False).logits[:, -1:]
-            last[..., loaded.model.generation_config.eos_token_id] = -torch.inf
-            full = torch.cat([full, last.argmax(-1)], 1)
+        full = greedy_without_cache(loaded.model, IDS, NEW_TOKENS)
     return layout, logits, full[0].tolist(), tokens[0].tolist()
+
+
+def greedy_without_cache(model: torch.nn.Module, ids: torch.Tensor, n: int) -> torch.Tensor:
+    """``ids`` and ``n`` greedy tokens, each from a full forward without the KV cache; EOS barred as
+    ``generate``'s ``min_new_tokens`` bars it."""
+    full = ids
+    for _ in range(n):
+        last = model(input_ids=full, use_cache=False).logits[:, -1:]
+        last[..., model.generation_config.eos_token_id] = -torch.inf
+        full = torch.cat([full, last.argmax(-1)], 1)
+    return full
 
 
 @pytest.fixture(scope="module")
@@ -131,6 +144,19 @@ def zero_(module: torch.nn.Module) -> None:
             p.zero_()
 
 
+def assert_rows_tiled(sublayer: torch.nn.Module, projs: tuple[Proj, ...]) -> None:
+    """``projs`` describe every Linear of ``sublayer``, and the row ranges on each Linear (one
+    range for a whole projection, several for a fused one) cover its rows once, in order."""
+    linears = [m for m in sublayer.modules() if isinstance(m, torch.nn.Linear)]
+    assert {id(m) for m in linears} == {id(p.module) for p in projs}
+    for m in linears:
+        ranges = sorted((p.start, p.stop) for p in projs if p.module is m)
+        assert [r[0] for r in ranges] == [0] + [r[1] for r in ranges[:-1]] and ranges[-1][1] == m.weight.shape[0]
+    for p in projs:
+        assert p.weight.shape[0] == p.out_features > 0  # a range past the Linear's rows would be cut short
+        assert p.bias is None or p.bias.shape == (p.out_features,)
+
+
 class FamilyContract:
     model_type = "llama"
     moe = False
@@ -150,6 +176,101 @@ class FamilyContract:
 
     def test_registry_picks_this_family(self, model):
         assert get_adapter(model).model_type == self.model_type == model.config.model_type
+
+    def test_blocks_alternate_attn_mlp_layer_by_layer(self, model):
+        a = get_adapter(model)
+        n = model.config.num_hidden_layers
+        blocks = a.blocks()
+        assert a.num_layers == n and a.num_blocks == len(blocks) == 2 * n
+        assert [(b.index, b.layer, b.kind) for b in blocks] == [(2 * i + j, i, k) for i in range(n) for j, k in enumerate((ATTN, MLP))]
+        assert a.blocks(ATTN) == blocks[0::2] and a.blocks(MLP) == blocks[1::2]
+        for b in blocks:  # a block's norms and sub-layer are modules of its own decoder layer, none shared with the other block
+            own = {id(m) for m in a.layers[b.layer].modules()}
+            other = {id(m) for m in a.block_modules(Block(b.index ^ 1))}
+            assert all(id(m) in own and id(m) not in other for m in a.block_modules(b))
+
+    @pytest.mark.parametrize("tied", [False, True])
+    def test_blocks_embedding_head_and_final_norm_add_up_to_total_params(self, tied):
+        model = family_model(self.model_type, tie_word_embeddings=tied)
+        a = get_adapter(model)
+        assert (a.lm_head.weight is a.embed.weight) == tied
+        rest = {id(p): p.numel() for m in (a.embed, a.final_norm, a.lm_head) for p in m.parameters()}  # a tied weight once
+        assert sum(a.block_params(b) for b in a.blocks()) + sum(rest.values()) == a.total_params()
+
+    def test_projections_follow_the_config(self, model):
+        """Heads, KV heads and head size of every layer's attention; each dense MLP's width, or each sparse
+        MoE block's experts and expert width; the described projections are every Linear of their sub-layer."""
+        a, c = get_adapter(model), model.config
+        head_dim = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
+        q_width, kv_width = c.num_attention_heads * head_dim, c.num_key_value_heads * head_dim
+        sparse = []
+        for layer in range(a.num_layers):
+            att = a.attention(layer)
+            assert (att.num_heads, att.num_kv_heads, att.head_dim) == (c.num_attention_heads, c.num_key_value_heads, head_dim)
+            assert [p.out_features for p in (att.q, att.k, att.v, att.o)] == [q_width, kv_width, kv_width, c.hidden_size]
+            assert [p.in_features for p in (att.q, att.k, att.v, att.o)] == [c.hidden_size] * 3 + [q_width]
+            assert_rows_tiled(a.sublayer(Block.of(layer, ATTN)), (att.q, att.k, att.v, att.o))
+            sub, ex = a.sublayer(Block.of(layer, MLP)), a.experts(layer)
+            assert any(p.dim() == 3 for p in sub.parameters()) == (ex is not None)  # the experts' 3-D weights
+            if ex is None:
+                m = a.mlp(layer)
+                assert [m.gate.out_features, m.up.out_features, m.down.in_features, a.mlp_width(layer)] == [c.intermediate_size] * 4
+                assert [m.gate.in_features, m.up.in_features, m.down.out_features] == [c.hidden_size] * 3
+                assert_rows_tiled(sub, (m.gate, m.up, m.down))
+                continue
+            sparse.append(layer)
+            width = getattr(c, "moe_intermediate_size", None) or c.intermediate_size
+            assert (ex.num_experts, ex.width, a.mlp_width(layer)) == (c.num_experts, width, width)
+            assert getattr(ex.module, ex.gate_up).shape == (c.num_experts, 2 * width, c.hidden_size)
+            assert getattr(ex.module, ex.down).shape == (c.num_experts, c.hidden_size, width)
+            assert any(m is ex.module for m in sub.modules())
+            with pytest.raises(PrunekitError, match="experts"):
+                a.mlp(layer)
+        assert bool(sparse) == self.moe
+
+    def test_skipping_restores_the_model_exactly(self, model, ids):
+        a = get_adapter(model)
+        a.remove_block(Block.of(2, MLP))  # removed before: still removed after
+        modules = list(model.named_modules())
+        with torch.no_grad():
+            ref = model(input_ids=ids).logits
+            with a.skipping([Block(0), Block(3), Block.of(2, MLP)]):
+                assert a.removed_blocks() == [Block(0), Block(3), Block.of(2, MLP)]
+                changed = model(input_ids=ids).logits
+            after = model(input_ids=ids).logits
+            with pytest.raises(RuntimeError, match="inside"), a.skipping([Block(1)]):
+                raise RuntimeError("inside")
+            again = model(input_ids=ids).logits
+        assert not torch.allclose(changed, ref)
+        torch.testing.assert_close(after, ref, rtol=0, atol=0)
+        torch.testing.assert_close(again, ref, rtol=0, atol=0)
+        assert a.removed_blocks() == [Block.of(2, MLP)]
+        now = list(model.named_modules())
+        assert [n for n, _ in now] == [n for n, _ in modules] and all(m is m0 for (_, m), (_, m0) in zip(now, modules))
+
+    def test_remove_block_drops_its_weights(self, model):
+        a = get_adapter(model)
+        gone = [Block.of(2, ATTN), Block.of(3, MLP)]
+        before, size = a.total_params(), sum(a.block_params(b) for b in gone)
+        weights = [p for b in gone for m in a.block_modules(b) for p in m.parameters()]
+        assert size == sum(p.numel() for p in weights) > 0 and a.removed_blocks() == []
+        for b in gone + gone[:1]:  # removing a removed block again changes nothing
+            a.remove_block(b)
+        assert a.total_params() == before - size
+        assert all(a.is_removed(b) and a.block_params(b) == 0 for b in gone)
+        kept = {id(p) for p in model.parameters()}
+        assert not any(id(p) in kept for p in weights)
+        assert a.removed_blocks() == gone
+
+    def test_generate_with_first_attention_removed_equals_greedy_without_cache(self, model, ids):
+        """The removed attention (no weights) runs under ``generate``'s KV cache; one unpadded sequence whose
+        prompt (12 tokens) is longer than the sliding window (4) of Gemma's sliding layers."""
+        get_adapter(model).remove_block(Block.of(0, ATTN))
+        with torch.no_grad():
+            cached = model.generate(ids[:1], max_new_tokens=NEW_TOKENS, min_new_tokens=NEW_TOKENS, do_sample=False)
+            full = greedy_without_cache(model, ids[:1], NEW_TOKENS)
+        assert cached.shape[1] == ids.shape[1] + NEW_TOKENS
+        assert torch.equal(cached, full)
 
     def test_engine_perplexity_equals_forward(self, model):
         adapter = get_adapter(model)
@@ -172,15 +293,18 @@ class FamilyContract:
         torch.testing.assert_close(ours, ref, rtol=1e-5, atol=1e-5)
 
     @pytest.mark.parametrize("kind", [ATTN, MLP])
-    def test_removing_a_zeroed_block_leaves_logits_unchanged(self, model, ids, kind):
+    def test_skipping_or_removing_a_zeroed_block_leaves_logits_unchanged(self, model, ids, kind):
         a = get_adapter(model)
         block = Block.of(1, kind)
         zero_(a.sublayer(block))
         params = a.total_params()
         with torch.no_grad():
             before = model(input_ids=ids).logits
+            with a.skipping([block]):
+                skipped = model(input_ids=ids).logits
             a.remove_block(block)
             after = model(input_ids=ids).logits
+        torch.testing.assert_close(skipped, before, rtol=0, atol=1e-6)
         torch.testing.assert_close(after, before, rtol=0, atol=1e-6)
         assert a.total_params() < params and a.block_params(block) == 0  # its norms and sub-layer are gone
 
@@ -339,6 +463,14 @@ class TestMistral(FamilyContract):
 class TestQwen2(FamilyContract):
     model_type = "qwen2"
     llama_layout = ("gguf",)
+
+    def test_q_k_v_have_biases(self, model):
+        """Qwen2's q, k and v projections have biases, one per output row; o has none."""
+        a = get_adapter(model)
+        for layer in range(a.num_layers):
+            att = a.attention(layer)
+            assert all(p.bias is not None and p.bias.shape == (p.out_features,) for p in (att.q, att.k, att.v))
+            assert att.o.bias is None
 
 
 class TestQwen3(FamilyContract):
