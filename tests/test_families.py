@@ -8,11 +8,12 @@ blocks, the embedding, the final norm and the LM head hold every parameter (a ti
 once); the adapter's projections (fused ones as row ranges) and routed experts have the config's
 heads, KV heads, head size and MLP or expert widths; skipping blocks restores the model exactly and
 removing them drops their weights; greedy decoding with the KV cache after layer 0's attention is
-removed equals it without the cache; the engine's block-stepped perplexity equals ``model.forward``'s;
+removed equals it without the cache, also for a left-padded batch (dynamic and static cache), row by
+row; the engine's block-stepped perplexity equals ``model.forward``'s;
 skipping or removing a zeroed block, or removing zeroed heads and MLP channels, leaves the logits
 unchanged; the cached search makes the naive search's choices; and an hf export, reloaded in a fresh
-process, computes the in-memory pruned model's logits and its greedy tokens under the KV cache (one
-subprocess per family).
+process, computes the in-memory pruned model's logits and its greedy tokens under the KV cache, also
+on a left-padded batch (one subprocess for all families).
 """
 
 from __future__ import annotations
@@ -50,26 +51,36 @@ from test_search import CONFIGS, _assert_same, _search
 
 IDS = torch.tensor([[5, 9, 17, 33, 65, 120, 7, 200, 44, 3]])
 NEW_TOKENS = 6
+# a left-padded batch of two prompts: IDS and IDS reversed, the first PAD tokens of the second masked out
+PAD = 3
+BATCH = torch.cat([IDS, IDS.flip(1)])
+BATCH_MASK = torch.ones_like(BATCH)
+BATCH_MASK[1, :PAD] = 0
 
 # Loads each export directory given on the command line in this fresh interpreter (no prunekit
-# import) and prints its logits on IDS and its greedy tokens with the KV cache, as JSON.
+# import) and prints, as JSON, its logits on IDS, its greedy tokens with the KV cache, and the new
+# greedy tokens of the left-padded BATCH with the KV cache.
 RELOAD = r"""
 import json, sys, torch
 from transformers import AutoModelForCausalLM
 torch.set_num_threads(1)
-ids = torch.tensor(json.loads(sys.argv[1]))
+inputs = json.loads(sys.argv[1])
+ids, batch, mask, n = (torch.tensor(inputs[k]) for k in ("ids", "batch", "mask", "new_tokens"))
+greedy = dict(max_new_tokens=int(n), min_new_tokens=int(n), do_sample=False)
 out = {}
-for path in sys.argv[3:]:
+for path in sys.argv[2:]:
     model = AutoModelForCausalLM.from_pretrained(path, trust_remote_code=True, dtype=torch.float32).eval()
     with torch.no_grad():
         logits = model(input_ids=ids).logits
-        tokens = model.generate(ids, max_new_tokens=int(sys.argv[2]), min_new_tokens=int(sys.argv[2]), do_sample=False)
-    out[path] = {"logits": logits.tolist(), "tokens": tokens[0].tolist()}
+        tokens = model.generate(ids, **greedy)
+        padded = model.generate(batch, attention_mask=mask, pad_token_id=0, **greedy)
+    out[path] = {"logits": logits.tolist(), "tokens": tokens[0].tolist(), "padded": padded[:, -int(n):].tolist()}
 print(json.dumps(out))
 """
 
 
-CASES = {"layers": [Block.of(0, ATTN), Block.of(0, MLP)], "blocks": [Block.of(0, ATTN), Block.of(2, MLP)],
+# "blocks" removes the attention of layers 0 and 1: the first full-attention layer of every family (Gemma's is 1)
+CASES = {"layers": [Block.of(0, ATTN), Block.of(0, MLP)], "blocks": [Block.of(0, ATTN), Block.of(1, ATTN), Block.of(2, MLP)],
          "width": [Block.of(3, MLP)]}
 EXPECTED_LAYOUT = {"layers": "stock", "blocks": "per-layer", "width": "per-layer"}
 # "width" also slices KV group 0 of layer 1 and every other MLP channel of layer 2 (8 channels of every expert
@@ -80,7 +91,7 @@ WIDTH = {"strategy": "block", "hidden": None,
 
 def _pruned_outputs(model_type: str, case: str, to) -> tuple:
     """Export the family's model pruned as ``case`` says; its layout, logits on IDS, greedy tokens with
-    and without the KV cache."""
+    and without the KV cache, and the new greedy tokens of each prompt of BATCH alone, unpadded, without it."""
     loaded = wrap_model(family_model(model_type), tiny_tokenizer())
     for b in CASES[case]:
         loaded.adapter.remove_block(b)
@@ -94,7 +105,8 @@ def _pruned_outputs(model_type: str, case: str, to) -> tuple:
         logits = loaded.model(input_ids=IDS).logits
         tokens = loaded.model.generate(IDS, max_new_tokens=NEW_TOKENS, min_new_tokens=NEW_TOKENS, do_sample=False)
         full = greedy_without_cache(loaded.model, IDS, NEW_TOKENS)
-    return layout, logits, full[0].tolist(), tokens[0].tolist()
+        alone = [greedy_without_cache(loaded.model, BATCH[:1], NEW_TOKENS), greedy_without_cache(loaded.model, BATCH[1:, PAD:], NEW_TOKENS)]
+    return layout, logits, full[0].tolist(), tokens[0].tolist(), [a[0, -NEW_TOKENS:].tolist() for a in alone]
 
 
 def greedy_without_cache(model: torch.nn.Module, ids: torch.Tensor, n: int) -> torch.Tensor:
@@ -110,7 +122,7 @@ def greedy_without_cache(model: torch.nn.Module, ids: torch.Tensor, n: int) -> t
 
 @pytest.fixture(scope="module")
 def reloaded(tmp_path_factory):
-    """Every family exported twice (CASES), all reloaded in one fresh interpreter (no prunekit)."""
+    """Every family exported three times (CASES), all reloaded in one fresh interpreter (no prunekit)."""
     root = tmp_path_factory.mktemp("families")
     want: dict[str, dict] = {}
     paths = {}
@@ -124,7 +136,9 @@ def reloaded(tmp_path_factory):
                 paths[str(path)] = f"{model_type}/{case}"
     finally:
         torch.set_num_threads(threads)
-    proc = subprocess.run([sys.executable, "-c", RELOAD, json.dumps(IDS.tolist()), str(NEW_TOKENS), *paths],
+    inputs = {"ids": IDS.tolist(), "batch": BATCH.masked_fill(BATCH_MASK == 0, 0).tolist(), "mask": BATCH_MASK.tolist(),
+              "new_tokens": NEW_TOKENS}
+    proc = subprocess.run([sys.executable, "-c", RELOAD, json.dumps(inputs), *paths],
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     got = json.loads(proc.stdout.strip().splitlines()[-1])
@@ -271,6 +285,27 @@ class FamilyContract:
             full = greedy_without_cache(model, ids[:1], NEW_TOKENS)
         assert cached.shape[1] == ids.shape[1] + NEW_TOKENS
         assert torch.equal(cached, full)
+
+    @pytest.mark.parametrize("cache", ["dynamic", "static"])
+    @pytest.mark.parametrize("removed", [(0,), (0, 1)])
+    def test_left_padded_batch_with_attention_removed_generates_each_row_alone(self, model, ids, removed, cache):
+        """Two prompts (12 and 9 tokens), the shorter left-padded, through ``generate`` with the KV cache
+        (dynamic or static) after the attention of layer 0 (the first full-attention layer in most families),
+        or of layers 0 and 1 (Gemma's first full-attention layer is 1), is removed: each row's new tokens
+        are its greedy tokens alone, unpadded, without the cache. The mask's size comes from the first
+        full-attention layer's cache length, so a removed attention must keep that length right."""
+        for layer in removed:
+            get_adapter(model).remove_block(Block.of(layer, ATTN))
+        pad = 3
+        mask = torch.ones_like(ids)
+        mask[1, :pad] = 0
+        padded = ids.masked_fill(mask == 0, 0)
+        with torch.no_grad():
+            batch = model.generate(padded, attention_mask=mask, max_new_tokens=NEW_TOKENS, min_new_tokens=NEW_TOKENS,
+                                   do_sample=False, pad_token_id=0, cache_implementation=cache)
+            alone = [greedy_without_cache(model, ids[:1], NEW_TOKENS), greedy_without_cache(model, ids[1:, pad:], NEW_TOKENS)]
+        for row, want in zip(batch, alone):
+            assert row[-NEW_TOKENS:].tolist() == want[0, -NEW_TOKENS:].tolist()
 
     def test_engine_perplexity_equals_forward(self, model):
         adapter = get_adapter(model)
@@ -441,13 +476,16 @@ class FamilyContract:
 
     def test_export_reloads_in_a_fresh_process(self, reloaded):
         """Whole layer 0 removed (stock layout: per-layer types renumbered), blocks removed, and heads and MLP
-        channels sliced (per-layer layout: the fused projections and all-head norms resized)."""
-        for case, (layout, logits, tokens, cached) in reloaded["want"][self.model_type].items():
+        channels sliced (per-layer layout: the fused projections and all-head norms resized). Reloaded, a
+        left-padded batch of two prompts generates each prompt's greedy tokens alone (the "blocks" case has no
+        attention in layers 0 and 1: the remote code's own zero attention must keep the cache's length right)."""
+        for case, (layout, logits, tokens, cached, alone) in reloaded["want"][self.model_type].items():
             assert layout == EXPECTED_LAYOUT[case]
             assert cached == tokens  # in memory: greedy with the KV cache == greedy without it
             got = reloaded["got"][f"{self.model_type}/{case}"]
             torch.testing.assert_close(torch.tensor(got["logits"]), logits, rtol=1e-5, atol=1e-5)
             assert got["tokens"] == tokens
+            assert got["padded"] == alone
 
 
 class TestLlama(FamilyContract):

@@ -21,8 +21,8 @@ three per-layer lists, one entry per decoder layer:
 weights, and its norms (``BLOCK_NORMS``: pre-norm, and the output norm of Gemma / OLMo 2) are
 identities: the residual stream passes through unchanged, exactly
 as in prunekit's in-memory pruned model. Under a KV cache an absent attention still records
-zero-width keys/values for its layer, so the cache reports the right sequence length even when
-layer 0 has no attention (``generate`` asks layer 0 for it).
+one key and value per token for its layer (width 1, ones), so the cache reports the right sequence
+length even when layer 0 has no attention (``generate`` sizes the attention mask from it).
 """
 
 from __future__ import annotations
@@ -60,7 +60,14 @@ PER_LAYER_KEYS = ("layer_num_attention_heads", "layer_num_key_value_heads", "lay
 
 
 class ZeroAttention(nn.Module):
-    """An absent attention block: zeros out, no weights; keeps the KV cache's length right."""
+    """An absent attention block: zeros out, no weights.
+
+    Under a KV cache it appends, for its layer, a ``[batch, 1, tokens, 1]`` tensor of ones as keys and
+    values (nothing reads them), so the layer reports its true length; ``generate`` sizes the attention
+    mask from the first full-attention layer's length. Zero-width keys would read as an empty layer (a
+    dynamic layer counts keys only when ``keys.numel()`` > 0) and a left-padded batch would attend to
+    its padding; ones, not zeros, for caches that count the positions holding non-zero keys.
+    """
 
     removed = True
 
@@ -72,8 +79,8 @@ class ZeroAttention(nn.Module):
         cache = kwargs.get("cache", kwargs.get("past_key_values"))
         if cache is not None:
             b, t = hidden_states.shape[:2]
-            empty = hidden_states.new_zeros(b, 1, t, 0)
-            cache.update(empty, empty, self.layer_idx)
+            ones = hidden_states.new_ones(b, 1, t, 1)
+            cache.update(ones, ones, self.layer_idx)
         return torch.zeros_like(hidden_states), None
 
 

@@ -170,8 +170,13 @@ class MlpProjections:
 class ZeroAttention(nn.Module):
     """Stands in for a removed self-attention: outputs zeros, so the residual passes unchanged.
 
-    It holds no weights. Under a KV cache it appends zero-width keys/values for its layer so that
-    the cache still reports the right sequence length to ``generate``.
+    It holds no weights. Under a KV cache it still appends, for its layer, one key and one value per
+    new token: a ``[batch, 1, tokens, 1]`` tensor of ones (one head of width 1; nothing reads them).
+    The cache then reports the layer's true length, from which ``generate`` sizes the attention mask
+    (transformers asks the first full-attention layer, layer 0 in most families). Zero-width keys would
+    not do: a dynamic cache layer counts its keys only when they hold elements (``keys.numel()``), so
+    it would report 0, and a left-padded batch would attend to its padding. Ones rather than zeros,
+    because a cache that counts the positions holding non-zero keys would not count zeros.
     """
 
     removed = True
@@ -184,8 +189,8 @@ class ZeroAttention(nn.Module):
         cache = kwargs.get("cache", kwargs.get("past_key_values"))
         if cache is not None:
             b, t = hidden_states.shape[:2]
-            empty = hidden_states.new_zeros(b, 1, t, 0)
-            cache.update(empty, empty, self.layer_idx)
+            ones = hidden_states.new_ones(b, 1, t, 1)
+            cache.update(ones, ones, self.layer_idx)
         return torch.zeros_like(hidden_states), None
 
 
