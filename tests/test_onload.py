@@ -1,5 +1,6 @@
 """Sequential onloading under ``--max-memory``: weights stay stored (memory-mapped, checkpoint dtype),
-blocks come in converted under the cap, and the plan is the uncapped run's, byte for byte."""
+blocks come in converted under the cap, and the plan is the uncapped run's, byte for byte (gradient
+passes layer by layer: taylor's and llm-pruner's, the same choices, scores equal up to rounding)."""
 
 from __future__ import annotations
 
@@ -12,8 +13,10 @@ import prunekit as pk
 from helpers import CALIB_TEXT, run_cli
 from prunekit.engine.onload import Onloader
 from prunekit.methods.depth.workcount import count_onload
+from prunekit.methods.width.importance import collect_gradients, collect_gradients_layerwise, needed_parameters, part_scores
 from prunekit.models.adapter import Block
-from prunekit.models.tiny import tiny_model, tiny_tokenizer
+from prunekit.models.groups import block_families, hidden_family
+from prunekit.models.tiny import family_model, tiny_model, tiny_tokenizer
 
 
 @pytest.fixture(scope="module")
@@ -148,3 +151,153 @@ def test_taylor_under_the_cap_gives_the_uncapped_plan(bf16_checkpoint, tmp_path,
     # forward and backward: the weights come in twice per chunk (one chunk, or one per window batch: 4 here)
     passes = 2 if cache_gb is None else 2 * 4
     assert (passes - 0.5) * w["model_bytes"] <= w["moved_bytes"] <= (passes + 1.5) * w["model_bytes"]
+
+
+# --- llm-pruner under the cap: its gradient pass layer by layer -----------------------------------
+def _width(model_dir, out, calib_file, **width):
+    calib = pk.CalibConfig(source=str(calib_file), seq_len=32, windows=8, batch_size=2)
+    return pk.prune(str(model_dir), pk.WidthConfig(ratio=0.2, samples=4, **width), calib, out=out, device="cpu")
+
+
+def _same_width_plan(capped: dict, free: dict) -> None:
+    """The same kept heads and channels; the dense calibration value (from each window's loss) equal up to rounding."""
+    def strip(plan):
+        return {k: v for k, v in plan.items() if k != "dense_value"}
+    assert strip(capped) == strip(free)
+    assert (capped["dense_value"] is None) == (free["dense_value"] is None)
+    assert capped["dense_value"] is None or capped["dense_value"] == pytest.approx(free["dense_value"], rel=1e-5)
+
+
+def _same_weights(a, b) -> None:
+    """Two pruned outputs hold the same kept weights (read back in float32)."""
+    sa, sb = pk.load_pruned(a).model.state_dict(), pk.load_pruned(b).model.state_dict()
+    assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+@pytest.mark.parametrize("width", [
+    dict(),  # param_first, block strategy
+    dict(importance="param_mix", global_=True),  # the Fisher diagonal, groups ranked across layers
+    dict(importance="vector"),
+    dict(importance="param_second", aggregate="last"),
+    dict(importance="l2"),  # no gradient pass: only the scoring of stored weights as computed
+    dict(strategy="channel", importance="element2"),  # hidden channels: the head's and the embedding's gradients too
+])
+def test_llm_pruner_under_the_cap_gives_the_uncapped_plan(bf16_checkpoint, tmp_path, one_thread, width):
+    """A bf16 checkpoint computed in float32, its weights four times the cap: the plan of the uncapped
+    run, and the same pruned weights saved (in the checkpoint's dtype under the cap)."""
+    d = bf16_checkpoint
+    free = _width(d / "model", tmp_path / "free", d / "calib.txt", **width)
+    cap_gib = free.loaded.adapter.total_params() / 2**30  # a quarter of the float32 weights
+    capped = _width(d / "model", tmp_path / "capped", d / "calib.txt", max_memory=cap_gib, **width)
+    _same_width_plan(capped.plan, free.plan)
+    assert "max_memory" not in capped.plan["options"]
+    w = capped.timing["weights"]
+    assert 0 < w["peak_resident_bytes"] <= w["cap_bytes"] < w["model_bytes"] / 3
+    if capped.plan["dense_value"] is not None:  # forward, then backward: every block comes in twice (one chunk)
+        assert 1.5 * w["model_bytes"] <= w["moved_bytes"] <= 2.5 * w["model_bytes"]
+    assert {p.dtype for p in capped.loaded.model.parameters()} == {torch.bfloat16}
+    _same_weights(tmp_path / "capped", tmp_path / "free")
+
+
+@pytest.mark.parametrize("model_type", ["gemma2", "qwen2_moe"])  # soft-capped logits, routed experts' channels
+def test_llm_pruner_under_the_cap_on_other_families(tmp_path, one_thread, model_type):
+    family_model(model_type).save_pretrained(tmp_path / "model")
+    tiny_tokenizer().save_pretrained(tmp_path / "model")
+    (tmp_path / "calib.txt").write_text(CALIB_TEXT, encoding="utf-8")
+    free = _width(tmp_path / "model", tmp_path / "free", tmp_path / "calib.txt", importance="param_mix")
+    cap = 4 * free.loaded.adapter.total_params() / 3 / 2**30  # a third of the float32 weights
+    capped = _width(tmp_path / "model", tmp_path / "capped", tmp_path / "calib.txt", importance="param_mix", max_memory=cap)
+    _same_width_plan(capped.plan, free.plan)
+    assert capped.timing["weights"]["peak_resident_bytes"] <= capped.timing["weights"]["cap_bytes"]
+    _same_weights(tmp_path / "capped", tmp_path / "free")
+
+
+@pytest.fixture(scope="module")
+def tied_checkpoint(tmp_path_factory):
+    """A tiny Llama with tied embeddings (float32): the head and the embedding share one weight."""
+    d = tmp_path_factory.mktemp("tied")
+    tiny_model("llama", tie_word_embeddings=True).save_pretrained(d / "model")
+    tiny_tokenizer().save_pretrained(d / "model")
+    (d / "calib.txt").write_text(CALIB_TEXT, encoding="utf-8")
+    return d
+
+
+def test_layerwise_gradients_and_fisher_equal_the_whole_model_pass(tied_checkpoint, one_thread):
+    """g and F of every hidden-channel part (embedding = LM head included) equal up to float32 rounding."""
+    loaded = pk.load_model(str(tied_checkpoint / "model"), device="cpu")
+    names = needed_parameters([hidden_family(loaded.adapter)])
+    ids = torch.randint(2, 256, (3, 24), generator=torch.Generator().manual_seed(0))
+    ids[1, -5:] = 1  # an ignored target (the pad id below)
+    free = collect_gradients(loaded.model, ids, names, True, ignore_index=1)
+    stored = pk.load_model(str(tied_checkpoint / "model"), device="cpu")
+    onload = Onloader(stored.adapter, "cpu", torch.float32, 4 * stored.adapter.total_params() / 3)
+    capped = collect_gradients_layerwise(onload, ids, names, True, state_budget=2**30, ignore_index=1)
+    assert "model.embed_tokens.weight" in capped.grad and capped.per_sample_loss == pytest.approx(free.per_sample_loss, rel=1e-6)
+    for n in names:
+        for got, want in ((capped.grad[n], free.grad[n]), (capped.fisher[n], free.fisher[n])):
+            assert torch.allclose(got, want, rtol=1e-4, atol=1e-6 * float(want.abs().max())), n
+    assert all(p.requires_grad for p in stored.model.parameters())  # the stored model as it was
+    assert onload.used == 0
+
+
+def test_stored_weights_are_scored_as_computed(tied_checkpoint):
+    """A float32 checkpoint held as stored and computed in bfloat16 scores the bfloat16 weights (the uncapped model's)."""
+    spec = str(tied_checkpoint / "model")
+    stored, computed = pk.load_model(spec, device="cpu", dtype="bfloat16", stored=True), pk.load_model(spec, device="cpu", dtype="bfloat16")
+    assert next(stored.model.parameters()).dtype == torch.float32
+    for fam_s, fam_c in zip(block_families(stored.adapter, 0, 4), block_families(computed.adapter, 0, 4)):
+        assert torch.equal(part_scores(fam_s, "l2", None, torch.bfloat16), part_scores(fam_c, "l2", None))
+        assert not torch.equal(part_scores(fam_s, "l2", None), part_scores(fam_c, "l2", None))
+
+
+class Killed(Exception):
+    pass
+
+
+def _kill_after(n: int):
+    def progress(stage, done, total):
+        if stage == "gradients" and done == n:
+            raise Killed
+
+    return progress
+
+
+def test_llm_pruner_under_the_cap_resumes_its_journaled_pass(tied_checkpoint, tmp_path, one_thread):
+    """Tied embeddings with the hidden-channel strategy run one window per chunk, so the journal has its
+    points as without a cap: a pass killed after two windows resumes under the cap to the uncapped plan."""
+    d = tied_checkpoint
+    width = dict(strategy="channel", importance="param_mix")
+    free = _width(d / "model", tmp_path / "free", d / "calib.txt", **width)
+    cap = free.loaded.adapter.total_params() / 2**30
+    calib = pk.CalibConfig(source=str(d / "calib.txt"), seq_len=32, windows=8, batch_size=2)
+    config = pk.WidthConfig(ratio=0.2, samples=4, max_memory=cap, **width)
+    with pytest.raises(Killed):
+        pk.prune_width(str(d / "model"), config, calib, out=tmp_path / "capped", device="cpu", progress=_kill_after(2))
+    lines = [json.loads(x) for x in (tmp_path / "capped" / "journal.jsonl").read_text().splitlines()]
+    points = [r["samples"] for r in lines[1:]]
+    assert points and points[0] == 1 and max(points) <= 2  # a point after the first window, as without a cap
+    res = pk.prune_width(str(d / "model"), config, calib, out=tmp_path / "capped", device="cpu", resume=True)
+    assert res.timing["resumed_samples"] == max(points)
+    _same_width_plan(res.plan, free.plan)
+    _same_weights(tmp_path / "capped", tmp_path / "free")
+
+
+def test_llm_pruner_cli_under_the_cap(bf16_checkpoint, tmp_path, one_thread):
+    d = bf16_checkpoint
+    free = _width(d / "model", tmp_path / "free", d / "calib.txt")
+    r = run_cli("prune", str(d / "model"), "--method", "llm-pruner", "--ratio", "0.2", "--samples", "4", "--calib", str(d / "calib.txt"),
+                "--seq-len", "32", "--windows", "8", "--device", "cpu", "--max-memory", f"{free.loaded.adapter.total_params() / 2**30:.9f}",
+                "--out", str(tmp_path / "capped"), env={"OMP_NUM_THREADS": "1"})
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "GiB brought in; peak resident" in r.stdout
+    _same_width_plan(*(json.loads((tmp_path / o / "plan.json").read_text()) for o in ("capped", "free")))
+
+
+def test_llm_pruner_refuses_a_router_loss_under_the_cap(tmp_path):
+    """A MoE checkpoint whose loss adds the router's auxiliary loss: the layer-by-layer pass cannot compute it."""
+    family_model("mixtral", output_router_logits=True).save_pretrained(tmp_path / "model")
+    tiny_tokenizer().save_pretrained(tmp_path / "model")
+    (tmp_path / "calib.txt").write_text(CALIB_TEXT, encoding="utf-8")
+    with pytest.raises(pk.PrunekitError, match="output_router_logits") as e:
+        _width(tmp_path / "model", tmp_path / "o", tmp_path / "calib.txt", max_memory=1.0)
+    assert "\n" not in str(e.value) and "`max_memory`" in str(e.value) and not (tmp_path / "o").exists()

@@ -98,10 +98,15 @@ def print_plan(plan: dict, timing: dict | None = None) -> None:
             macs = [w["total_macs"] for w in timing["rank_work"]]
             out_console.print(f"ranks: {timing['ranks']}; counted work per rank {min(macs) / 1e9:.1f}-{max(macs) / 1e9:.1f} GMAC"
                               f" (balance {min(macs) / max(max(macs), 1):.2f})")
-        if timing.get("weights"):
-            w = timing["weights"]
-            out_console.print(f"weights: {w['moved_bytes'] / 2**30:.2f} GiB brought in; peak resident {w['peak_resident_bytes'] / 2**30:.3f}"
-                              f" GiB of the {w['cap_bytes'] / 2**30:.3f} GiB cap (model {w['model_bytes'] / 2**30:.3f} GiB in {w['compute_dtype']})")
+        print_weights(timing)
+
+
+def print_weights(timing: dict) -> None:
+    """One line on the weights brought in under a memory cap (``timing['weights']``), when there was one."""
+    if timing.get("weights"):
+        w = timing["weights"]
+        out_console.print(f"weights: {w['moved_bytes'] / 2**30:.2f} GiB brought in; peak resident {w['peak_resident_bytes'] / 2**30:.3f}"
+                          f" GiB of the {w['cap_bytes'] / 2**30:.3f} GiB cap (model {w['model_bytes'] / 2**30:.3f} GiB in {w['compute_dtype']})")
 
 
 def print_width_plan(plan: dict, timing: dict | None = None) -> None:
@@ -126,6 +131,7 @@ def print_width_plan(plan: dict, timing: dict | None = None) -> None:
         out_console.print(f"calibration perplexity of the dense model: {plan['dense_value']:.3f}")
     if timing:
         out_console.print(f"scoring: {timing['search_seconds']:.1f} s")
+        print_weights(timing)
 
 
 def print_export(info: dict) -> None:

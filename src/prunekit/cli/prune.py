@@ -66,12 +66,10 @@ def prune(
     if get_method(method).kind == "width":
         if remove is not None:
             raise PrunekitError("--remove counts blocks; llm-pruner takes --ratio (a fraction of the parameters).", "Use e.g. --ratio 0.2.")
-        if max_memory is not None:
-            raise PrunekitError("--max-memory does not apply to llm-pruner yet (its gradient pass holds the whole model).", "Drop --max-memory.")
         if device_map is not None:
             raise PrunekitError("--device-map does not apply to llm-pruner (its gradient pass runs the whole model on one device).", "Drop --device-map.")
         config = WidthConfig(ratio=ratio, importance=importance, aggregate=aggregate, strategy=strategy, layers=layers,
-                             global_=global_, samples=samples, seed=seed, at_least=at_least)
+                             global_=global_, samples=samples, seed=seed, at_least=at_least, max_memory=max_memory)
         cal = _calib(calib or "wiki", seq_len or 64, windows, sample, seed, batch_size)
     else:
         config = DepthConfig(method=method, blocks_kind=blocks_kind, remove=remove, ratio=ratio, search=search, cache=cache,

@@ -31,7 +31,7 @@ from prunekit.methods.depth.planner import plan_depth, stop_rule
 from prunekit.methods.depth.units import make_units
 from prunekit.methods.options import DepthConfig
 from prunekit.methods.registry import method_for
-from prunekit.methods.width.importance import check_gradient_dtype
+from prunekit.methods.width.importance import check_gradient_dtype, check_layerwise
 from prunekit.methods.width.llm_pruner import Gradients
 from prunekit.methods.width.options import WidthConfig
 from prunekit.models.loading import LoadedModel, resolve_dtype
@@ -159,17 +159,32 @@ def prune_width(
     and families, to share one gradient pass between runs (e.g. several importances or ratios).
     Without them, and with ``out``, the gradient pass is journaled in ``out`` and ``resume``
     continues a killed one. Under torchrun ranks the windows are split over the ranks (the sums
-    all-reduced, the same plan; not journaled) and rank 0 writes ``out``.
+    all-reduced, the same plan; not journaled) and rank 0 writes ``out``. With ``width.max_memory``
+    the model is held as stored (checkpoint dtype, memory-mapped) and the gradient pass runs layer
+    by layer under the cap (the same plan); the pruned model is sliced from the stored weights and
+    saved in the checkpoint's dtype, as the depth methods do.
     """
     method = method_for(width)
     ranks = current()
     if out is not None and not resume and ranks.is_main:
         check_output_dir(Path(out), overwrite)
-    loaded = as_loaded(model, dtype, rank_device(device, ranks))
-    if width.needs_gradients:
+    loaded = as_loaded(model, dtype, rank_device(device, ranks), stored=width.max_memory is not None)
+    onload = None
+    if width.max_memory is not None:  # weights stay stored; blocks come in, converted, under the cap
+        onload = Onloader(loaded.adapter, loaded.info.get("compute_device", loaded.device),
+                          loaded.info.get("compute_dtype", resolve_dtype(dtype)), width.max_memory * 2**30)
+    if width.needs_gradients and onload is not None:
+        check_layerwise(loaded.model, onload.dtype, onload.device)
+    elif width.needs_gradients:
         check_gradient_dtype(next(loaded.model.parameters()).dtype, loaded.device)
-    res = method.run(loaded, width, calib, progress if ranks.is_main else None, gradients=gradients, journal_dir=out,
-                     resume=resume, ranks=ranks)
+    try:
+        res = method.run(loaded, width, calib, progress if ranks.is_main else None, gradients=gradients, journal_dir=out,
+                         resume=resume, ranks=ranks, onload=onload)
+    finally:
+        if onload is not None:
+            onload.release()  # the model holds its stored weights again
+    if onload is not None:
+        res.timing["weights"] = onload.stats()
     pruned = with_plan(loaded, res.plan, owned=not isinstance(model, LoadedModel))
     if pruned.adapter.total_params() != res.plan["params_after"]:
         raise AssertionError(f"parameter accounting differs: plan {res.plan['params_after']}, model {pruned.adapter.total_params()}")

@@ -14,6 +14,12 @@ Per-weight scores ``S(w)`` (same shape as the parameter):
 change when ``w`` is zeroed), ``element2 = param_mix = |w g - w^2 F / 2|`` (with the second-order
 term), ``param_second = w^2 F / 2`` (the second-order term alone); ``vector``: ``w g`` signed.
 
+Under a memory cap (:mod:`prunekit.engine.onload`) :func:`collect_gradients_layerwise` computes
+the same per-window gradients layer by layer (:func:`prunekit.engine.layerwise.layerwise_gradients`):
+the window's loss is the model's own (the head's logits, the same shift, ignore index and mean), so
+``g`` and ``F`` equal the whole-model pass's up to float rounding. A weight the head and the
+embedding share (tied embeddings) gets its two parts added per window before ``F`` squares them.
+
 Structures. Structure ``s`` of a family owns, in each part ``p``, the slice ``index[s]`` along
 ``p.dim``; its part score is ``sum of S over that slice`` -> a ``[n_parts, n]`` matrix. Its group
 score aggregates the parts (``--aggregate``): ``sum``, ``mean``, ``max``, ``prod`` (kept as the
@@ -30,9 +36,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from prunekit.core.errors import PrunekitError
+from prunekit.engine.layerwise import layerwise_gradients, shared_names
+from prunekit.engine.onload import Onloader
 from prunekit.engine.ranks import Ranks
 from prunekit.models.groups import Family
 
@@ -81,6 +90,19 @@ def _load_start(start: tuple[dict, dict | None, list[float]], grad: dict, fish: 
             t.copy_(src[n])
 
 
+def _check_loss(loss: torch.Tensor, dtype: torch.dtype) -> None:
+    if not torch.isfinite(loss):
+        raise PrunekitError(
+            f"the calibration loss is not finite ({float(loss)}) in {str(dtype).removeprefix('torch.')}: gradients cannot be used.",
+            "Use `dtype` float32.",
+        )
+
+
+def _check_grad(name: str, g: torch.Tensor, dtype: torch.dtype) -> None:
+    if not torch.isfinite(g).all():
+        raise PrunekitError(f"gradients overflowed in {str(dtype).removeprefix('torch.')} ({name} has inf/nan).", "Use `dtype` float32.")
+
+
 def collect_gradients(
     model: nn.Module, ids: torch.Tensor, names: set[str], fisher: bool, ignore_index: int | None = None,
     progress: ProgressFn | None = None, start: tuple[dict, dict | None, list[float]] | None = None,
@@ -94,7 +116,8 @@ def collect_gradients(
     :mod:`prunekit.methods.width.journal`); ``on_sample(done, N, g, F, losses)`` runs after each window.
     ``ranks``: under several torchrun ranks, window ``i`` runs on rank ``i mod W`` and the sums
     (``g``, ``F``, the per-window losses) are all-reduced, so every rank returns the same statistics
-    (not journaled: ``start``/``on_sample`` are for one process).
+    (not journaled: ``start``/``on_sample`` are for one process). Under a memory cap the same sums
+    come from :func:`collect_gradients_layerwise`.
     """
     ranks = ranks or Ranks()
     if ranks.spread and (start is not None or on_sample is not None):
@@ -127,21 +150,13 @@ def collect_gradients(
                 labels[labels == ignore_index] = -100
             with torch.enable_grad():
                 loss = model(input_ids=x, labels=labels, use_cache=False).loss
-                if not torch.isfinite(loss):
-                    raise PrunekitError(
-                        f"the calibration loss is not finite ({float(loss)}) in {str(dtype).removeprefix('torch.')}: gradients cannot be used.",
-                        "Use `dtype` float32.",
-                    )
+                _check_loss(loss, dtype)
                 loss.backward()
             for n, p in params.items():
                 if p.grad is None:
                     continue
                 g = p.grad.detach().float()
-                if not torch.isfinite(g).all():
-                    raise PrunekitError(
-                        f"gradients overflowed in {str(dtype).removeprefix('torch.')} ({n} has inf/nan).",
-                        "Use `dtype` float32.",
-                    )
+                _check_grad(n, g, dtype)
                 grad[n].add_(g, alpha=1.0 / n_rows)
                 if fish is not None:
                     fish[n].addcmul_(g, g, value=1.0 / n_rows)
@@ -171,6 +186,118 @@ def _reduce(ranks: Ranks, grad: dict, fish: dict | None, mine: list[int], losses
     return [float(v) for v in ranks.reduce_sum(per_window)]
 
 
+def check_layerwise(model: nn.Module, dtype: torch.dtype, device: torch.device) -> None:
+    """Refuse what a layer-by-layer gradient pass cannot compute: a loss beyond the head's (a MoE router's
+    auxiliary loss), or a ``dtype`` without gradients on ``device``."""
+    if getattr(model.config, "output_router_logits", False):
+        raise PrunekitError(f"model_type '{model.config.model_type}' adds the router's auxiliary loss (output_router_logits) to the "
+                            "calibration loss, which a layer-by-layer gradient pass does not compute.",
+                            "Set output_router_logits to false in the checkpoint's config.json, or drop `max_memory`.")
+    check_gradient_dtype(dtype, device)
+
+
+def _window_loss(ignore_index: int | None, dtype: torch.dtype, losses: list[float]):
+    """One window's loss for :func:`layerwise_gradients`, as the model's own ``labels`` loss computes it
+    (float32 logits, targets shifted with ``-100`` after the last, mean over the counted ones); its
+    value goes to ``losses``."""
+
+    def loss(logits_fn: Callable[[torch.Tensor], torch.Tensor], h: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+        labels = ids.clone()
+        if ignore_index is not None:
+            labels[labels == ignore_index] = -100
+        targets = F.pad(labels, (0, 1), value=-100)[..., 1:]
+        logits = logits_fn(h).float()
+        value = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=-100)
+        _check_loss(value, dtype)
+        losses.append(float(value.detach()))
+        return value
+
+    return loss
+
+
+class _Sums:
+    """Per-window gradients into ``grad`` (and ``fish``), float32 on the CPU, in window order. A shared
+    weight's parts (tied embeddings: the head's, the embedding's) wait in ``pending`` until :meth:`flush`
+    adds each window's whole gradient."""
+
+    def __init__(self, grad: dict, fish: dict | None, n_rows: int, shared: set[str], dtype: torch.dtype) -> None:
+        self.grad, self.fish, self.n_rows, self.shared, self.dtype = grad, fish, n_rows, shared, dtype
+        self.pending: dict[tuple[int, str], torch.Tensor] = {}
+
+    def add(self, k: int, name: str, g: torch.Tensor) -> None:
+        g = g.float().cpu()
+        if name not in self.shared:
+            self._take(name, g)
+        elif (k, name) in self.pending:
+            self.pending[(k, name)].add_(g)
+        else:
+            self.pending[(k, name)] = g.clone()
+
+    def flush(self) -> None:
+        for key in sorted(self.pending):
+            self._take(key[1], self.pending.pop(key))
+
+    def _take(self, name: str, g: torch.Tensor) -> None:
+        _check_grad(name, g, self.dtype)
+        self.grad[name].add_(g, alpha=1.0 / self.n_rows)
+        if self.fish is not None:
+            self.fish[name].addcmul_(g, g, value=1.0 / self.n_rows)
+
+
+def collect_gradients_layerwise(
+    onload: Onloader, ids: torch.Tensor, names: set[str], fisher: bool, state_budget: float, ignore_index: int | None = None,
+    progress: ProgressFn | None = None, start: tuple[dict, dict | None, list[float]] | None = None,
+    on_sample: Callable[[int, int, dict, dict | None, list[float]], None] | None = None, ranks: Ranks | None = None,
+) -> GradStats:
+    """:func:`collect_gradients` for a model held under a memory cap (``onload``): each window's backward
+    layer by layer, the sums in float32 on the CPU, the stored weights back in the model on return.
+
+    ``state_budget``: bytes of kept boundary states (chunks of windows share the weights' trips);
+    ``on_sample`` runs after each chunk (a weight shared by the head and the embedding makes chunks
+    of one window, so that its parts are added per window without holding a copy per window).
+    """
+    ranks = ranks or Ranks()
+    if ranks.spread and (start is not None or on_sample is not None):
+        raise ValueError("a gradient pass spread over ranks is not journaled (start/on_sample)")
+    model = onload.adapter.model
+    check_layerwise(model, onload.dtype, onload.device)
+    onload.release()
+    params = {n: p for n, p in model.named_parameters() if n in names}
+    if names - set(params):
+        raise ValueError(f"no parameters named {sorted(names - set(params))[:3]}")
+    grad = {n: torch.zeros(p.shape, dtype=torch.float32) for n, p in params.items()}
+    fish = {n: torch.zeros(p.shape, dtype=torch.float32) for n, p in params.items()} if fisher else None
+    losses: list[float] = []
+    if start is not None:
+        _load_start(start, grad, fish)
+        losses = list(start[2])
+    n_rows, resumed = ids.shape[0], len(losses)
+    mine = [i for i in range(resumed, n_rows) if ranks.owner(i) == ranks.rank]
+    shared = shared_names(onload, set(params))
+    sums = _Sums(grad, fish, n_rows, shared, onload.dtype)
+    label = "gradients" + (f" · {ranks.world} ranks" if ranks.spread else "")
+
+    def after_chunk(_: int) -> None:
+        sums.flush()
+        if on_sample:
+            on_sample(len(losses), n_rows, grad, fish, losses)
+        if progress:
+            progress(label, len(losses) - resumed, len(mine))
+
+    was_training = model.training
+    try:
+        model.eval()
+        for group in ([[i] for i in mine] if shared else [mine] if mine else []):
+            layerwise_gradients(onload, [ids[i:i + 1].to(onload.device) for i in group], _window_loss(ignore_index, onload.dtype, losses),
+                                set(params), sums.add, state_budget, on_chunk=after_chunk)
+    finally:
+        onload.release()
+        model.train(was_training)
+    if ranks.spread:
+        losses = _reduce(ranks, grad, fish, mine, losses[resumed:], n_rows)
+    return GradStats(grad, fish, sum(losses) / len(losses), n_rows, int(ids.numel()), losses)
+
+
 def element_scores(importance: str, w: torch.Tensor, g: torch.Tensor | None, f: torch.Tensor | None) -> torch.Tensor:
     """Per-weight score ``S(w)`` in float32 (see the module docstring)."""
     w = w.detach().float()
@@ -191,11 +318,12 @@ def element_scores(importance: str, w: torch.Tensor, g: torch.Tensor | None, f: 
     raise ValueError(importance)
 
 
-def part_scores(family: Family, importance: str, stats: GradStats | None) -> torch.Tensor:
-    """``[n_parts, n]`` float64: each part's summed score per structure."""
+def part_scores(family: Family, importance: str, stats: GradStats | None, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """``[n_parts, n]`` float64: each part's summed score per structure. ``dtype``: the weights as
+    computed in it (a model held in its checkpoint's dtype under a memory cap)."""
     rows = []
     for part in family.parts:
-        w = part.param
+        w = part.param if dtype is None else part.param.to(dtype)
         g = stats.grad.get(part.name) if stats else None
         f = stats.fisher.get(part.name) if stats and stats.fisher is not None else None
         if part.expert is not None:  # one expert's slab of a 3-D Parameter
@@ -228,11 +356,12 @@ def aggregate(scores: torch.Tensor, how: str, importance: str) -> torch.Tensor:
     raise ValueError(how)
 
 
-def family_scores(family: Family, importance: str, how: str, stats: GradStats | None, generator: torch.Generator | None = None) -> torch.Tensor:
-    """Group score per structure of ``family`` (float64 ``[n]``); lower = pruned first."""
+def family_scores(family: Family, importance: str, how: str, stats: GradStats | None, generator: torch.Generator | None = None,
+                  dtype: torch.dtype | None = None) -> torch.Tensor:
+    """Group score per structure of ``family`` (float64 ``[n]``); lower = pruned first (``dtype``: see :func:`part_scores`)."""
     if importance == "random":
         return torch.rand(family.n, generator=generator, dtype=torch.float64)
-    return aggregate(part_scores(family, importance, stats), how, importance)
+    return aggregate(part_scores(family, importance, stats, dtype), how, importance)
 
 
 def needed_parameters(families: list[Family]) -> set[str]:
@@ -246,6 +375,6 @@ def finite_or_raise(scores: torch.Tensor, where: str) -> None:
 
 
 __all__ = [
-    "GradStats", "aggregate", "check_gradient_dtype", "collect_gradients", "element_scores", "family_scores",
+    "GradStats", "aggregate", "check_gradient_dtype", "check_layerwise", "collect_gradients", "collect_gradients_layerwise", "element_scores", "family_scores",
     "finite_or_raise", "needed_parameters", "part_scores",
 ]

@@ -24,11 +24,15 @@ import torch
 
 from prunekit.core.errors import PrunekitError
 from prunekit.data.calibration import CalibConfig, calibration_windows
+from prunekit.engine.onload import Onloader
 from prunekit.engine.ranks import Ranks
-from prunekit.methods.width.importance import GradStats, collect_gradients, family_scores, finite_or_raise, needed_parameters
+from prunekit.engine.runner import default_cache_bytes
+from prunekit.methods.width.importance import (GradStats, collect_gradients, collect_gradients_layerwise, family_scores, finite_or_raise,
+                                               needed_parameters)
 from prunekit.methods.width.journal import GradientJournal
 from prunekit.methods.width.options import WidthConfig, parse_layers
 from prunekit.methods.width.select import Choice, count_for, global_rank, uniform
+from prunekit.models.adapter import ATTN, Block
 from prunekit.models.groups import Family, block_families, hidden_family, kv_readers, trace_kv_readers
 from prunekit.models.loading import LoadedModel
 from prunekit.plan.schema import Plan, build_plan, model_record
@@ -45,24 +49,32 @@ def _refuse_pruned(loaded: LoadedModel) -> None:
         )
 
 
-def check_groups(loaded: LoadedModel, families: list[Family]) -> None:
-    """Compare the adapter's KV groups with the readers traced on the model (a short random input)."""
+def check_groups(loaded: LoadedModel, families: list[Family], onload: Onloader | None = None) -> None:
+    """Compare the adapter's KV groups with the readers traced on the model (a short random input).
+    ``onload``: the model is held under a memory cap; the embedding and each traced attention are
+    brought in (the trace perturbs the resident copy), and given back after."""
     fams = [f for f in families if f.kind == "attn"]
     if not fams or loaded.device.type == "meta":
         return
     adapter = loaded.adapter
     gen = torch.Generator().manual_seed(0)
-    ids = torch.randint(0, adapter.model.config.vocab_size, (1, 8), generator=gen).to(loaded.device)
+    ids = torch.randint(0, adapter.model.config.vocab_size, (1, 8), generator=gen).to(onload.device if onload else loaded.device)
+    if onload is not None:
+        onload.bring("embed")
     h0, kwargs = adapter.capture_inputs(ids)
     hidden = torch.randn(h0.shape, generator=gen).to(device=h0.device, dtype=h0.dtype)
     for fam in fams:
         a = adapter.attention(fam.layer)
+        if onload is not None:
+            onload.bring(Block.of(fam.layer, ATTN).index)
         traced = trace_kv_readers(adapter, fam.layer, kwargs[fam.layer], hidden)
         if traced != kv_readers(a.num_heads, a.num_kv_heads):
             raise PrunekitError(
                 f"layer {fam.layer}: the model's query heads read KV heads as {traced}, not as the adapter's groups assume.",
                 "This architecture needs its own adapter (report it with the model's config).",
             )
+    if onload is not None:
+        onload.release()
 
 
 def _width_record(families: list[Family], choice: Choice, strategy: str, adapter) -> dict:
@@ -148,7 +160,7 @@ def families_for(adapter, width: WidthConfig) -> tuple[list[Family], str | None]
 def width_gradients(
     loaded: LoadedModel, width: WidthConfig, calib: CalibConfig, progress: ProgressFn | None = None, fisher: bool | None = None,
     journal_dir: str | Path | None = None, resume: bool = False, weights_sha256: str | None = None,
-    ranks: Ranks | None = None,
+    ranks: Ranks | None = None, onload: Onloader | None = None,
 ) -> Gradients:
     """Gradients (and the Fisher diagonal when ``fisher``, default: when the importance needs it) over
     ``width.samples`` windows of ``calib``; reusable across importances and ratios of the same families.
@@ -157,7 +169,8 @@ def width_gradients(
     ``resume``: continue the pass journaled there (same model, calibration and options, or refused);
     ``weights_sha256``: the model's weights hash for the journal's fingerprint, when the caller has it.
     ``ranks``: torchrun ranks to split the windows over (sums all-reduced; the pass is then not
-    journaled, and ``resume`` runs it again).
+    journaled, and ``resume`` runs it again). ``onload``: the model is held under a memory cap; the
+    pass runs layer by layer (:func:`collect_gradients_layerwise`; the same sums up to float rounding).
     """
     ranks = ranks or Ranks()
     families, _ = families_for(loaded.adapter, width)
@@ -168,48 +181,56 @@ def width_gradients(
     calibration = windows.fingerprint() | {"ignore_index": ignore}
     journal = start = on_sample = None
     if journal_dir is not None and not ranks.spread:
-        fingerprint = {"model": weights_sha256 or model_record(loaded)["weights_sha256"], "calibration": calibration,
+        fingerprint = {"model": weights_sha256 or model_record(loaded, onload.dtype if onload else None)["weights_sha256"], "calibration": calibration,
                        "options": width.as_dict() | {"fisher": need_f}}
         journal = GradientJournal(Path(journal_dir), fingerprint, resume)
         start, on_sample = journal.start(), journal.after_sample
-    stats = collect_gradients(loaded.model, windows.ids, needed_parameters(families), need_f, ignore, progress,
-                              start=start, on_sample=on_sample, ranks=ranks)
+    if onload is not None:
+        stats = collect_gradients_layerwise(onload, windows.ids, needed_parameters(families), need_f, default_cache_bytes(onload.device),
+                                            ignore, progress, start=start, on_sample=on_sample, ranks=ranks)
+    else:
+        stats = collect_gradients(loaded.model, windows.ids, needed_parameters(families), need_f, ignore, progress,
+                                  start=start, on_sample=on_sample, ranks=ranks)
     return Gradients(stats, calibration, journal.path if journal else None, len(start[2]) if start else 0)
 
 
 def plan_width(
     loaded: LoadedModel, width: WidthConfig, calib: CalibConfig, progress: ProgressFn | None = None,
     gradients: Gradients | None = None, journal_dir: str | Path | None = None, resume: bool = False,
-    ranks: Ranks | None = None,
+    ranks: Ranks | None = None, onload: Onloader | None = None,
 ) -> WidthOutcome:
     """Score and choose: the plan of an LLM-Pruner run on ``loaded`` (which is left as it is).
 
     ``gradients``: from :func:`width_gradients` on the same model and families, to share one
     gradient pass between runs (e.g. several importances or ratios). Otherwise the pass runs here,
     journaled in ``journal_dir`` when given (``resume`` continues a killed one there), spread over
-    ``ranks`` when given (every rank gets the same plan).
+    ``ranks`` when given (every rank gets the same plan). ``onload``: the model is held in its
+    checkpoint's dtype under a memory cap (:mod:`prunekit.engine.onload`): the gradients come layer by
+    layer and the weights are scored (and hashed) as converted to the compute dtype, so the plan is
+    the one of the model loaded in that dtype.
     """
     _refuse_pruned(loaded)
     adapter = loaded.adapter
     t0 = time.perf_counter()
     families, layer_range = families_for(adapter, width)
-    check_groups(loaded, families)
+    check_groups(loaded, families, onload)
     total = adapter.total_params()
     target = width.ratio * total
     choose_groups(width, families, [torch.zeros(f.n, dtype=torch.float64) for f in families], target, total)  # refuse before any work
-    record = model_record(loaded)
+    dtype = onload.dtype if onload is not None else None
+    record = model_record(loaded, dtype)
     stats, calibration = None, {"source": None, "note": f"--importance {width.importance} reads no calibration data"}
     if width.needs_gradients:
         if gradients is None:
             gradients = width_gradients(loaded, width, calib, progress, journal_dir=journal_dir, resume=resume,
-                                        weights_sha256=record["weights_sha256"], ranks=ranks)
+                                        weights_sha256=record["weights_sha256"], ranks=ranks, onload=onload)
         elif width.needs_fisher and gradients.stats.fisher is None:
             raise ValueError("the given gradients lack the Fisher diagonal this importance needs")
         stats, calibration = gradients.stats, gradients.calibration
     gen = torch.Generator().manual_seed(width.seed)
     scores = []
     for i, fam in enumerate(families):
-        s = family_scores(fam, width.importance, width.aggregate, stats, gen)
+        s = family_scores(fam, width.importance, width.aggregate, stats, gen, dtype)
         finite_or_raise(s, fam.key())
         scores.append(s)
         if progress:

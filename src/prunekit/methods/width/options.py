@@ -24,6 +24,7 @@ TAYLOR = ("param_first", "element1", "element2", "param_second", "param_mix", "v
 NEEDS_FISHER = ("element2", "param_second", "param_mix")
 AGGREGATES = ("sum", "mean", "max", "prod", "last")
 STRATEGIES = ("block", "channel")
+RUNTIME_OPTIONS = ("max_memory",)  # change where the weights are held, never the plan
 
 
 def parse_layers(spec: str | None, num_layers: int) -> tuple[int, int]:
@@ -75,7 +76,9 @@ class WidthConfig:
     ``channel`` = the hidden dimension across the whole model; ``samples`` (``--samples``): the
     calibration windows whose gradients are accumulated (their length is ``--seq-len``);
     ``at_least`` (``--at-least``): remove at least ``ratio`` of the parameters (the depth methods'
-    rule, used by ``compare``) instead of the reachable amount closest to it.
+    rule, used by ``compare``) instead of the reachable amount closest to it; ``max_memory``
+    (``--max-memory``): GiB of weights resident on the compute device, the gradient pass then runs
+    layer by layer (a runtime option: the plan records it nowhere, the plan is the uncapped one's).
     """
 
     method: ClassVar[str] = "llm-pruner"  # the registry's name; not an option
@@ -88,6 +91,7 @@ class WidthConfig:
     samples: int = 10
     seed: int = 0
     at_least: bool = False
+    max_memory: float | None = None
 
     def __post_init__(self) -> None:
         check_choice("`importance`", self.importance, IMPORTANCES)
@@ -99,6 +103,8 @@ class WidthConfig:
             raise PrunekitError(f"`ratio` {self.ratio} is outside (0, 1).", "Use a fraction of the total parameters, e.g. `ratio` 0.2.")
         if not isinstance(self.samples, int) or isinstance(self.samples, bool) or self.samples < 1:
             raise PrunekitError(f"`samples` {self.samples} is out of range.", "Use 1 or more calibration samples (the paper uses 10).")
+        if self.max_memory is not None and (isinstance(self.max_memory, bool) or not self.max_memory > 0):
+            raise PrunekitError(f"`max_memory` {self.max_memory} must be positive.", "Use e.g. `max_memory` 20 (GiB).")
         if self.layers is not None:
             _split_layers(self.layers)
         if self.strategy == "channel" and self.layers is not None:
@@ -125,6 +131,9 @@ class WidthConfig:
         return self.importance in NEEDS_FISHER
 
     def as_dict(self) -> dict:
+        """The options a plan (and the gradient journal) records: all but :data:`RUNTIME_OPTIONS`."""
         d = asdict(self)
         d["global"] = d.pop("global_")
+        for k in RUNTIME_OPTIONS:
+            d.pop(k)
         return d
