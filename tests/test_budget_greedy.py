@@ -164,3 +164,30 @@ def test_landing_lookahead_resumes_from_its_journal(one_thread):
     for cut in range(1, len(journal) + 1):
         again, _ = _run(loaded, w, [0.3], landing=3, start=[dict(r) for r in journal[:cut]])
         assert again.units == whole.units, cut
+
+
+def test_several_budgets_resume_from_every_prefix_of_the_journal(one_thread):
+    """Several budgets, ``landing`` 1: each step that offers a landing journals its options and its clock, so a
+    run resumed from any prefix of the journal gives every budget's answer of the uninterrupted run, and a
+    budget that closed within the prefix keeps the stamp (seconds, MACs) at which it closed; the others'
+    stamps count on from the last journaled step's clock (never from zero)."""
+    loaded = _loaded("llama", layers=5)
+    w = random_windows(4, 16)
+    ratios = [0.1, 0.25, 0.4]
+    journal = []
+    whole, _ = _run(loaded, w, ratios, on_record=journal.append)
+    levels = whole.extra["levels"]
+    closing = [i for i, r in enumerate(journal) if any(o is not None for o in r.get("landing_options") or [])]
+    assert closing and closing[0] < len(journal) - 1  # a budget lands while the search goes on
+    assert all("clock" in r for r in journal)
+    for cut in range(len(journal) + 1):
+        again, _ = _run(loaded, w, ratios, start=[dict(r) for r in journal[:cut]])
+        for k, (a, b) in enumerate(zip(again.extra["levels"], levels)):
+            assert a.units == b.units, (cut, k)
+            assert [x["score"] for x in a.records] == [x["score"] for x in b.records], (cut, k)
+            closed_at = next((i for i in closing if (journal[i]["landing_options"][k] or {}).get("landing")), None)
+            if closed_at is not None and closed_at < cut:  # landed before the cut: restored, stamp and all
+                assert (a.extra["seconds"], a.extra["macs"]) == (b.extra["seconds"], b.extra["macs"]), (cut, k)
+            elif cut:
+                assert a.extra["seconds"] >= journal[cut - 1]["clock"]["seconds"]
+                assert a.extra["macs"] >= journal[cut - 1]["clock"]["macs"]

@@ -12,6 +12,7 @@ from typer.testing import CliRunner
 
 from prunekit.cli.main import app
 from prunekit.core.errors import PrunekitError
+from prunekit.core.journal import Journal
 from prunekit.data.calibration import CalibConfig
 from prunekit.methods import registry
 from prunekit.methods.options import DepthConfig
@@ -266,3 +267,89 @@ def test_a_search_that_stops_short_gives_no_cell_below_its_budget(setup, monkeyp
     assert rows[1]["target_ratio"] == 0.2 and rows[1]["ratio_removed"] >= 0.2 and "unreachable" not in rows[1]
     assert rows[2]["target_ratio"] == 0.4 and "ppl" in rows[2] and rows[2]["ppl"] == {}
     assert rows[2]["unreachable"].startswith("shortgpt ran out of units before reaching the budget: all 2 units it removed are 0.395")
+
+
+class _Killed(Exception):
+    """Stands for a kill -9 right after a journal line was fsynced."""
+
+
+def _journal_lines(monkeypatch, kill_after: int | None = None) -> list[dict]:
+    """Every line compare journals (into the returned list); with ``kill_after``, the search dies right
+    after its ``kill_after``-th finished step reached the disk."""
+    lines, real = [], Journal.append
+
+    def append(self, rec):
+        real(self, rec)
+        lines.append(rec)
+        if len(lines) == kill_after:
+            raise _Killed(f"killed after step {kill_after}")
+
+    monkeypatch.setattr(Journal, "append", append)
+    return lines
+
+
+def _cells(out: Path) -> dict[str, dict]:
+    return {p.stem: json.loads(p.read_text()) for p in sorted((out / "cells").glob("*__r*.json"))}
+
+
+@pytest.mark.parametrize("method,ratios", [("blockpruner", "0.1,0.2,0.35"), ("budget-greedy", "0.1,0.25,0.4"),
+                                           ("sleb/greedy+swap", "0.2,0.4")])
+def test_a_killed_search_resumes_from_its_journal(setup, monkeypatch, method, ratios):
+    """A compare killed after k finished steps of a search resumes it from its journal
+    (``searches/<method>/journal.jsonl``): the same plans (byte for byte), units and perplexities as an
+    uninterrupted run; each cell's search seconds and MACs include the work before the kill (greedy+swap: its
+    greedy part, the swaps being redone); the journal is removed once the cells are written."""
+    root, ckpt, calib, held = setup
+    args = dict(eval_windows=2, eval_seq_len=24)
+    slug = parse_methods(method)[0].slug
+    with monkeypatch.context() as m:
+        whole = _journal_lines(m)
+        compare(ckpt, method, ratios, _calib(calib), [held], root / f"whole-{slug}", **args)
+    ref = _cells(root / f"whole-{slug}")
+    assert len({len(c["units"]) for c in ref.values()}) == len(ratios.split(","))
+    assert not (root / f"whole-{slug}" / "searches").exists()
+    # budget-greedy: killed just after the step at which its first budget landed (the landing is in the journal)
+    k = next(i + 1 for i, r in enumerate(whole) if r.get("landing_options")) if method == "budget-greedy" else 2
+    assert k < len(whole)
+    out = root / f"killed-{slug}"
+    with monkeypatch.context() as m:
+        journaled = _journal_lines(m, kill_after=k)
+        with pytest.raises(_Killed):
+            compare(ckpt, method, ratios, _calib(calib), [held], out, **args)
+    assert not list((out / "cells").glob("*__r*.json")) and len(journaled) == k
+    before = journaled[-1]["clock"]
+    log = []
+    compare(ckpt, method, ratios, _calib(calib), [held], out, log=log.append, **args)
+    assert any(f"{method}: resuming its search after step {k}" in msg for msg in log)
+    got = _cells(out)
+    assert got.keys() == ref.keys()
+    for name, cell in got.items():
+        assert (out / cell["plan"]).read_bytes() == (root / f"whole-{slug}" / ref[name]["plan"]).read_bytes(), name
+        assert cell["units"] == ref[name]["units"] and cell["ppl"] == ref[name]["ppl"], name
+        assert cell["resumed_at_step"] == k and "resumed_at_step" not in ref[name]
+        n = len(cell["units"])
+        if n <= k and "swap" in method:  # greedy to step n before the kill, then swaps (redone) after it
+            assert cell["search_seconds"] >= journaled[n - 1]["clock"]["seconds"], name
+            assert cell["search_macs"] >= journaled[n - 1]["clock"]["macs"], name
+        elif n <= k:  # its answer was known before the kill: the journaled stamp of its last step
+            assert (cell["search_seconds"], cell["search_macs"]) == (journaled[n - 1]["clock"]["seconds"],
+                                                                    journaled[n - 1]["clock"]["macs"]), name
+        else:  # the work before the kill plus the work since
+            assert cell["search_seconds"] >= before["seconds"] and cell["search_macs"] > before["macs"] > 0, name
+    assert any(len(c["units"]) > k for c in got.values())
+    assert not (out / "searches").exists()
+
+
+def test_a_journal_for_other_ratios_is_not_resumed(setup, monkeypatch):
+    """A search journaled for other ratios starts afresh, and says so."""
+    root, ckpt, calib, held = setup
+    out = root / "other-ratios"
+    with monkeypatch.context() as m:
+        _journal_lines(m, kill_after=1)
+        with pytest.raises(_Killed):
+            compare(ckpt, "sleb", "0.2,0.4", _calib(calib), [held], out, eval_windows=2, eval_seq_len=24)
+    assert (out / "searches" / "sleb" / "journal.jsonl").exists()
+    log = []
+    rows = compare(ckpt, "sleb", "0.2,0.3", _calib(calib), [held], out, eval_windows=2, eval_seq_len=24, log=log.append)
+    assert any("sleb: the journal" in msg and "ratios differ); searching afresh" in msg for msg in log), log
+    assert all("resumed_at_step" not in r for r in rows) and not (out / "searches").exists()

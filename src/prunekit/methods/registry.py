@@ -31,7 +31,9 @@ class Method:
     decides; ``searches``: the search variants it accepts (one-shot methods: ``("greedy",)``
     only, i.e. none); ``needs_gradients``: whether it takes a backward pass (llm-pruner: with a
     Taylor importance); ``run``: a depth method's ``(loaded, engine, units, stop, depth, ...) ->
-    DepthOutcome`` or the width planner ``plan_width``.
+    DepthOutcome`` or the width planner ``plan_width``; ``stepwise``: a depth method whose work is in
+    its steps (a greedy search: resumed from its finished steps, ``start``, it continues where it
+    stopped), so journaling them saves a killed run's work (one-shot methods rank every unit first).
     """
 
     name: str
@@ -42,6 +44,7 @@ class Method:
     needs_gradients: bool
     run: Callable
     paper: str
+    stepwise: bool = False
 
     def unit_kind(self, blocks_kind: str = "mix") -> str:
         """The unit kind a depth run searches: the method's own, or ``blocks_kind`` for block methods."""
@@ -62,21 +65,21 @@ class Method:
 
 
 METHODS: dict[str, Method] = {m.name: m for m in (
-    Method("blockpruner", "depth", BLOCKS, "ppl", GREEDY_SEARCHES, False, blockpruner, "arXiv 2406.10594"),
-    Method("sleb", "depth", ("layer",), "ppl", GREEDY_SEARCHES, False, baselines.sleb, "arXiv 2402.09025"),
+    Method("blockpruner", "depth", BLOCKS, "ppl", GREEDY_SEARCHES, False, blockpruner, "arXiv 2406.10594", True),
+    Method("sleb", "depth", ("layer",), "ppl", GREEDY_SEARCHES, False, baselines.sleb, "arXiv 2402.09025", True),
     Method("shortgpt", "depth", ("layer",), "block_influence", ("greedy",), False, baselines.shortgpt, "arXiv 2403.03853"),
     Method("layer-ppl", "depth", ("layer",), "ppl", ("greedy",), False, baselines.layer_ppl, "arXiv 2402.02834"),
     Method("taylor", "depth", ("layer",), "taylor", ("greedy",), True, baselines.taylor, "arXiv 2402.02834"),
     Method("relative-magnitude", "depth", BLOCKS, "relative_magnitude", ("greedy",), False,
            baselines.relative_magnitude_method, "Samragh et al. 2023"),
     Method("blockpruner-oneshot", "depth", BLOCKS, "ppl", ("greedy",), False, baselines.blockpruner_oneshot, "arXiv 2406.10594"),
-    Method("finercut", "depth", BLOCKS, "js", GREEDY_SEARCHES, False, baselines.finercut, "arXiv 2405.18218"),
+    Method("finercut", "depth", BLOCKS, "js", GREEDY_SEARCHES, False, baselines.finercut, "arXiv 2405.18218", True),
     Method("budget-greedy", "depth", ("mix+layers",), "ppl_rise_per_param", ("greedy",), False, budget_greedy,
-           "prunekit (issue 16)"),
+           "prunekit (issue 16)", True),
     Method("budget-greedy-mac", "depth", ("mix+layers",), "ppl_rise_per_mac", ("greedy",), False, budget_greedy_mac,
-           "prunekit (issue 16)"),
+           "prunekit (issue 16)", True),
     Method("budget-greedy-la", "depth", ("mix+layers",), "ppl_rise_per_param", ("greedy",), False,
-           budget_greedy_lookahead, "prunekit (issue 16)"),
+           budget_greedy_lookahead, "prunekit (issue 16)", True),
     Method("llm-pruner", "width", ("kv groups", "mlp channels", "hidden channels"), "taylor importance (`importance`)",
            (), True, plan_width, "arXiv 2305.11627"),
 )}

@@ -19,6 +19,15 @@ Outputs in ``DIR``: ``results.csv``, ``results.md``, ``ppl_vs_ratio.png``, ``lay
 ``compare.json`` (the inputs). ``search_seconds`` of a cell: wall time from the method's engine
 set-up to the moment its answer for that ratio was known (one-shot: the whole ranking).
 
+A killed search resumes: the stepwise methods (the registry's ``stepwise``; ``greedy+swap`` for its
+greedy part; not ``beam:K``) journal every finished step, with its ``clock`` (seconds and counted MACs
+since the search began), in ``DIR/searches/<method>/journal.jsonl`` under a fingerprint (model weights,
+calibration, the method's plan options, the ratios searched). A re-run with the same fingerprint
+continues from the last step and writes the same cells; another one starts afresh (logged). A resumed
+cell's ``search_seconds`` / ``search_work`` are the work up to the last step journaled before the kill
+plus the resumed run's, and the cell records ``resumed_at_step``. The journal is removed once the
+method's cells are written.
+
 A ratio a method cannot reach (the budget needs more than all but one unit, the method ran out of
 units, e.g. Taylor+'s spared layers, or llm-pruner would remove every KV group of a layer) becomes
 an *unreachable* cell: ``{"unreachable": reason}`` with no plan, written like any other cell (so a
@@ -30,6 +39,7 @@ and the method runs again for the smaller ones.
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -39,6 +49,7 @@ import torch
 
 from prunekit.core.errors import PrunekitError, check_choice
 from prunekit.core.io import check_creatable, write_json_atomic
+from prunekit.core.journal import JOURNAL_NAME, Journal, read_journal
 from prunekit.data.calibration import CalibConfig, calibration_windows
 from prunekit.data.windows import build_windows
 from prunekit.engine.ranks import Ranks, current, rank_device
@@ -47,9 +58,10 @@ from prunekit.evaluation.compare_report import row_label, write_outputs
 from prunekit.evaluation.perplexity import perplexity
 from prunekit.evaluation.report import render_report
 from prunekit.methods.depth.beam import Budgets
+from prunekit.methods.depth.outcome import SearchClock, clock_of
 from prunekit.methods.depth.planner import stop_rule
 from prunekit.methods.depth.units import make_units, unit_params
-from prunekit.methods.options import DepthConfig
+from prunekit.methods.options import DepthConfig, parse_search
 from prunekit.methods.registry import METHODS, get_method
 from prunekit.models.adapter import Block
 from prunekit.models.loading import LoadedModel
@@ -136,6 +148,7 @@ def _check_manifest(out: Path, manifest: dict, overwrite: bool) -> None:
     if overwrite:
         for p in list((out / "cells").glob("*.json")) + list((out / "plans").glob("*.json")):
             p.unlink()
+        shutil.rmtree(out / "searches", ignore_errors=True)
     write_json_atomic(path, manifest)
 
 
@@ -341,6 +354,7 @@ def _method_cells(loaded: LoadedModel, spec: MethodSpec, ratios: list[float], ca
     todo = [r for r in ratios if not (out / "cells" / f"{_cell_name(spec, r)}.json").exists()]
     if not todo:
         say(f"{spec.name}: all ratios done, skipped")
+        _drop_journal(out, spec)  # a run killed between its last cell and removing the journal left it
         return
     say(f"{spec.name}: searching for ratios {', '.join(f'{r:g}' for r in todo)}")
     if get_method(spec.method).kind == "width":
@@ -357,20 +371,26 @@ def _method_cells(loaded: LoadedModel, spec: MethodSpec, ratios: list[float], ca
             reach.append(r)
         except PrunekitError as e:  # more than all units but one
             _write_unreachable(out, spec, r, str(e), say)
-    outcome = None
+    outcome, journal, resumed = None, None, None
+    journaled = method.stepwise and parse_search(spec.search)[0] != "beam"  # beam:K cannot resume midway
     while reach and outcome is None:
         depth = DepthConfig(method=spec.method, blocks_kind=blocks_kind, ratio=max(reach), search=spec.search,
                             cache_gb=cache_gb)
-        stamps: list[tuple[float, float]] = []
+        start: list[dict] = []
+        if journaled:
+            fingerprint = json.loads(json.dumps({"model": record["weights_sha256"], "calibration": calibration,
+                                                 "options": depth.plan_options(), "ratios": reach}))
+            journal, resumed = _search_journal(out, spec, fingerprint, say)
+            start = list(journal.records)
         t0 = time.perf_counter()
         engine = Engine(adapter, windows, batch_size=calib.batch_size, ignore_index=ignore, cache_bytes=cache_bytes)
         dense_value = engine.perplexity(engine.total_score(frozenset()))
         engine.counter = type(engine.counter)()
+        clock = SearchClock(engine, start, t0)  # from the journaled steps' cost on, when resumed
+        stamps = [(c["seconds"], c["macs"]) for c in (clock_of(r) or clock.base for r in start)]
         try:
-            outcome = method.run(
-                loaded, engine, units, Budgets(stops), depth, progress, None,
-                lambda _rec, stamps=stamps, t0=t0, engine=engine: stamps.append(
-                    (time.perf_counter() - t0, engine.counter.total_macs)))
+            outcome = method.run(loaded, engine, units, Budgets(stops), depth, progress, start,
+                                 _stamper(clock, stamps, journal))
         except PrunekitError as e:  # the method cannot reach its largest budget (e.g. Taylor+'s spared layers)
             _write_unreachable(out, spec, reach.pop(), str(e), say)
             stops.pop()
@@ -407,8 +427,54 @@ def _method_cells(loaded: LoadedModel, spec: MethodSpec, ratios: list[float], ca
             "calib_value": recs[-1]["value"] if recs else None, "criterion": extra.get("criterion", "ppl"),
             "calib_ppl": calib_ppl,
             "plan": f"plans/{name}.json", "report": report,
-        }
+        } | ({} if resumed is None else {"resumed_at_step": resumed})
         _write_cell(out, name, cell, say)
+    if journal is not None:  # every cell of the search is written: its journal has served
+        _drop_journal(out, spec)
+
+
+def _stamper(clock: SearchClock, stamps: list[tuple[float, float]], journal: Journal | None) -> Callable[[dict], None]:
+    """The ``on_record`` of a compare search: each finished step's (seconds, MACs) into ``stamps`` and, with
+    ``journal``, the record with its ``clock`` into the journal. A method that stamps itself (budget-greedy,
+    greedy+swap) gives the record its own ``clock``, which is kept."""
+
+    def on_record(rec: dict) -> None:
+        now = clock_of(rec) or clock()
+        stamps.append((now["seconds"], now["macs"]))
+        if journal is not None:
+            journal.append(rec | {"clock": now})
+
+    return on_record
+
+
+def _search_journal(out: Path, spec: MethodSpec, fingerprint: dict, say: LogFn) -> tuple[Journal, int | None]:
+    """The journal of ``spec``'s search, ``OUT/searches/<slug>/journal.jsonl``, and the number of steps it
+    resumes from: continued when written for the same ``fingerprint`` (model, calibration, the method's
+    plan options, the ratios searched), else started afresh (None; the log line says why)."""
+    folder = out / "searches" / spec.slug
+    path = folder / JOURNAL_NAME
+    if path.is_file():
+        try:
+            old = read_journal(path)[0].get("fingerprint")
+        except PrunekitError:  # no valid header
+            old = None
+        if old == fingerprint:
+            journal = Journal.open(folder, fingerprint, resume=True)
+            say(f"{spec.name}: resuming its search after step {len(journal.records)} (journal {path})")
+            return journal, len(journal.records)
+        why = ("unreadable" if not isinstance(old, dict) else "written for other inputs ("
+               + ", ".join(k for k in fingerprint if old.get(k) != fingerprint[k]) + " differ)")
+        say(f"{spec.name}: the journal {path} is {why}; searching afresh")
+    return Journal.open(folder, fingerprint, resume=False), None
+
+
+def _drop_journal(out: Path, spec: MethodSpec) -> None:
+    """Remove ``spec``'s search journal once its cells are written, and ``searches/`` once empty."""
+    shutil.rmtree(out / "searches" / spec.slug, ignore_errors=True)
+    try:
+        (out / "searches").rmdir()
+    except OSError:  # absent, or another method's journal is there
+        pass
 
 
 def _describe(loaded: LoadedModel, calib: CalibConfig, windows, evals: dict) -> dict:

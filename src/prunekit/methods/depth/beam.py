@@ -41,7 +41,7 @@ import torch
 
 from prunekit.core.errors import PrunekitError
 from prunekit.engine.runner import Engine
-from prunekit.methods.depth.outcome import DepthOutcome, ProgressFn, StopFn, Unit
+from prunekit.methods.depth.outcome import DepthOutcome, ProgressFn, SearchClock, StopFn, Unit, clock_of
 from prunekit.methods.depth.units import unit_name
 from prunekit.methods.options import parse_search
 
@@ -323,8 +323,6 @@ def searched(loaded, engine: Engine, units: list[Unit], stop: StopFn, depth, pro
     kind, width = parse_search(depth.search)
     levels = levels_of(stop)
     start = start or []
-    t0 = time.perf_counter()
-    w0 = engine.counter.total_macs
     outcomes: list[DepthOutcome] = []
     if kind == "beam":
         if start:
@@ -340,16 +338,18 @@ def searched(loaded, engine: Engine, units: list[Unit], stop: StopFn, depth, pro
         if on_record:
             for rec in outcomes[-1].records:
                 on_record(rec)
-    elif kind == "greedy+swap":
-        stamps: list[tuple[float, float]] = []
+    elif kind == "greedy+swap":  # the greedy part resumes; each greedy step's record carries its clock
+        clock = SearchClock(engine, start)
+        zero = {"seconds": 0.0, "macs": 0.0}
+        stamps = [(c["seconds"], c["macs"]) for c in (clock_of(r) or zero for r in start)]  # resumed: journaled clocks
 
         def stamp(rec: dict) -> None:
-            stamps.append((time.perf_counter() - t0, engine.counter.total_macs - w0))
+            now = clock()
+            stamps.append((now["seconds"], now["macs"]))
             if on_record:
-                on_record(rec)
+                on_record(rec | {"clock": now})
 
         first = greedy(loaded, engine, units, stop, replace(depth, search="greedy"), progress, start, stamp)
-        stamps = [(0.0, 0.0)] * (len(first.records) - len(stamps)) + stamps
         for level in levels:
             k = next((i + 1 for i in range(len(first.units)) if level(first.units[: i + 1])), len(first.units))
             head = first.records[:k]

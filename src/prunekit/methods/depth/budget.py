@@ -25,17 +25,21 @@ candidate runs to the end and a step costs far more than a BlockPruner step.
 **Landing lookahead** (``budget-greedy-la``, ``landing`` 2): each of the first ``landing`` steps
 at which some unit can reach the budget offers a landing (the path so far plus that step's best
 reaching unit), and the lowest total among them wins. The path does not depend on it.
+
+**Resuming.** Every journaled step carries its ``clock`` (seconds and counted MACs since the search
+began, a killed run's included) and, whenever it offered a landing (several budgets, or ``landing``
+> 1), ``landing_options``; a resumed run restores each budget's options and the clock at which its
+answer became known (:class:`Landings`), so its outcomes and their stamps are the uninterrupted
+run's (the stamps up to the part of a step lost at the kill).
 """
 
 from __future__ import annotations
 
 import math
-import time
-from collections.abc import Callable
 
 from prunekit.engine.runner import Engine
 from prunekit.methods.depth.beam import levels_of
-from prunekit.methods.depth.outcome import DepthOutcome, ProgressFn, RecordFn, StopFn, Unit
+from prunekit.methods.depth.outcome import DepthOutcome, ProgressFn, RecordFn, SearchClock, StopFn, Unit, clock_of
 from prunekit.methods.depth.search import GreedySearch, Selection, StepResult
 from prunekit.methods.depth.units import unit_name, unit_params
 from prunekit.methods.options import DepthConfig
@@ -80,7 +84,9 @@ class Landings:
     """Each budget's landing options: ``(total, path length before it, the landing record)``.
 
     A budget stays open (its reaching units still scored) until ``landing`` steps have offered it an
-    option; ``closed[k]`` holds the stamp of the moment budget ``k``'s answer became known.
+    option; ``closed[k]`` holds the clock (``{"seconds", "macs"}``) of the moment budget ``k``'s answer
+    became known. A resumed run (``start``) restores both from the journaled steps' ``landing_options``
+    and ``clock``.
     """
 
     def __init__(self, levels: list[StopFn], landing: int, start: list[dict], done_units: list[Unit]) -> None:
@@ -93,13 +99,16 @@ class Landings:
                 if opt is not None and k < len(levels):
                     self.options[k].append((opt["score"], i, opt))
                     self.left[k] -= 1
+                    if self.left[k] == 0:  # the step that closed budget k: its answer was known then
+                        self.closed[k] = clock_of(rec) or {}
 
         # a budget already met by the resumed path, with no option seen, had landed before (not open)
         self.open = [self.left[k] > 0 and (bool(self.options[k]) or not level(done_units))
                      for k, level in enumerate(levels)]
 
-    def offer(self, r: StepResult, step: int, engine: Engine, stamp: Callable[[], dict]) -> list[dict | None]:
-        """Record step ``step``'s best reaching unit for every open budget (``r.also``); the new options."""
+    def offer(self, r: StepResult, step: int, engine: Engine, now: dict) -> list[dict | None]:
+        """Record step ``step``'s best reaching unit for every open budget (``r.also``); the new options.
+        ``now``: the search's clock at this step (kept for each budget this step closes)."""
         found: list[dict | None] = [None] * len(self.levels)
         for k, win in enumerate(r.also):
             if win is None or not self.open[k]:
@@ -111,21 +120,23 @@ class Landings:
             self.left[k] -= 1
             self.open[k] = self.left[k] > 0
             if not self.open[k]:
-                self.closed[k] = stamp()  # this budget's answer is known now
+                self.closed[k] = dict(now)  # this budget's answer is known now
         return found
 
-    def outcomes(self, records: list[dict], naive_macs, stamp: Callable[[], dict]) -> list[DepthOutcome]:
+    def outcomes(self, records: list[dict], naive_macs, extra: dict, now: dict) -> list[DepthOutcome]:
         """One outcome per budget: the path before its lowest-total landing, then that landing (the
-        earlier one on a tie); the whole path when no step could reach the budget."""
+        earlier one on a tie); the whole path when no step could reach the budget. Each outcome's
+        ``extra``: ``extra`` and the clock when its answer became known (``now`` for a budget still open)."""
         outs = []
         for k, options in enumerate(self.options):
+            stamp = extra | now | self.closed[k]
             if not options:
-                outs.append(DepthOutcome([tuple(x["blocks"]) for x in records], list(records), naive_macs, stamp()))
+                outs.append(DepthOutcome([tuple(x["blocks"]) for x in records], list(records), naive_macs, stamp))
                 continue
             _, n, land = min(options, key=lambda o: (o[0], o[1]))
             outs.append(DepthOutcome([tuple(x["blocks"]) for x in records[:n]] + [tuple(land["blocks"])],
                                      records[:n] + [land], naive_macs,
-                                     (self.closed[k] or stamp()) | {"landings": [(m, rec) for _, m, rec in options]}))
+                                     stamp | {"landings": [(m, rec) for _, m, rec in options]}))
         return outs
 
 
@@ -145,18 +156,14 @@ def budget_greedy(loaded: LoadedModel, engine: Engine, units: list[Unit], stop: 
     if start and start[-1].get("landing"):  # a resumed run that had already landed
         k = start[-1].get("prefix", len(start) - 1)
         done = start[:k] + [start[-1]]
-        return DepthOutcome([tuple(r["blocks"]) for r in done], done, None, dict(extra0))
+        return DepthOutcome([tuple(r["blocks"]) for r in done], done, None, extra0 | (clock_of(start[-1]) or {}))
     done_units = [tuple(r["blocks"]) for r in start]
-    t0 = time.perf_counter()
-    w0 = engine.counter.total_macs
+    clock = SearchClock(engine, start)  # seconds and MACs since the search began, a resumed run's included
     initial = start[-1]["score"] if start else engine.total_score(frozenset(b for u in done_units for b in u))
 
     def on_candidate(step: int, done: int, total: int) -> None:
         if progress:
             progress(f"step {step + 1}", done, total)
-
-    def stamp() -> dict:
-        return extra0 | {"seconds": time.perf_counter() - t0, "macs": engine.counter.total_macs - w0}
 
     lands = Landings(levels, landing, start, done_units)
     selection = PerCost(unit_costs(engine, units, cost), levels, initial, name)
@@ -168,19 +175,20 @@ def budget_greedy(loaded: LoadedModel, engine: Engine, units: list[Unit], stop: 
                           candidate_batch=depth.candidate_batch or engine.auto_candidate_batch(), selection=selection)
     while search.candidates() and any(lands.open):
         r = search.step()
-        rec = r.record()
-        found = lands.offer(r, len(records), engine, stamp)
-        if landing > 1 and any(f is not None for f in found):
+        now = clock()
+        rec = r.record() | {"clock": now}
+        found = lands.offer(r, len(records), engine, now)
+        if any(f is not None for f in found):
             rec["landing_options"] = found  # journaled, so a resumed run knows the options already seen
         if not any(lands.open):
             break
         records.append(rec)
         if on_record:
             on_record(rec)
-    outs = lands.outcomes(records, search.naive_macs, stamp)
+    outs = lands.outcomes(records, search.naive_macs, extra0, clock())
     main = outs[-1]
     if len(levels) == 1 and on_record and lands.options[0]:
-        on_record(main.records[-1])
+        on_record(main.records[-1] | {"clock": {k: main.extra[k] for k in ("seconds", "macs")}})
     if len(levels) > 1:
         main.extra["levels"] = outs
     return main
