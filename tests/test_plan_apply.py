@@ -68,6 +68,22 @@ def test_plan_from_another_model_is_refused(tmp_path):
         pk.apply_plan(same_shape.model, res.plan)
 
 
+def test_plan_searched_in_bfloat16_applies_to_the_float32_model(tmp_path):
+    """The hash is of the weights as ``weights_dtype``: a bf16 search's plan fits the float32 model it
+    was cast from, and still refuses other weights."""
+    model_dir, calib = make_tiny_workspace(tmp_path)
+    cal = pk.CalibConfig(source=str(calib), seq_len=16, windows=4, batch_size=2)
+    res = pk.prune(str(model_dir), pk.DepthConfig(remove=2), cal, dtype="bfloat16", device="cpu")
+    assert res.plan["model"]["weights_dtype"] == "bfloat16"
+    base = pk.load_model(str(model_dir), device="cpu")
+    assert next(base.model.parameters()).dtype == torch.float32
+    pk.apply_plan(base.model, res.plan)
+    assert base.adapter.total_params() == res.plan["params_after"]
+    other = pk.wrap_model(pk.models.tiny.tiny_model("llama", seed=7))
+    with pytest.raises(PrunekitError, match="weights hash differs"):
+        pk.apply_plan(other.model, res.plan)
+
+
 def test_corrupted_plans_are_refused(tmp_path):
     model_dir, calib = make_tiny_workspace(tmp_path)
     _prune(model_dir, calib, out=tmp_path / "out")

@@ -158,25 +158,30 @@ def demo(
     seq_len: int = typer.Option(64, "--seq-len", help="Tokens per calibration window."),
     batch_size: int = typer.Option(1, "--batch-size", help="Calibration windows per batch (early exit works between batches)."),
     eval_windows: int = typer.Option(8, "--eval-windows", help="Evaluation windows of 256 tokens per source."),
+    search_dtype: str = typer.Option("float32", "--search-dtype", help="dtype the searches run in: float32 or bfloat16 (faster on CPUs with bf16 units); every plan is evaluated in float32."),
 ) -> None:
     """What `make demo` runs: --method (and --against beside it) on the embedded model, held-out perplexity of each."""
     t0 = time.perf_counter()
+    check_choice("--search-dtype", search_dtype, ("float32", "bfloat16"))
     methods = [method] + ([against] if against != "none" and against != method else [])
     for m in methods:
         if get_method(m).kind != "depth":
             raise PrunekitError(f"the demo runs depth methods; '{m}' is a {get_method(m).kind} method.",
                                 "Use e.g. --method sleb --against blockpruner.")
     loaded = load_model(model, device="cpu")
-    console.print(f"calibrating on {windows} x {seq_len} = {windows * seq_len} tokens of the embedded wiki split; "
+    searched = loaded if search_dtype == "float32" else load_model(model, dtype=search_dtype, device="cpu")
+    console.print(f"calibrating on {windows} x {seq_len} = {windows * seq_len} tokens of the embedded wiki split "
+                  f"(searches in {search_dtype}); "
                   f"evaluating on {eval_windows} x 256 tokens of wiki-test (held-out articles) and news")
     rows = [("dense", pipeline.evaluate(loaded, ["wiki-test", "news"], 256, eval_windows), None)]
     cal = CalibConfig(source="wiki", seq_len=seq_len, windows=windows, batch_size=batch_size)
     for m in methods:
         console.print(f"{m}: searching for {ratio:.0%} of the parameters")
         with progress_bar() as update:
-            res = pipeline.prune(loaded, DepthConfig(method=m, ratio=ratio), cal, progress=update, on_step=print_step)
+            res = pipeline.prune(searched, DepthConfig(method=m, ratio=ratio), cal, progress=update, on_step=print_step)
         print_plan(res.plan, res.timing)
-        rows.append((m, pipeline.evaluate(res.loaded, ["wiki-test", "news"], 256, eval_windows), res.timing["search_seconds"]))
+        held_out = pipeline.evaluate(loaded, ["wiki-test", "news"], 256, eval_windows, plan=res.plan)  # in float32
+        rows.append((m, held_out, res.timing["search_seconds"]))
         del res
     t = Table(title="held-out perplexity, dense vs pruned (the same calibration for every method)")
     for col in ("model", "parameters", "removed", "wiki-test", "news", "search s"):

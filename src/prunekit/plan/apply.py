@@ -31,7 +31,11 @@ GEOMETRY = ("model_type", "num_hidden_layers", "hidden_size", "num_attention_hea
 
 def check_plan_matches(model: torch.nn.Module, plan: dict, check_weights: bool = True, dtype: torch.dtype | None = None) -> None:
     """Refuse a plan made for another model: geometry first, then the weights hash (of the weights as
-    converted to ``dtype`` when given: a model held in its checkpoint's dtype under a memory cap)."""
+    converted to ``dtype`` when given: a model held in its checkpoint's dtype under a memory cap; else
+    to the plan's ``weights_dtype``, so a plan searched in bfloat16 applies to the float32 model it was
+    cast from)."""
+    if dtype is None and plan["model"].get("weights_dtype"):
+        dtype = resolve_dtype(plan["model"]["weights_dtype"])
     config = model.config.to_dict()
     for key in GEOMETRY:
         want, have = plan["model"]["config"].get(key), config.get(key)

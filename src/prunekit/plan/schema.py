@@ -6,7 +6,7 @@ Schema (``"prunekit_plan": 1``)::
       "prunekit_plan": 1,
       "method": "blockpruner",            # or a baseline, or "llm-pruner"
       "options": {...},                   # the method's options as run
-      "model": {"spec", "model_type", "config", "weights_sha256", "parameters"},
+      "model": {"spec", "model_type", "config", "weights_sha256", "weights_dtype", "parameters"},
       "calibration": {"source", "text_sha256", "seq_len", "windows", "sample", "seed"},
       "removed": [{"step", "unit", "blocks", "score", "value"}, ...],   # depth units, in order
       "width": null | {...},              # width pruning: kept heads / channels per layer
@@ -64,6 +64,7 @@ def model_record(loaded: LoadedModel, dtype: torch.dtype | None = None) -> dict:
         "model_type": loaded.model.config.model_type,
         "config": loaded.model.config.to_dict() | {"dtype": "float32"},
         "weights_sha256": weights_hash(loaded.model, dtype),
+        "weights_dtype": str(dtype or next(loaded.model.parameters()).dtype).removeprefix("torch."),  # what the hash is of
         "parameters": loaded.adapter.total_params(),
     }
 
