@@ -226,23 +226,27 @@ def test_every_command_has_help(command):
 
 
 def test_demo_runs_its_method_and_blockpruner_beside_it(ws):
-    """`prunekit demo` on a tiny model: SLEB's plan and, on the same calibration, BlockPruner's; one table of both."""
+    """`prunekit demo` on a tiny model: budget-greedy's plan and, on the same calibration, BlockPruner's (both
+    searched in bfloat16); one table of both, evaluated in float32 (the dense row equals a float32 run's)."""
     _, model_dir, _ = ws
     r = run_cli("demo", "--model", str(model_dir), "--windows", "2", "--seq-len", "32", "--eval-windows", "1",
                 env={"OMP_NUM_THREADS": "1", "COLUMNS": "200"})
     assert r.returncode == 0, r.stderr
     table = r.stdout[r.stdout.index("held-out perplexity"):]
-    assert "sleb: removed" in r.stdout and "blockpruner: removed" in r.stdout
-    assert all(row in table for row in ("dense", "sleb", "blockpruner"))
+    assert "searches in bfloat16" in r.stderr
+    assert "budget-greedy: removed" in r.stdout and "blockpruner: removed" in r.stdout
+    assert all(row in table for row in ("dense", "budget-greedy", "blockpruner"))
+
     def dense_cells(text):
         row = next(line for line in text.splitlines() if line.lstrip("│ ").startswith("dense "))
         return [c.strip() for c in row.split("│")]
 
     dense_row = dense_cells(table)
     r = run_cli("demo", "--model", str(model_dir), "--windows", "2", "--seq-len", "32", "--eval-windows", "1",
-                "--against", "none", "--search-dtype", "bfloat16", env={"OMP_NUM_THREADS": "1", "COLUMNS": "200"})
+                "--method", "sleb", "--against", "none", "--search-dtype", "float32",
+                env={"OMP_NUM_THREADS": "1", "COLUMNS": "200"})
     assert r.returncode == 0, r.stderr
-    assert "searches in bfloat16" in r.stderr and "sleb: removed" in r.stdout and "blockpruner: removed" not in r.stdout
+    assert "searches in float32" in r.stderr and "sleb: removed" in r.stdout and "blockpruner: removed" not in r.stdout
     assert dense_cells(r.stdout) == dense_row  # evaluated in float32 whatever the search dtype
     r = run_cli("demo", "--model", str(model_dir), "--search-dtype", "float16")
     assert r.returncode == 2 and "--search-dtype 'float16'" in r.stderr

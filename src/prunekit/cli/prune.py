@@ -152,13 +152,13 @@ def info(model: str = typer.Argument(..., help="Model spec or a prunekit output 
 def demo(
     model: str = typer.Option("smollm2-135m", "--model", help="Model spec."),
     ratio: float = typer.Option(0.2, "--ratio", help="Fraction of parameters to remove."),
-    method: str = typer.Option("sleb", "--method", help="The depth method the demo prunes with (SLEB: lowest held-out perplexity in BENCHMARKS.md)."),
+    method: str = typer.Option("budget-greedy", "--method", help="The depth method the demo prunes with (budget-greedy: lowest held-out perplexity in 5 of the 6 compare cells of BENCHMARKS.md)."),
     against: str = typer.Option("blockpruner", "--against", help="The depth method run beside it on the same calibration ('none': skip)."),
     windows: int = typer.Option(4, "--windows", help="Calibration windows (of --seq-len tokens) from wiki."),
     seq_len: int = typer.Option(64, "--seq-len", help="Tokens per calibration window."),
     batch_size: int = typer.Option(1, "--batch-size", help="Calibration windows per batch (early exit works between batches)."),
     eval_windows: int = typer.Option(8, "--eval-windows", help="Evaluation windows of 256 tokens per source."),
-    search_dtype: str = typer.Option("float32", "--search-dtype", help="dtype the searches run in: float32 or bfloat16 (faster on CPUs with bf16 units); every plan is evaluated in float32."),
+    search_dtype: str = typer.Option("bfloat16", "--search-dtype", help="dtype the searches run in: bfloat16 (faster where the CPU has bf16 units) or float32; every plan is evaluated in float32."),
 ) -> None:
     """What `make demo` runs: --method (and --against beside it) on the embedded model, held-out perplexity of each."""
     t0 = time.perf_counter()
