@@ -11,7 +11,7 @@ training loop (``train_seconds``) is recorded. Each run is the CLI equivalent of
 
 Writes ``--json`` and prints a markdown table.
 
-    python benchmarks/distill_vs_lm.py --plan runs/compare/plans/budget-greedy__r0.2.json [--steps 30,200] [--work /tmp/distill]
+    python benchmarks/distill_vs_lm.py --plan runs/compare/plans/budget-greedy__r0.2.json [--steps 30,200] [--alpha 0.5] [--work /tmp/distill]
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ def main() -> None:
     ap.add_argument("--work", default="/tmp/prunekit-distill")
     ap.add_argument("--steps", default="30,200")
     ap.add_argument("--losses", default="lm,distill")
-    ap.add_argument("--alpha", type=float, default=1.0, help="distill: weight of the KL (the LM loss gets 1 - alpha).")
+    ap.add_argument("--alpha", type=float, default=0.5, help="distill: weight of the KL (the LM loss gets 1 - alpha; 1: KL only).")
     ap.add_argument("--topk", type=int, default=0, help="distill: cache the teacher's top-K (0: full, on the fly).")
     ap.add_argument("--json", default=str(HERE / "results" / "distill_vs_lm.json"))
     args = ap.parse_args()

@@ -351,5 +351,5 @@ def test_a_journal_for_other_ratios_is_not_resumed(setup, monkeypatch):
     assert (out / "searches" / "sleb" / "journal.jsonl").exists()
     log = []
     rows = compare(ckpt, "sleb", "0.2,0.3", _calib(calib), [held], out, eval_windows=2, eval_seq_len=24, log=log.append)
-    assert any("sleb: the journal" in msg and "ratios differ); searching afresh" in msg for msg in log), log
+    assert any("sleb: the journal" in msg and "other inputs: the method options differ (ratio).); searching afresh" in msg for msg in log), log
     assert all("resumed_at_step" not in r for r in rows) and not (out / "searches").exists()

@@ -33,7 +33,7 @@ def recover(
     rows: int = typer.Option(2000, "--rows", help="alpaca-cleaned rows to train on."),
     full: bool = typer.Option(False, "--full", help="Train every weight instead of LoRA adapters."),
     distill: bool = typer.Option(False, "--distill", help="Distil from the dense base model: KL to its next-token distribution."),
-    distill_alpha: float = typer.Option(1.0, "--distill-alpha", help="With --distill: weight of the KL; the LM loss gets 1 - alpha."),
+    distill_alpha: float = typer.Option(0.5, "--distill-alpha", help="With --distill: weight of the KL (1: KL only); the LM loss gets 1 - alpha."),
     distill_topk: int = typer.Option(0, "--distill-topk", help="With --distill: cache the teacher's top-K per window (0: full distributions on the fly)."),
     teacher: Optional[str] = typer.Option(None, "--teacher", help="With --distill: the teacher (default: the plan's base model)."),
     dtype: str = typer.Option("float32", "--dtype", help="float32, bfloat16 or float16."),

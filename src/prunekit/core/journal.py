@@ -3,7 +3,7 @@
 ``OUT/journal.jsonl`` holds a header line ``{"journal": 1, "fingerprint": {...}}`` (model weights
 hash, calibration text sha256 and window recipe, method options) and one JSON line per finished
 step. A torn last line (the process died mid-write) is ignored. ``--resume`` refuses a journal
-whose fingerprint differs, naming the input that changed.
+whose fingerprint differs in any key, naming the input that changed.
 """
 
 from __future__ import annotations
@@ -82,14 +82,15 @@ def read_journal(path: Path) -> tuple[dict, list[dict]]:
 
 
 def _check_same_inputs(old: dict, new: dict) -> None:
+    """Refuse ``old`` (a journal's fingerprint) unless it equals ``new`` in every key, naming what differs."""
     labels = {"model": "the model weights", "calibration": "the calibration data or window recipe", "options": "the method options"}
-    for key, label in labels.items():
+    for key in list(labels) + sorted(k for k in set(old) | set(new) if k not in labels):
         if old.get(key) != new.get(key):
             detail = ""
             if isinstance(old.get(key), dict) and isinstance(new.get(key), dict):
                 diff = sorted(k for k in set(old[key]) | set(new[key]) if old[key].get(k) != new[key].get(k))
                 detail = f" ({', '.join(diff)})" if diff else ""
             raise PrunekitError(
-                f"`resume`: the journal was written for other inputs: {label} differ{detail}.",
+                f"`resume`: the journal was written for other inputs: {labels.get(key, f'the {key}')} differ{detail}.",
                 "Resume with the same inputs, or start again with `overwrite`.",
             )

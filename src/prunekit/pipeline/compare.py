@@ -49,7 +49,7 @@ import torch
 
 from prunekit.core.errors import PrunekitError, check_choice
 from prunekit.core.io import check_creatable, write_json_atomic
-from prunekit.core.journal import JOURNAL_NAME, Journal, read_journal
+from prunekit.core.journal import JOURNAL_NAME, Journal
 from prunekit.data.calibration import CalibConfig, calibration_windows
 from prunekit.data.windows import build_windows
 from prunekit.engine.ranks import Ranks, current, rank_device
@@ -455,16 +455,12 @@ def _search_journal(out: Path, spec: MethodSpec, fingerprint: dict, say: LogFn) 
     path = folder / JOURNAL_NAME
     if path.is_file():
         try:
-            old = read_journal(path)[0].get("fingerprint")
-        except PrunekitError:  # no valid header
-            old = None
-        if old == fingerprint:
             journal = Journal.open(folder, fingerprint, resume=True)
+        except PrunekitError as e:  # no valid header, or other inputs
+            say(f"{spec.name}: the journal {path} cannot be resumed ({e.problem}); searching afresh")
+        else:
             say(f"{spec.name}: resuming its search after step {len(journal.records)} (journal {path})")
             return journal, len(journal.records)
-        why = ("unreadable" if not isinstance(old, dict) else "written for other inputs ("
-               + ", ".join(k for k in fingerprint if old.get(k) != fingerprint[k]) + " differ)")
-        say(f"{spec.name}: the journal {path} is {why}; searching afresh")
     return Journal.open(folder, fingerprint, resume=False), None
 
 

@@ -5,7 +5,7 @@ pruned model, trained with LoRA (the default) or in full (``--full``) by
 :func:`prunekit.pipeline.recover.train_lora` on the same windows and schedule as LM-loss recovery.
 The loss of a batch is
 
-    alpha * KL(teacher || student) + (1 - alpha) * LM loss,        alpha = ``--distill-alpha`` (1: KL only)
+    alpha * KL(teacher || student) + (1 - alpha) * LM loss,        alpha = ``--distill-alpha`` (default 0.5; 1: KL only)
 
 with the KL of the next-token distributions averaged over the positions whose target is counted
 (the LM loss's positions). The teacher's log-probabilities are computed on the fly, or, with

@@ -93,7 +93,7 @@ class RecoverConfig:
     rows: int = 2000              # --rows: alpaca-cleaned rows used
     full: bool = False            # --full: train every weight (no LoRA)
     distill: bool = False         # --distill: KL to the dense base model's next-token distribution
-    distill_alpha: float = 1.0    # --distill-alpha: weight of the KL (the LM loss gets 1 - alpha)
+    distill_alpha: float = 0.5    # --distill-alpha: weight of the KL (the LM loss gets 1 - alpha); 0.5: BENCHMARKS.md
     distill_topk: int = 0         # --distill-topk: cache the teacher's top-K per window (0: full, on the fly)
     teacher: str | None = None    # --teacher: the teacher model (default: the plan's base model)
 
