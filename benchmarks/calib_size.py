@@ -5,7 +5,8 @@ For each ``--cells`` entry ``METHOD:WINDOWSxSEQ_LEN:DTYPE`` the search runs on `
 as the compare table), in ``DTYPE`` (``float32``, or ``bfloat16``: the model loaded in bfloat16; the plan
 records the dtype its weights hash is of and applies to the float32 model). Every plan is then evaluated
 in float32 on the held-out 8 x 256 tokens of ``wiki-test`` and ``news``, the compare table's windows.
-Finished cells are kept in ``--json`` (a rerun continues), and a markdown table is printed.
+Finished cells are kept in ``--json``; each search is journaled in ``--work`` (a killed run resumes its
+cell from the last finished step), and a markdown table is printed.
 
 A cell is the library equivalent of (for float32)
 
@@ -38,11 +39,15 @@ def parse_cell(text: str) -> tuple[str, int, int, str]:
     return method, windows, seq_len, dtype
 
 
-def run_cell(method: str, windows: int, seq_len: int, dtype: str, ratio: float, batch_size: int, dense) -> dict:
-    """Search one cell in ``dtype``; evaluate its plan on the float32 model ``dense``."""
+def run_cell(method: str, windows: int, seq_len: int, dtype: str, ratio: float, batch_size: int, dense,
+             out: Path) -> dict:
+    """Search one cell in ``dtype`` (journaled in ``out``: a killed cell resumes); evaluate its plan on the
+    float32 model ``dense``."""
     searched = dense if dtype == "float32" else load_model("smollm2-135m", dtype=dtype, device="cpu")
     calib = CalibConfig(source="wiki", seq_len=seq_len, windows=windows, batch_size=batch_size)
-    res = api.prune(searched, DepthConfig(method=method, ratio=ratio), calib)
+    res = api.prune(searched, DepthConfig(method=method, ratio=ratio), calib, out=out, overwrite=True,
+                    resume=(out / "journal.jsonl").is_file(),
+                    on_step=lambda rec: print(f"  step {rec['step']}: {rec['unit']} calib ppl {rec['value']:.3f}", flush=True))
     plan = res.plan
     held = api.evaluate(dense, list(SOURCES), seq_len=256, windows=8, plan=plan)  # float32, on a copy
     return {
@@ -61,6 +66,7 @@ def main() -> None:
     ap.add_argument("--ratio", type=float, default=0.2)
     ap.add_argument("--batch-size", type=int, default=2)
     ap.add_argument("--json", default=str(HERE / "results" / "calib_size.json"))
+    ap.add_argument("--work", default=str(HERE.parent / "runs" / "calib_size"), help="Each cell's prune output and journal.")
     args = ap.parse_args()
     path = Path(args.json)
     results = json.loads(path.read_text()) if path.is_file() else {}
@@ -69,14 +75,14 @@ def main() -> None:
         key = text.strip()
         if key in results:
             continue
-        results[key] = run_cell(*parse_cell(key), args.ratio, args.batch_size, dense)
+        results[key] = run_cell(*parse_cell(key), args.ratio, args.batch_size, dense, Path(args.work) / key.replace(":", "_"))
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(results, indent=2) + "\n")
         print(key, json.dumps(results[key]), flush=True)
     print("| cell | removed | units | wiki-test | news | calib ppl (searched) | search s |\n|---|---:|---|---:|---:|---:|---:|")
     for key, r in results.items():
         p = r["perplexity"]
-        print(f"| {key} | {r['ratio_removed']:.1%} | {' '.join(u for u in r['units'])} | {p['wiki-test']:.3f} | "
+        print(f"| {key} | {r['ratio_removed']:.1%} | {', '.join(r['units'])} | {p['wiki-test']:.3f} | "
               f"{p['news']:.3f} | {r['calib_ppl_searched']:.3f} | {r['search_seconds']:.0f} |")
 
 
