@@ -11,7 +11,7 @@ training loop (``train_seconds``) is recorded. Each run is the CLI equivalent of
 
 Writes ``--json`` and prints a markdown table.
 
-    python benchmarks/distill_vs_lm.py --plan runs/compare/plans/budget-greedy__r0.2.json [--steps 30,200] [--alpha 0.5] [--work /tmp/distill]
+    python benchmarks/distill_vs_lm.py --plan runs/compare/plans/budget-greedy__r0.2.json [--steps 30,200] [--alpha 0.5] [--seed 1] [--work /tmp/distill]
 """
 
 from __future__ import annotations
@@ -37,6 +37,7 @@ def main() -> None:
     ap.add_argument("--losses", default="lm,distill")
     ap.add_argument("--alpha", type=float, default=0.5, help="distill: weight of the KL (the LM loss gets 1 - alpha; 1: KL only).")
     ap.add_argument("--topk", type=int, default=0, help="distill: cache the teacher's top-K (0: full, on the fly).")
+    ap.add_argument("--seed", type=int, default=0, help="recover's seed: the data order and the LoRA initialisation.")
     ap.add_argument("--json", default=str(HERE / "results" / "distill_vs_lm.json"))
     args = ap.parse_args()
     work = Path(args.work)
@@ -50,17 +51,17 @@ def main() -> None:
     for steps in [int(s) for s in args.steps.split(",")]:
         for loss in args.losses.split(","):
             variant = "" if loss == "lm" or (args.alpha == 1.0 and not args.topk) else f"-a{args.alpha:g}-k{args.topk}"
-            key = f"{loss}{variant}-{steps}"
+            key = f"{loss}{variant}{f'-s{args.seed}' if args.seed else ''}-{steps}"
             if key in results:
                 continue
             cfg = RecoverConfig(data="wiki", seq_len=128, batch_size=4, max_steps=steps, epochs=100,
                                 save_every=10**6, distill=loss == "distill", distill_alpha=args.alpha,
-                                distill_topk=args.topk)
+                                distill_topk=args.topk, seed=args.seed)
             rep = recover(pruned, cfg, work / key, overwrite=True, device="cpu")
             results[key] = {k: rep[k] for k in ("steps", "train_seconds", "perplexity_before", "perplexity_after",
                                                 "first_loss", "last_loss", "train_windows", "loss")}
             results[key]["plan"] = args.plan
-            results[key]["options"] = {k: rep["options"][k] for k in ("lr", "lora_r", "distill_alpha", "distill_topk")}
+            results[key]["options"] = {k: rep["options"][k] for k in ("lr", "lora_r", "distill_alpha", "distill_topk", "seed")}
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(json.dumps(results, indent=2) + "\n")
             print(key, json.dumps(results[key]), flush=True)
