@@ -21,6 +21,7 @@ import argparse
 import json
 from pathlib import Path
 
+from prunekit.core.journal import JOURNAL_NAME
 from prunekit.data.calibration import CalibConfig
 from prunekit.methods.options import DepthConfig
 from prunekit.pipeline import prune as api
@@ -46,7 +47,7 @@ def run_cell(method: str, windows: int, seq_len: int, dtype: str, ratio: float, 
     searched = dense if dtype == "float32" else load_model("smollm2-135m", dtype=dtype, device="cpu")
     calib = CalibConfig(source="wiki", seq_len=seq_len, windows=windows, batch_size=batch_size)
     res = api.prune(searched, DepthConfig(method=method, ratio=ratio), calib, out=out, overwrite=True,
-                    resume=(out / "journal.jsonl").is_file(),
+                    resume=(out / JOURNAL_NAME).is_file(),
                     on_step=lambda rec: print(f"  step {rec['step']}: {rec['unit']} calib ppl {rec['value']:.3f}", flush=True))
     plan = res.plan
     held = api.evaluate(dense, list(SOURCES), seq_len=256, windows=8, plan=plan)  # float32, on a copy

@@ -27,7 +27,7 @@ import torch
 
 from prunekit.data.windows import build_windows
 from prunekit.engine.runner import Engine
-from prunekit.models.adapter import Block
+from prunekit.methods.depth.units import parse_unit
 from prunekit.pipeline.load import load_model
 
 HERE = Path(__file__).resolve().parent
@@ -35,14 +35,10 @@ CSVS = (HERE / "results" / "compare_methods.csv", HERE / "results" / "compare_bu
 
 
 def cell_blocks(rows: list[dict], method: str, ratio: float) -> tuple[frozenset[int], dict]:
-    """The removed blocks (block 2i = attention of layer i, 2i + 1 = its MLP) of a greedy cell and its row."""
+    """The removed blocks of a greedy cell (its units' names parsed back) and its row."""
     row = next(r for r in rows if r["method"] == method and r["search"] in ("", "greedy")
                and math.isclose(float(r["target_ratio"]), ratio))
-    blocks = set()
-    for unit in row["removed"].split(";"):
-        kind, layer = unit.split()
-        blocks |= {2 * int(layer)} if kind == "attn" else {2 * int(layer) + 1} if kind == "mlp" else {2 * int(layer), 2 * int(layer) + 1}
-    return frozenset(blocks), row
+    return frozenset(b for name in row["removed"].split(";") for b in parse_unit(name)), row
 
 
 def window_nll(loaded, windows, removed: frozenset[int]) -> np.ndarray:
