@@ -211,6 +211,10 @@ class Engine:
         """The embeddings of batch ``j``: the state at boundary 0 ``[batch, T, hidden]``."""
         return self._inputs[j][0]
 
+    def layer_inputs(self, j: int) -> list[dict]:
+        """Batch ``j``'s keyword inputs of each decoder layer (masks, rotary cos/sin), as the model's preamble made them."""
+        return self._inputs[j][1]
+
     def active(self, removed: frozenset[int]) -> list[int]:
         return [b for b in range(self.num_blocks) if b not in removed and self.macs[b] > 0]
 

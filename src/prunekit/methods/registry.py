@@ -17,6 +17,7 @@ from prunekit.methods.depth.budget import budget_greedy, budget_greedy_lookahead
 from prunekit.methods.options import DepthConfig, parse_search
 from prunekit.methods.width.llm_pruner import plan_width
 from prunekit.methods.width.options import WidthConfig
+from prunekit.methods.width.policy_gradient import plan_policy_gradient
 
 BLOCKS = ("mix", "attn", "mlp")  # block units, chosen by `blocks_kind`
 GREEDY_SEARCHES = ("greedy", "beam", "greedy+swap")  # as parse_search names them
@@ -82,6 +83,8 @@ METHODS: dict[str, Method] = {m.name: m for m in (
            budget_greedy_lookahead, "prunekit (issue 16)", True),
     Method("llm-pruner", "width", ("kv groups", "mlp channels", "hidden channels"), "taylor importance (`importance`)",
            (), True, plan_width, "arXiv 2305.11627"),
+    Method("policy-gradient", "width", ("kv groups", "mlp channels", "blocks"), "lm loss of sampled masks", (), False,
+           plan_policy_gradient, "arXiv 2406.10576"),
 )}
 
 

@@ -40,11 +40,12 @@ from prunekit.plan.schema import Plan, build_plan, model_record
 ProgressFn = Callable[[str, int, int], None]
 
 
-def _refuse_pruned(loaded: LoadedModel) -> None:
+def refuse_pruned(loaded: LoadedModel) -> None:
+    """Refuse a model that is already pruned (width plans apply to a base model)."""
     a = loaded.adapter
     if a.removed_blocks() or getattr(a.model.config, "prunekit_width", None) or loaded.info.get("plan"):
         raise PrunekitError(
-            f"'{loaded.spec}' is already pruned; llm-pruner plans apply to a base model.",
+            f"'{loaded.spec}' is already pruned; width plans apply to a base model.",
             "Prune the base model (plan.model.spec of that output).",
         )
 
@@ -77,7 +78,8 @@ def check_groups(loaded: LoadedModel, families: list[Family], onload: Onloader |
         onload.release()
 
 
-def _width_record(families: list[Family], choice: Choice, strategy: str, adapter) -> dict:
+def width_record(families: list[Family], choice: Choice, strategy: str, adapter) -> dict:
+    """The plan's ``width`` record: kept KV groups (and their query heads), channels or hidden channels per layer."""
     layers: dict[int, dict] = {}
     hidden = None
     for fam, removed in zip(families, choice.removed):
@@ -209,7 +211,7 @@ def plan_width(
     layer and the weights are scored (and hashed) as converted to the compute dtype, so the plan is
     the one of the model loaded in that dtype.
     """
-    _refuse_pruned(loaded)
+    refuse_pruned(loaded)
     adapter = loaded.adapter
     t0 = time.perf_counter()
     families, layer_range = families_for(adapter, width)
@@ -241,7 +243,7 @@ def plan_width(
         "ratio_is": "fraction of the total parameters (the paper's --pruning_ratio is per layer: see width.per_layer_fraction)",
     }
     plan = build_plan("llm-pruner", options, record, calibration, total,
-                      width=_width_record(families, choice, width.strategy, adapter),
+                      width=width_record(families, choice, width.strategy, adapter),
                       params_removed=choice.params_removed, dense_value=math.exp(stats.loss) if stats else None)
     timing = {"search_seconds": time.perf_counter() - t0, "gradient_samples": width.samples if stats else 0,
               "resumed_samples": gradients.resumed if gradients is not None else 0}
