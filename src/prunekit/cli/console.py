@@ -30,17 +30,22 @@ def render_error(message: str, command) -> str:
     return re.sub(r"`(\w+)`", lambda m: flags.get(m.group(1), "--" + m.group(1).replace("_", "-")), message)
 
 
+def _info(info: dict | None) -> str:
+    """A progress callback's optional ``info`` (e.g. policy-gradient's loss, baseline, kept fraction) as text."""
+    return "".join(f" · {k} {v:.4f}" if isinstance(v, float) else f" · {k} {v}" for k, v in (info or {}).items())
+
+
 @contextmanager
 def progress_bar():
-    """A rich progress bar; yields a ``progress(stage, done, total)`` callback.
+    """A rich progress bar; yields a ``progress(stage, done, total, info=None)`` callback (``info``: values shown beside the stage).
 
     When stderr is not a terminal (a log, CI), a live display would hold every line back until the
     end, so plain lines are printed instead: one per finished stage.
     """
     if not console.is_terminal:
-        def plain(stage: str, done: int, total: int) -> None:
+        def plain(stage: str, done: int, total: int, info: dict | None = None) -> None:
             if done == total:
-                console.print(f"{stage}: {done}/{total} done", highlight=False)
+                console.print(f"{stage}: {done}/{total} done{_info(info)}", highlight=False)
 
         yield plain
         return
@@ -50,10 +55,10 @@ def progress_bar():
     )
     tasks: dict[str, int] = {}
 
-    def update(stage: str, done: int, total: int) -> None:
+    def update(stage: str, done: int, total: int, info: dict | None = None) -> None:
         if stage not in tasks:
             tasks[stage] = bar.add_task(stage, total=total)
-        bar.update(tasks[stage], completed=done, total=total)
+        bar.update(tasks[stage], completed=done, total=total, **({"description": stage + _info(info)} if info else {}))
 
     with bar:
         yield update
@@ -112,7 +117,8 @@ def print_weights(timing: dict) -> None:
 def print_width_plan(plan: dict, timing: dict | None = None) -> None:
     w = plan["width"]
     frac = w.get("per_layer_fraction")
-    title = (f"llm-pruner ({plan['options']['importance']}, {w['strategy']}): removed {plan['ratio_removed']:.1%} of "
+    how = plan["options"].get("importance") or f"init {plan['options'].get('init')}, {len(plan['removed'])} blocks removed"
+    title = (f"{plan['method']} ({how}, {w['strategy']}): removed {plan['ratio_removed']:.1%} of "
              f"{plan['params_before']:,} parameters" + (f", {frac:.3f} of each pruned layer" if frac is not None and w["strategy"] == "block" else ""))
     t = Table(title=title)
     if w["strategy"] == "channel":

@@ -17,6 +17,7 @@ from prunekit.export import FORMATS
 from prunekit.methods.options import DepthConfig
 from prunekit.methods.registry import METHODS, get_method
 from prunekit.methods.width.options import WidthConfig
+from prunekit.methods.width.pg_options import PolicyConfig
 from prunekit.models.adapter import Block
 from prunekit.pipeline import prune as pipeline
 from prunekit.pipeline.load import load_model
@@ -40,7 +41,7 @@ def prune(
     windows: Optional[int] = typer.Option(None, "--windows", help="Number of windows (default: all)."),
     sample: str = typer.Option("first", "--sample", help="first or random windows."),
     seed: int = typer.Option(0, "--seed", help="Seed for --sample random."),
-    batch_size: int = typer.Option(2, "--batch-size", help="Windows per forward batch."),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Windows per batch (default 2; policy-gradient: 8 per step)."),
     cache: str = typer.Option("trajectory", "--cache", help="Engine caches: none, prefix or trajectory."),
     early_exit: bool = typer.Option(True, "--early-exit/--no-early-exit", help="Drop candidates that cannot win a step."),
     cache_gb: Optional[float] = typer.Option(None, "--cache-gb", help="Memory budget of the cached states (default: half the free memory)."),
@@ -58,6 +59,12 @@ def prune(
     global_: bool = typer.Option(False, "--global", help="llm-pruner: rank heads and channels across layers instead of the same fraction per layer."),
     samples: int = typer.Option(10, "--samples", help="llm-pruner: calibration samples whose gradients are accumulated."),
     at_least: bool = typer.Option(False, "--at-least", help="llm-pruner: remove at least --ratio (as the depth methods do), not the closest reachable amount."),
+    steps: int = typer.Option(200, "--steps", help="policy-gradient: SGD steps on the keep probabilities (0: the initialisation's top-k)."),
+    masks: int = typer.Option(2, "--masks", help="policy-gradient: masks drawn per step, run as one batched forward."),
+    lr: float = typer.Option(0.05, "--lr", help="policy-gradient: peak learning rate (cosine schedule)."),
+    init: str = typer.Option("wanda", "--init", help="policy-gradient: wanda, taylor or uniform initialisation."),
+    units: str = typer.Option("width", "--units", help="policy-gradient: width (KV groups, MLP channels) or mixed (also whole blocks)."),
+    estimator: str = typer.Option("sqrt", "--estimator", help="policy-gradient: sqrt (the authors') or score (exact, unbiased)."),
     export: Optional[str] = typer.Option(None, "--export", help="Also export the pruned model: hf, nemotron-nas or gguf (to OUT/export-FORMAT, OUT/export.gguf)."),
 ) -> None:
     """Prune a model and write OUT/plan.json, the pruned weights, timings and OUT/report.md."""
@@ -68,20 +75,27 @@ def prune(
             raise PrunekitError("--remove counts blocks; llm-pruner takes --ratio (a fraction of the parameters).", "Use e.g. --ratio 0.2.")
         if device_map is not None:
             raise PrunekitError("--device-map does not apply to llm-pruner (its gradient pass runs the whole model on one device).", "Drop --device-map.")
-        config = WidthConfig(ratio=ratio, importance=importance, aggregate=aggregate, strategy=strategy, layers=layers,
-                             global_=global_, samples=samples, seed=seed, at_least=at_least, max_memory=max_memory)
-        cal = _calib(calib or "wiki", seq_len or 64, windows, sample, seed, batch_size)
+        if method == "policy-gradient":
+            config = PolicyConfig(ratio=ratio, layers=layers, samples=samples, seed=seed, max_memory=max_memory, steps=steps,
+                                  masks=masks, lr=lr, init=init, units=units, estimator=estimator)
+        else:
+            config = WidthConfig(ratio=ratio, importance=importance, aggregate=aggregate, strategy=strategy, layers=layers,
+                                 global_=global_, samples=samples, seed=seed, at_least=at_least, max_memory=max_memory)
+        pg = isinstance(config, PolicyConfig)
+        cal = _calib(calib or "wiki", seq_len or (128 if pg else 64), windows, sample, seed, batch_size or (8 if pg else 2))
     else:
         config = DepthConfig(method=method, blocks_kind=blocks_kind, remove=remove, ratio=ratio, search=search, cache=cache,
                              early_exit=early_exit, cache_gb=cache_gb, candidate_batch=candidate_batch,
                              max_memory=max_memory, device_map=device_map)
-        cal = _calib(calib or "alpaca", seq_len or 2048, windows, sample, seed, batch_size)
+        cal = _calib(calib or "alpaca", seq_len or 2048, windows, sample, seed, batch_size or 2)
     with progress_bar() as update:
         result = pipeline.prune(model, config, cal, out=out, overwrite=overwrite, resume=resume, progress=update,
                                 on_step=print_step, dtype=dtype, device=device)
     if ranks.requested_world() > 1 and not ranks.current().is_main:  # under torchrun, rank 0 reports and exports
         return
     if isinstance(config, WidthConfig):
+        if result.timing.get("resumed_at_step") is not None:
+            console.print(f"resumed the policy-gradient run after step {result.timing['resumed_at_step']} of {config.steps}")
         if result.timing.get("resumed_samples"):
             console.print(f"resumed the gradient pass after {result.timing['resumed_samples']} of {config.samples} samples")
         print_width_plan(result.plan, result.timing)
