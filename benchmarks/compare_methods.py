@@ -100,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
     sources = [s for s in args.eval.split(",") if s]
     calib = CalibConfig(source=args.calib, seq_len=args.seq_len, windows=args.windows, batch_size=args.batch_size)
     t0 = time.perf_counter()
-    rows = compare(args.model, args.methods, args.ratios, calib, sources, args.out, eval_windows=args.eval_windows,
+    rows = compare(args.model, args.methods, args.ratios, calib, sources, out=args.out, eval_windows=args.eval_windows,
                    eval_seq_len=args.eval_seq_len, device="cpu", log=lambda m: print(m, flush=True),
                    progress=progress_lines(60.0))
     out = Path(args.out)

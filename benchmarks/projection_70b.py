@@ -46,7 +46,7 @@ def setup(name: str, cfg: dict, order: list, units: list, args, gpus: int, cap_g
     head = cfg["vocab_size"] * cfg["hidden_size"] + cfg["hidden_size"]
     embed = cfg["vocab_size"] * cfg["hidden_size"]
     macs = llama_block_macs(cfg, args.seq_len)
-    work = count_search(macs, cfg["vocab_size"] * cfg["hidden_size"], order, units, args.windows, args.seq_len)
+    work = count_search(macs, cfg["vocab_size"] * cfg["hidden_size"], order, units, n_windows=args.windows, seq_len=args.seq_len)
     state = args.windows * args.seq_len * cfg["hidden_size"] * itemsize  # one boundary, all windows
     prefix_full = (nb + 1) * state
     cands = sum(len([u for u in units if not set(u) & set(b for p in order[:s] for b in p)]) for s in range(len(order)))
@@ -55,7 +55,7 @@ def setup(name: str, cfg: dict, order: list, units: list, args, gpus: int, cap_g
     stride = max(1, math.ceil(prefix_full / (budget / 2)))
     group = int(max(1, min(16, math.isqrt(int(budget / 2 / state)))))  # Engine.auto_candidate_batch under a cap
     moved = count_onload([p * itemsize for p in bparams], head * itemsize, order, units, args.windows // args.batch_size,
-                         group, gpus, cap_gib * GIB, embed_bytes=embed * itemsize)
+                         group=group, ranks=gpus, cap_bytes=cap_gib * GIB, embed_bytes=embed * itemsize)
     rank_macs = work["trajectory"] / gpus
     return {
         "setup": name, "gpus": gpus, "steps": len(order), "candidates_evaluated": cands,

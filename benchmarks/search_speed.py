@@ -22,7 +22,9 @@ import statistics
 import subprocess
 import sys
 import time
+from pathlib import Path
 
+TESTS = Path(__file__).resolve().parents[1] / "tests"
 CONFIGS = {
     "naive": None,
     "prefix": ("prefix", False),
@@ -42,8 +44,11 @@ def run_one(name: str, args) -> dict:
     import prunekit as pk
     from prunekit.data import build_windows
     from prunekit.engine import Engine
-    from prunekit.methods.depth.search import GreedySearch, naive_greedy
+    from prunekit.methods.depth.search import GreedySearch
     from prunekit.methods.depth.units import make_units, unit_name
+
+    sys.path.insert(0, str(TESTS))  # the naive search is a test oracle (tests/oracles.py)
+    from oracles import naive_greedy
 
     torch.manual_seed(0)
     if args.threads:
@@ -86,7 +91,7 @@ def llama2_counts(seq_len: int = 2048, n_windows: int = 1) -> dict:
     units = [(b,) for b in range(2 * LLAMA2_7B["num_hidden_layers"])]
     order = [parse_unit(u) for u in AUTHORS_ORDER_7B.split(", ")]
     head = LLAMA2_7B["vocab_size"] * LLAMA2_7B["hidden_size"]
-    return count_search(macs, head, order, units, n_windows, seq_len)
+    return count_search(macs, head, order, units, n_windows=n_windows, seq_len=seq_len)
 
 
 def main() -> None:

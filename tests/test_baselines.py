@@ -62,8 +62,12 @@ def test_block_influence_hand_checked():
 def _hooked_io(model, adapter, ids):
     """Inputs and outputs of every decoder layer from the model's own forward (forward hooks)."""
     seen = {}
-    hooks = [layer.register_forward_hook(lambda m, a, kw, out, i=i: seen.__setitem__(i, (kw.get("hidden_states", a[0] if a else None), out[0] if isinstance(out, tuple) else out)), with_kwargs=True)
-             for i, layer in enumerate(adapter.layers)]
+
+    def hook(i):
+        return lambda m, a, kw, out: seen.__setitem__(
+            i, (kw.get("hidden_states", a[0] if a else None), out[0] if isinstance(out, tuple) else out))
+
+    hooks = [layer.register_forward_hook(hook(i), with_kwargs=True) for i, layer in enumerate(adapter.layers)]
     try:
         with torch.inference_mode():
             model(input_ids=ids, use_cache=False)

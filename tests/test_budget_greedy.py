@@ -9,12 +9,10 @@ import torch
 
 from conftest import FAMILIES, random_windows
 from prunekit.engine import Engine, reference_nll
-from prunekit.methods.depth.beam import Budgets
 from prunekit.methods.depth.budget import budget_greedy
-from prunekit.methods.depth.planner import stop_rule
+from prunekit.methods.depth.planner import Budgets, stop_rule
 from prunekit.methods.depth.units import make_units, unit_name, unit_params
 from prunekit.methods.options import DepthConfig
-from prunekit.models import get_adapter
 from prunekit.models.adapter import Block
 from prunekit.models.loading import wrap_model
 from prunekit.models.tiny import tiny_model, tiny_tokenizer
@@ -58,7 +56,7 @@ def _loaded(family, layers=4):
     return wrap_model(tiny_model(family, num_hidden_layers=layers), tiny_tokenizer())
 
 
-def _run(loaded, windows, ratios, cache="trajectory", early_exit=True, budget=1e9, landing=1, start=None,
+def _run(loaded, windows, ratios, *, cache="trajectory", early_exit=True, budget=1e9, landing=1, start=None,
          on_record=None):
     adapter = loaded.adapter
     units = make_units(adapter, "mix+layers")
@@ -66,7 +64,7 @@ def _run(loaded, windows, ratios, cache="trajectory", early_exit=True, budget=1e
     engine = Engine(adapter, windows, batch_size=2, cache_bytes=budget)
     depth = DepthConfig(method="budget-greedy", ratio=max(ratios), cache=cache, early_exit=early_exit)
     stop = Budgets(stops) if len(stops) > 1 else stops[0]
-    return budget_greedy(loaded, engine, units, stop, depth, None, start, on_record, landing=landing), engine
+    return budget_greedy(loaded, engine, units, stop, depth, start=start, on_record=on_record, landing=landing), engine
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -80,7 +78,7 @@ def test_cached_budget_greedy_equals_naive(family, one_thread):
     ref = naive_budget_greedy(adapter, w, units, ratio * adapter.total_params())
     assert len(ref) >= 3  # several per-parameter steps, then the landing
     for cache, early_exit, budget in CONFIGS:
-        out, engine = _run(loaded, w, [ratio], cache, early_exit, budget)
+        out, engine = _run(loaded, w, [ratio], cache=cache, early_exit=early_exit, budget=budget)
         assert [unit_name(u) for u in out.units] == [unit_name(u) for u, _ in ref], (cache, early_exit, budget)
         for rec, (_, total) in zip(out.records, ref):
             assert math.isclose(rec["score"], total, rel_tol=1e-5), (rec["score"], total)
@@ -145,7 +143,7 @@ def test_landing_lookahead_equals_naive(family, one_thread):
     ratio = 0.35
     ref = naive_budget_greedy(adapter, w, units, ratio * adapter.total_params(), landing=2)
     for cache, early_exit, budget in CONFIGS[::2]:
-        out, _ = _run(loaded, w, [ratio], cache, early_exit, budget, landing=2)
+        out, _ = _run(loaded, w, [ratio], cache=cache, early_exit=early_exit, budget=budget, landing=2)
         assert [unit_name(u) for u in out.units] == [unit_name(u) for u, _ in ref], (cache, early_exit, budget)
         for rec, (_, total) in zip(out.records, ref):
             assert math.isclose(rec["score"], total, rel_tol=1e-5), (rec["score"], total)

@@ -19,6 +19,7 @@ from prunekit.methods.options import DepthConfig
 from prunekit.models.tiny import TINY_TEXT, save_tiny_checkpoint
 from prunekit.pipeline import prune as api
 from prunekit.pipeline.compare import compare, parse_methods, parse_ratios
+from prunekit.pipeline.compare_cells import Cell
 from prunekit.pipeline.load import load_model
 from prunekit.plan.schema import read_plan
 
@@ -86,7 +87,7 @@ def test_compare_cli_end_to_end(setup):
 def test_one_search_serves_every_ratio(setup):
     """The cut of one trajectory at each ratio equals a separate prune at that ratio."""
     root, ckpt, calib, held = setup
-    rows = compare(ckpt, "blockpruner,layer-ppl", "0.15,0.35", _calib(calib), [held], root / "nested",
+    rows = compare(ckpt, "blockpruner,layer-ppl", "0.15,0.35", _calib(calib), [held], out=root / "nested",
                    eval_windows=2, eval_seq_len=24)
     for r in rows[1:]:
         alone = api.prune(ckpt, DepthConfig(method=r["method"], ratio=r["target_ratio"]), _calib(calib))
@@ -110,7 +111,7 @@ def test_rerun_skips_finished_cells_after_a_crash(setup, monkeypatch):
 
     _swap_run(monkeypatch, "shortgpt", crash)
     with pytest.raises(RuntimeError, match="simulated crash"):
-        compare(ckpt, "layer-ppl,shortgpt", "0.2,0.4", _calib(calib), [held], out, eval_windows=2, eval_seq_len=24)
+        compare(ckpt, "layer-ppl,shortgpt", "0.2,0.4", _calib(calib), [held], out=out, eval_windows=2, eval_seq_len=24)
     done = sorted(p.name for p in (out / "cells").glob("*.json"))
     assert done == ["dense.json", "layer-ppl__r0.2.json", "layer-ppl__r0.4.json"]
     stamps = {p: p.stat().st_mtime_ns for p in (out / "cells").glob("*.json")}
@@ -118,7 +119,7 @@ def test_rerun_skips_finished_cells_after_a_crash(setup, monkeypatch):
     calls = []
     _swap_run(monkeypatch, "layer-ppl", lambda *a, **k: calls.append(1))
     log = []
-    rows = compare(ckpt, "layer-ppl,shortgpt", "0.2,0.4", _calib(calib), [held], out, eval_windows=2, eval_seq_len=24, log=log.append)
+    rows = compare(ckpt, "layer-ppl,shortgpt", "0.2,0.4", _calib(calib), [held], out=out, eval_windows=2, eval_seq_len=24, log=log.append)
     assert calls == [] and any("layer-ppl: all ratios done" in m for m in log)
     assert all(p.stat().st_mtime_ns == t for p, t in stamps.items())
     assert [r["method"] for r in rows] == ["dense", "layer-ppl", "layer-ppl", "shortgpt", "shortgpt"]
@@ -128,11 +129,36 @@ def test_rerun_skips_finished_cells_after_a_crash(setup, monkeypatch):
 def test_other_inputs_are_refused(setup):
     root, ckpt, calib, held = setup
     out = root / "refuse"
-    compare(ckpt, "shortgpt", "0.3", _calib(calib), [held], out, eval_windows=2, eval_seq_len=24)
+    compare(ckpt, "shortgpt", "0.3", _calib(calib), [held], out=out, eval_windows=2, eval_seq_len=24)
     with pytest.raises(PrunekitError, match="other inputs.*calibration"):
-        compare(ckpt, "shortgpt", "0.3", _calib(calib, windows=3), [held], out, eval_windows=2, eval_seq_len=24)
-    rows = compare(ckpt, "shortgpt", "0.3", _calib(calib, windows=3), [held], out, eval_windows=2, eval_seq_len=24, overwrite=True)
+        compare(ckpt, "shortgpt", "0.3", _calib(calib, windows=3), [held], out=out, eval_windows=2, eval_seq_len=24)
+    rows = compare(ckpt, "shortgpt", "0.3", _calib(calib, windows=3), [held], out=out, eval_windows=2, eval_seq_len=24, overwrite=True)
     assert len(rows) == 2
+
+
+def test_every_kind_of_cell_has_the_fields_of_its_kind():
+    """The one cell record gives each kind of cell exactly the fields compare wrote before it existed (the dense
+    row, a depth ratio, a resumed one, a width ratio, an unreachable ratio), with the removed fraction derived."""
+    common = ["method", "search", "target_ratio", "ratio_removed", "params_removed", "params_after", "ppl", "blocks",
+              "units", "search_seconds", "search_work", "calib_ppl"]
+    planned = common + ["search_macs", "calib_value", "criterion", "plan", "report"]
+    dense = Cell("dense", "", 0.0, ppl={"a": 2.0}, calib_ppl=3.0, params_before=100, params_after=100).record()
+    assert sorted(dense) == sorted(common)
+    assert (dense["ratio_removed"], dense["params_removed"], dense["search_work"]) == (0.0, 0, 0.0)
+    depth = Cell("sleb", "greedy", 0.2, ppl={"a": 5.0}, calib_ppl=4.0, blocks=[2, 3], units=["layer 1"],
+                 params_before=100, params_after=75, search_seconds=1.5, search_work=2.0, plan="sleb__r0.2",
+                 report="reports/sleb__r0.2/report.md", search_macs=9.0, calib_value=4.5, criterion="ppl")
+    rec = depth.record()
+    assert sorted(rec) == sorted(planned)
+    assert (rec["ratio_removed"], rec["params_removed"], rec["plan"]) == (0.25, 25, "plans/sleb__r0.2.json")
+    resumed = dataclasses.replace(depth, extra={"resumed_at_step": 2}).record()
+    assert sorted(resumed) == sorted(planned + ["resumed_at_step"])
+    width = dataclasses.replace(depth, blocks=[], units=[], search_work=None, calib_value=None,
+                                extra={"importance": "l2", "width_removed": {"heads": 1}}).record()
+    assert sorted(width) == sorted(planned + ["importance", "width_removed"]) and width["search_work"] is None
+    unreachable = Cell("llm-pruner", "l2", 0.9, unreachable="no", extra={"importance": "l2"}).record()
+    assert unreachable == {"method": "llm-pruner", "search": "l2", "target_ratio": 0.9, "unreachable": "no", "ppl": {},
+                           "blocks": [], "units": [], "importance": "l2"}
 
 
 def test_bad_arguments():
@@ -152,7 +178,7 @@ def test_compare_llm_pruner_cells(setup):
     """llm-pruner (width) beside a depth method: a pruned copy per ratio, its plan re-applies to the same perplexity."""
     root, ckpt, calib, held = setup
     out = root / "width"
-    rows = compare(ckpt, "llm-pruner,llm-pruner/l2,shortgpt", "0.1,0.2", _calib(calib), [held], out,
+    rows = compare(ckpt, "llm-pruner,llm-pruner/l2,shortgpt", "0.1,0.2", _calib(calib), [held], out=out,
                    eval_windows=2, eval_seq_len=24)
     dense = rows[0]
     width_rows = [r for r in rows if r["method"] == "llm-pruner"]
@@ -258,12 +284,13 @@ def test_unreachable_cells_are_recorded_and_the_rest_finishes(setup, monkeypatch
 def test_a_search_that_stops_short_gives_no_cell_below_its_budget(setup, monkeypatch):
     """A method whose answer does not reach a ratio (here: a wrapper that stops at the smallest budget) gets an
     unreachable cell for the larger ratio, never a cell that removes less than its target."""
-    from prunekit.methods.depth.beam import Budgets
+    from prunekit.methods.depth.planner import Budgets
 
     root, ckpt, calib, held = setup
     real = registry.METHODS["shortgpt"].run
-    _swap_run(monkeypatch, "shortgpt", lambda loaded, engine, units, stop, *a: real(loaded, engine, units, Budgets(stop.levels[:1]), *a))
-    rows = compare(ckpt, "shortgpt", "0.2,0.4", _calib(calib), [held], root / "short", eval_windows=2, eval_seq_len=24)
+    _swap_run(monkeypatch, "shortgpt",
+              lambda loaded, engine, units, stop, *a, **k: real(loaded, engine, units, Budgets(stop.levels[:1]), *a, **k))
+    rows = compare(ckpt, "shortgpt", "0.2,0.4", _calib(calib), [held], out=root / "short", eval_windows=2, eval_seq_len=24)
     assert rows[1]["target_ratio"] == 0.2 and rows[1]["ratio_removed"] >= 0.2 and "unreachable" not in rows[1]
     assert rows[2]["target_ratio"] == 0.4 and "ppl" in rows[2] and rows[2]["ppl"] == {}
     assert rows[2]["unreachable"].startswith("shortgpt ran out of units before reaching the budget: all 2 units it removed are 0.395")
@@ -304,7 +331,7 @@ def test_a_killed_search_resumes_from_its_journal(setup, monkeypatch, method, ra
     slug = parse_methods(method)[0].slug
     with monkeypatch.context() as m:
         whole = _journal_lines(m)
-        compare(ckpt, method, ratios, _calib(calib), [held], root / f"whole-{slug}", **args)
+        compare(ckpt, method, ratios, _calib(calib), [held], out=root / f"whole-{slug}", **args)
     ref = _cells(root / f"whole-{slug}")
     assert len({len(c["units"]) for c in ref.values()}) == len(ratios.split(","))
     assert not (root / f"whole-{slug}" / "searches").exists()
@@ -315,11 +342,11 @@ def test_a_killed_search_resumes_from_its_journal(setup, monkeypatch, method, ra
     with monkeypatch.context() as m:
         journaled = _journal_lines(m, kill_after=k)
         with pytest.raises(_Killed):
-            compare(ckpt, method, ratios, _calib(calib), [held], out, **args)
+            compare(ckpt, method, ratios, _calib(calib), [held], out=out, **args)
     assert not list((out / "cells").glob("*__r*.json")) and len(journaled) == k
     before = journaled[-1]["clock"]
     log = []
-    compare(ckpt, method, ratios, _calib(calib), [held], out, log=log.append, **args)
+    compare(ckpt, method, ratios, _calib(calib), [held], out=out, log=log.append, **args)
     assert any(f"{method}: resuming its search after step {k}" in msg for msg in log)
     got = _cells(out)
     assert got.keys() == ref.keys()
@@ -347,9 +374,10 @@ def test_a_journal_for_other_ratios_is_not_resumed(setup, monkeypatch):
     with monkeypatch.context() as m:
         _journal_lines(m, kill_after=1)
         with pytest.raises(_Killed):
-            compare(ckpt, "sleb", "0.2,0.4", _calib(calib), [held], out, eval_windows=2, eval_seq_len=24)
+            compare(ckpt, "sleb", "0.2,0.4", _calib(calib), [held], out=out, eval_windows=2, eval_seq_len=24)
     assert (out / "searches" / "sleb" / "journal.jsonl").exists()
     log = []
-    rows = compare(ckpt, "sleb", "0.2,0.3", _calib(calib), [held], out, eval_windows=2, eval_seq_len=24, log=log.append)
-    assert any("sleb: the journal" in msg and "other inputs: the method options differ (ratio).); searching afresh" in msg for msg in log), log
+    rows = compare(ckpt, "sleb", "0.2,0.3", _calib(calib), [held], out=out, eval_windows=2, eval_seq_len=24, log=log.append)
+    afresh = "other inputs: the method options differ (ratio).); searching afresh"
+    assert any("sleb: the journal" in msg and afresh in msg for msg in log), log
     assert all("resumed_at_step" not in r for r in rows) and not (out / "searches").exists()

@@ -56,7 +56,8 @@ def test_weights_over_the_cap_prune_to_the_uncapped_plan(bf16_checkpoint, tmp_pa
     order = [tuple(s["blocks"]) for s in capped.plan["removed"]]
     head, embed = 4 * (a.lm_head.weight.numel() + a.final_norm.weight.numel()), 4 * a.embed.weight.numel()
     for timing, group in ((w1, 1), (w, 16)):
-        counted = count_onload(blocks, head, order, [(b,) for b in range(a.num_blocks)], 4, group, 1, w["cap_bytes"], embed)
+        counted = count_onload(blocks, head, order, [(b,) for b in range(a.num_blocks)], 4, group=group, ranks=1,
+                               cap_bytes=w["cap_bytes"], embed_bytes=embed)
         assert counted["rank_bytes"] == pytest.approx(timing["moved_bytes"], rel=0.02)
 
 

@@ -8,10 +8,11 @@ import pytest
 import torch
 
 from conftest import FAMILIES, random_windows
+from oracles import naive_greedy
 from prunekit.core.errors import PrunekitError
 from prunekit.engine import Engine, reference_nll
 from prunekit.methods.depth.planner import stop_rule
-from prunekit.methods.depth.search import GreedySearch, naive_greedy
+from prunekit.methods.depth.search import GreedySearch
 from prunekit.methods.depth.units import make_units, unit_name
 from prunekit.methods.options import DepthConfig
 from prunekit.models import get_adapter

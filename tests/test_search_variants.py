@@ -10,7 +10,8 @@ from conftest import random_windows
 from prunekit.core.errors import PrunekitError
 from prunekit.data.calibration import CalibConfig
 from prunekit.engine import Engine
-from prunekit.methods.depth.beam import Budgets, beam_search, swap_refine
+from prunekit.methods.depth.beam import beam_search, swap_refine
+from prunekit.methods.depth.planner import Budgets
 from prunekit.methods.depth.search import GreedySearch
 from prunekit.methods.depth.units import make_units, unit_params
 from prunekit.methods.options import DepthConfig, parse_search

@@ -8,9 +8,10 @@ import pytest
 import torch
 
 import prunekit as pk
+from oracles import naive_greedy
 from prunekit.data import build_windows
 from prunekit.engine import Engine
-from prunekit.methods.depth.search import GreedySearch, naive_greedy
+from prunekit.methods.depth.search import GreedySearch
 from prunekit.methods.depth.units import make_units
 
 pytestmark = pytest.mark.slow

@@ -16,6 +16,7 @@ from prunekit.pipeline.compare import compare as run_compare
 
 def compare(
     model: str = typer.Argument(..., help="Model spec: smollm2-135m, a checkpoint dir, a .gguf file or a hub id."),
+    *,
     methods: str = typer.Option(
         "blockpruner,sleb,shortgpt,layer-ppl,taylor,relative-magnitude,blockpruner-oneshot,finercut", "--methods",
         help="Comma-separated methods; METHOD/SEARCH runs a search variant, e.g. blockpruner/beam:3, blockpruner/greedy+swap; "
@@ -23,7 +24,8 @@ def compare(
     ),
     ratios: str = typer.Option("0.1,0.2,0.3", "--ratios", help="Comma-separated fractions of total parameters to remove."),
     out: str = typer.Option(..., "--out", help="Output directory (results.csv, results.md, PNG plots, plans, cells)."),
-    calib: str = typer.Option("alpaca", "--calib", help="Calibration source: wiki, news, alpaca, wikitext2, c4, ptb or a .txt/.jsonl file."),
+    calib: str = typer.Option("alpaca", "--calib",
+                              help="Calibration source: wiki, news, alpaca, wikitext2, c4, ptb or a .txt/.jsonl file."),
     seq_len: int = typer.Option(2048, "--seq-len", help="Tokens per calibration window."),
     windows: Optional[int] = typer.Option(None, "--windows", help="Number of calibration windows (default: all)."),
     sample: str = typer.Option("first", "--sample", help="first or random calibration windows."),
@@ -46,9 +48,9 @@ def compare(
     cal = CalibConfig(source=calib, seq_len=seq_len, windows=windows, sample=sample, seed=seed, batch_size=batch_size)
     sources = [s.strip() for s in eval_.split(",") if s.strip()]
     with progress_bar() as update:
-        run_compare(model, methods, ratios, cal, sources, out, eval_windows=eval_windows, eval_seq_len=eval_seq_len,
-                blocks_kind=blocks_kind, cache_gb=cache_gb, overwrite=overwrite, progress=update,
-                log=lambda msg: console.print(msg, highlight=False), dtype=dtype, device=device)
+        run_compare(model, methods, ratios, cal, sources, out=out, eval_windows=eval_windows, eval_seq_len=eval_seq_len,
+                    blocks_kind=blocks_kind, cache_gb=cache_gb, overwrite=overwrite, progress=update,
+                    log=lambda msg: console.print(msg, highlight=False), dtype=dtype, device=device)
     if ranks.requested_world() > 1 and not ranks.current().is_main:  # under torchrun, rank 0 writes and reports
         return
 

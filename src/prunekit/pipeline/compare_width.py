@@ -75,7 +75,7 @@ def unreachable_ratios(loaded: LoadedModel, importance: str, ratios: list[float]
 
 
 def width_cells(
-    loaded: LoadedModel, importance: str, ratios: list[float], calib: CalibConfig, n_windows: int,
+    loaded: LoadedModel, importance: str, ratios: list[float], calib: CalibConfig, n_windows: int, *,
     evaluate: Callable[[LoadedModel], dict], progress=None,
 ):
     """Yield ``(ratio, plan, ppl, params_after, seconds, removed)`` for each ratio; ``loaded`` is left unchanged.

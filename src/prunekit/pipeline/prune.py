@@ -27,7 +27,7 @@ from prunekit.engine.ranks import Ranks, current, rank_device, requested_world
 from prunekit.engine.runner import default_cache_bytes
 from prunekit.evaluation.perplexity import perplexity
 from prunekit.evaluation.report import write_report
-from prunekit.methods.depth.planner import plan_depth, stop_rule
+from prunekit.methods.depth.planner import calibration_record, plan_depth, stop_rule
 from prunekit.methods.depth.units import make_units
 from prunekit.methods.options import DepthConfig
 from prunekit.methods.registry import method_for
@@ -63,7 +63,7 @@ def with_plan(loaded: LoadedModel, plan: Plan, owned: bool, check: bool = False)
 
 
 def prune(
-    model: str | LoadedModel, config: DepthConfig | WidthConfig, calib: CalibConfig, out: str | Path | None = None,
+    model: str | LoadedModel, config: DepthConfig | WidthConfig, calib: CalibConfig, *, out: str | Path | None = None,
     overwrite: bool = False, resume: bool = False, progress: ProgressFn | None = None,
     on_step: Callable[[dict], None] | None = None, dtype: str = "float32", device: str | None = None,
 ) -> PruneResult:
@@ -92,10 +92,11 @@ def prune(
     kind = method.unit_kind(config.blocks_kind)
     stop_rule(loaded, make_units(loaded.adapter, kind), config, kind)  # an unreachable budget is refused before OUT is touched
     windows = calibration_windows(loaded, calib)
-    calibration = windows.fingerprint() | {"batch_size": calib.batch_size, "ignore_index": loaded.model.config.pad_token_id}
+    calibration = calibration_record(windows, calib.batch_size, loaded.model.config.pad_token_id)
     journal, start = None, None
     if out is not None:
-        fingerprint = {"model": model_record(loaded, record_dtype)["weights_sha256"], "calibration": calibration, "options": config.plan_options()}
+        fingerprint = {"model": model_record(loaded, record_dtype)["weights_sha256"], "calibration": calibration,
+                       "options": config.plan_options()}
         journal, start = _open_journal(Path(out), fingerprint, resume, ranks)
 
     def on_record(rec: dict) -> None:
@@ -107,8 +108,9 @@ def prune(
     cache_bytes = config.cache_gb * 2**30 if config.cache_gb else default_cache_bytes(onload.device if onload else loaded.device)
     main = ranks.is_main
     try:
-        res = plan_depth(loaded, method.run, kind, config, windows, calib.batch_size, cache_bytes, calibration,
-                         progress if main else None, start, on_record if main else None, ranks=ranks, onload=onload)
+        res = plan_depth(loaded, method.run, kind, config, windows, cache_bytes=cache_bytes, calibration=calibration,
+                         progress=progress if main else None, start=start, on_record=on_record if main else None,
+                         ranks=ranks, onload=onload)
     finally:
         if onload is not None:
             onload.release()  # the model holds its stored weights again
@@ -149,7 +151,7 @@ def _open_journal(out: Path, fingerprint: dict, resume: bool, ranks: Ranks) -> t
 
 
 def prune_width(
-    model: str | LoadedModel, width: WidthConfig, calib: CalibConfig, progress: ProgressFn | None = None,
+    model: str | LoadedModel, width: WidthConfig, calib: CalibConfig, *, progress: ProgressFn | None = None,
     out: str | Path | None = None, overwrite: bool = False, gradients: Gradients | None = None, resume: bool = False,
     dtype: str = "float32", device: str | None = None,
 ) -> PruneResult:
@@ -199,7 +201,7 @@ def prune_width(
 
 def evaluate(
     model: str | LoadedModel, sources: list[str] | tuple[str, ...] = ("wiki-test",), seq_len: int = 256,
-    windows: int | None = 16, batch_size: int = 4, plan: Plan | None = None, dtype: str = "float32",
+    windows: int | None = 16, batch_size: int = 4, *, plan: Plan | None = None, dtype: str = "float32",
     device: str | None = None, max_memory: float | None = None, device_map: str | dict | None = None,
 ) -> dict:
     """Perplexity on each source (first ``windows`` windows of ``seq_len``) and the parameter count.

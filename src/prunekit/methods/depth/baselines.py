@@ -224,7 +224,7 @@ def _taylor_layerwise(engine: Engine, units: list[Unit]) -> dict[Unit, float]:
 
 
 # --- one-shot ranking ----------------------------------------------------------------------------
-def rank_and_remove(scores: dict[Unit, float], stop: StopFn, start: list[dict] | None = None,
+def rank_and_remove(scores: dict[Unit, float], stop: StopFn, *, start: list[dict] | None = None,
                     on_record: RecordFn | None = None, excluded: set[Unit] | None = None,
                     method: str = "") -> list[dict]:
     """Units by increasing score (ties: lower block first), removed until ``stop`` says the budget is met.
@@ -259,21 +259,21 @@ def _no_search(depth: DepthConfig) -> None:
 
 
 # --- the methods ---------------------------------------------------------------------------------
-def shortgpt(loaded: LoadedModel, engine: Engine, units: list[Unit], stop: StopFn, depth: DepthConfig,
+def shortgpt(loaded: LoadedModel, engine: Engine, units: list[Unit], stop: StopFn, depth: DepthConfig, *,
              progress: ProgressFn | None = None, start: list[dict] | None = None, on_record: RecordFn | None = None) -> DepthOutcome:
     """ShortGPT: remove the layers of lowest Block Influence (one shot)."""
     _no_search(depth)
     scores = layer_block_influence(engine, units, progress)
-    return _outcome(rank_and_remove(scores, stop, start, on_record, method="shortgpt"), "block_influence")
+    return _outcome(rank_and_remove(scores, stop, start=start, on_record=on_record, method="shortgpt"), "block_influence")
 
 
-def relative_magnitude_method(loaded: LoadedModel, engine: Engine, units: list[Unit], stop: StopFn, depth: DepthConfig,
+def relative_magnitude_method(loaded: LoadedModel, engine: Engine, units: list[Unit], stop: StopFn, depth: DepthConfig, *,
                               progress: ProgressFn | None = None, start: list[dict] | None = None,
                               on_record: RecordFn | None = None) -> DepthOutcome:
     """Relative magnitude: remove the blocks whose contribution is smallest against their output (one shot)."""
     _no_search(depth)
     scores = block_relative_magnitude(engine, units, progress)
-    return _outcome(rank_and_remove(scores, stop, start, on_record, method="relative-magnitude"), "relative_magnitude")
+    return _outcome(rank_and_remove(scores, stop, start=start, on_record=on_record, method="relative-magnitude"), "relative_magnitude")
 
 
 def _ppl_alone(engine: Engine, units: list[Unit], progress: ProgressFn | None) -> tuple[dict[Unit, float], float]:
@@ -282,21 +282,21 @@ def _ppl_alone(engine: Engine, units: list[Unit], progress: ProgressFn | None) -
     return {u: engine.perplexity(t) for u, t in totals.items()}, naive
 
 
-def layer_ppl(loaded: LoadedModel, engine: Engine, units: list[Unit], stop: StopFn, depth: DepthConfig,
+def layer_ppl(loaded: LoadedModel, engine: Engine, units: list[Unit], stop: StopFn, depth: DepthConfig, *,
               progress: ProgressFn | None = None, start: list[dict] | None = None, on_record: RecordFn | None = None) -> DepthOutcome:
     """Shortened LLaMA, PPL criterion: remove the layers whose removal alone hurts calibration perplexity least."""
     _no_search(depth)
     scores, naive = _ppl_alone(engine, units, progress)
-    return _outcome(rank_and_remove(scores, stop, start, on_record, method="layer-ppl"), "ppl_alone", naive)
+    return _outcome(rank_and_remove(scores, stop, start=start, on_record=on_record, method="layer-ppl"), "ppl_alone", naive)
 
 
-def blockpruner_oneshot(loaded: LoadedModel, engine: Engine, units: list[Unit], stop: StopFn, depth: DepthConfig,
+def blockpruner_oneshot(loaded: LoadedModel, engine: Engine, units: list[Unit], stop: StopFn, depth: DepthConfig, *,
                         progress: ProgressFn | None = None, start: list[dict] | None = None,
                         on_record: RecordFn | None = None) -> DepthOutcome:
     """BlockPruner's one-shot ablation: rank blocks by the calibration perplexity without each alone."""
     _no_search(depth)
     scores, naive = _ppl_alone(engine, units, progress)
-    return _outcome(rank_and_remove(scores, stop, start, on_record, method="blockpruner-oneshot"), "ppl_alone", naive)
+    return _outcome(rank_and_remove(scores, stop, start=start, on_record=on_record, method="blockpruner-oneshot"), "ppl_alone", naive)
 
 
 def taylor_kept_layers(num_layers: int) -> set[int]:
@@ -305,7 +305,7 @@ def taylor_kept_layers(num_layers: int) -> set[int]:
     return set(range(first)) | set(range(num_layers - last, num_layers))
 
 
-def taylor(loaded: LoadedModel, engine: Engine, units: list[Unit], stop: StopFn, depth: DepthConfig,
+def taylor(loaded: LoadedModel, engine: Engine, units: list[Unit], stop: StopFn, depth: DepthConfig, *,
            progress: ProgressFn | None = None, start: list[dict] | None = None, on_record: RecordFn | None = None) -> DepthOutcome:
     """Shortened LLaMA, Taylor+: remove the layers of lowest ``sum |w * dL/dw|``, sparing the first and last few."""
     _no_search(depth)
@@ -316,19 +316,19 @@ def taylor(loaded: LoadedModel, engine: Engine, units: list[Unit], stop: StopFn,
         progress("taylor gradients", 1, 1)
     keep = taylor_kept_layers(engine.adapter.num_layers)
     excluded = {u for u in units if u[0] // 2 in keep}
-    records = rank_and_remove(scores, stop, start, on_record, excluded, method="taylor")
+    records = rank_and_remove(scores, stop, start=start, on_record=on_record, excluded=excluded, method="taylor")
     return _outcome(records, "taylor", kept_layers=sorted(keep))
 
 
-def sleb(loaded: LoadedModel, engine: Engine, units: list[Unit], stop: StopFn, depth: DepthConfig,
+def sleb(loaded: LoadedModel, engine: Engine, units: list[Unit], stop: StopFn, depth: DepthConfig, *,
          progress: ProgressFn | None = None, start: list[dict] | None = None, on_record: RecordFn | None = None) -> DepthOutcome:
     """SLEB: greedy whole-layer removal by calibration perplexity (the block search with layer units)."""
-    out = blockpruner(loaded, engine, units, stop, depth, progress, start, on_record)
+    out = blockpruner(loaded, engine, units, stop, depth, progress=progress, start=start, on_record=on_record)
     out.extra.setdefault("criterion", "ppl")
     return out
 
 
-def finercut(loaded: LoadedModel, engine: Engine, units: list[Unit], stop: StopFn, depth: DepthConfig,
+def finercut(loaded: LoadedModel, engine: Engine, units: list[Unit], stop: StopFn, depth: DepthConfig, *,
              progress: ProgressFn | None = None, start: list[dict] | None = None, on_record: RecordFn | None = None) -> DepthOutcome:
     """FinerCut: greedy over attention and MLP blocks, lowest Jensen-Shannon divergence from the dense model.
 
@@ -342,7 +342,7 @@ def finercut(loaded: LoadedModel, engine: Engine, units: list[Unit], stop: StopF
         setattr(engine.counter, name, getattr(engine.counter, name) + getattr(js.counter, name))
     js.counter = engine.counter  # count the search's work live on the caller's engine
     try:
-        out = blockpruner(loaded, js, units, stop, depth, progress, start, on_record)
+        out = blockpruner(loaded, js, units, stop, depth, progress=progress, start=start, on_record=on_record)
     finally:
         engine.store.peak = max(engine.store.peak, js.store.peak)
     out.extra["criterion"] = "js"

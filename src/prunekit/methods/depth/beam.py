@@ -1,4 +1,5 @@
-"""Searches beyond greedy for the criterion-guided depth methods: ``beam:K`` and ``greedy+swap``.
+"""Searches beyond greedy for the criterion-guided depth methods: ``beam:K`` and ``greedy+swap`` (run for a method's
+``search`` by :func:`prunekit.methods.depth.blockpruner.searched`).
 
 Both run on the same :class:`prunekit.engine.Engine` (its batches, its criterion, its state store
 and work counter) as :class:`prunekit.methods.depth.search.GreedySearch`, and both are deterministic: the
@@ -34,36 +35,15 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Hashable, Sequence
-from dataclasses import dataclass, field, replace
+from collections.abc import Hashable, Sequence
+from dataclasses import dataclass, field
 
 import torch
 
 from prunekit.core.errors import PrunekitError
 from prunekit.engine.runner import Engine
-from prunekit.methods.depth.outcome import DepthOutcome, ProgressFn, SearchClock, StopFn, Unit, clock_of
+from prunekit.methods.depth.outcome import ProgressFn, StopFn, Unit
 from prunekit.methods.depth.units import unit_name
-from prunekit.methods.options import parse_search
-
-
-class Budgets:
-    """Several stop rules, smallest budget first; calling it is the largest budget's rule.
-
-    Passed as a method's ``stop``, it asks for one answer per budget (``outcome.extra['levels']``
-    from the searches here; greedy and one-shot answers are prefixes of one ordered list).
-    """
-
-    def __init__(self, levels: Sequence[StopFn]) -> None:
-        if not levels:
-            raise ValueError("Budgets needs at least one stop rule")
-        self.levels = list(levels)
-
-    def __call__(self, removed: list[Unit]) -> bool:
-        return self.levels[-1](removed)
-
-
-def levels_of(stop: StopFn) -> list[StopFn]:
-    return list(stop.levels) if isinstance(stop, Budgets) else [stop]
 
 
 def _blocks(units: Sequence[Unit]) -> frozenset[int]:
@@ -106,7 +86,7 @@ def _stride(engine: Engine, n_sets: int) -> int:
     return max(1, math.ceil(need / max(engine.store.budget, 1.0)))
 
 
-def _evaluate(engine: Engine, prefix: PrefixStates, start: int, removed: frozenset[int], bound: float,
+def _evaluate(engine: Engine, prefix: PrefixStates, start: int, removed: frozenset[int], bound: float, *,
               early_exit: bool, strict: bool = True) -> float | None:
     """Criterion total of the model without ``removed``, from ``prefix``'s state at ``start``.
 
@@ -143,7 +123,7 @@ class LevelResult:
     macs: float = 0.0  # the engine's counted work when the answer was known
 
 
-def beam_search(engine: Engine, units: Sequence[Unit], stops: Sequence[StopFn], width: int,
+def beam_search(engine: Engine, units: Sequence[Unit], stops: Sequence[StopFn], width: int, *,
                 early_exit: bool = True, progress: ProgressFn | None = None) -> tuple[list[LevelResult], float]:
     """Beam search of ``width`` (see the module docstring). Returns one result per stop, and the naive MACs."""
     e = engine
@@ -183,7 +163,7 @@ def beam_search(engine: Engine, units: Sequence[Unit], stops: Sequence[StopFn], 
                 seen.add(new)
                 naive += e.naive_candidate_macs(m.removed, u)
                 bound = tops[-1] if len(tops) >= width else math.inf
-                total = _evaluate(e, prefix, u[0], new, bound, early_exit)
+                total = _evaluate(e, prefix, u[0], new, bound, early_exit=early_exit)
                 if total is not None:
                     done.append((total, rank, u, m))
                     tops = sorted(tops + [total])[:width]
@@ -227,7 +207,7 @@ class SwapResult:
 SWAP_PATIENCE = 16  # consecutive non-improving swaps tried (in estimated order) before a round gives up
 
 
-def swap_refine(engine: Engine, units: Sequence[Unit], path: Sequence[Unit], total: float, stop: StopFn,
+def swap_refine(engine: Engine, units: Sequence[Unit], path: Sequence[Unit], total: float, stop: StopFn, *,
                 early_exit: bool = True, progress: ProgressFn | None = None,
                 patience: int | None = SWAP_PATIENCE) -> SwapResult:
     """Local swap search from ``path`` (criterion total ``total``); see the module docstring.
@@ -270,14 +250,14 @@ def swap_refine(engine: Engine, units: Sequence[Unit], path: Sequence[Unit], tot
             side: dict[Unit, float] = {}
             for n, u in enumerate(sides):
                 new = (removed - set(u)) if u in current else (removed | set(u))
-                side[u] = _evaluate(e, prefix, u[0], new, math.inf, False) - total
+                side[u] = _evaluate(e, prefix, u[0], new, math.inf, early_exit=False) - total
                 naive += e.naive_candidate_macs(new, ())
                 if progress:
                     progress(f"{stage}: one-sided effects", n + 1, len(sides))
             pairs.sort(key=lambda p: (side[p[1]] + side[p[2]], -p[0], p[1], p[2]))
         accepted, fails = None, 0
         for n, (start, r, a, new) in enumerate(pairs):
-            got = _evaluate(e, prefix, start, new, total, early_exit, strict=False)
+            got = _evaluate(e, prefix, start, new, total, early_exit=early_exit, strict=False)
             naive += e.naive_candidate_macs(new, ())
             if got is None:
                 dropped += 1
@@ -304,76 +284,3 @@ def swap_refine(engine: Engine, units: Sequence[Unit], path: Sequence[Unit], tot
         added.append(a)
         total = got
     return SwapResult(kept + added, total, swaps, evaluated, dropped, time.perf_counter() - t0, e.counter.total_macs - w0, naive)
-
-
-def _value(engine: Engine, total: float) -> float:
-    return engine.perplexity(total) if engine.criterion == "ppl" else total / engine.n_targets
-
-
-def searched(loaded, engine: Engine, units: list[Unit], stop: StopFn, depth, progress: ProgressFn | None = None,
-             start: list[dict] | None = None, on_record: Callable[[dict], None] | None = None, *,
-             greedy: Callable[..., DepthOutcome]) -> DepthOutcome:
-    """Run ``depth.search`` (``beam:K`` or ``greedy+swap``) for a greedy method on ``engine``.
-
-    ``greedy``: the plain greedy search (``greedy+swap`` starts from its answer). Returns the
-    :class:`~prunekit.methods.depth.outcome.DepthOutcome` of the largest budget; with
-    :class:`Budgets`, ``extra['levels']`` holds one outcome per budget (``extra['seconds']``).
-    """
-
-    kind, width = parse_search(depth.search)
-    levels = levels_of(stop)
-    start = start or []
-    outcomes: list[DepthOutcome] = []
-    if kind == "beam":
-        if start:
-            if stop([tuple(r["blocks"]) for r in start]):
-                return DepthOutcome([tuple(r["blocks"]) for r in start], list(start), None, {"search": depth.search})
-            raise PrunekitError("a beam search cannot resume midway (its steps are journaled only at the end).",
-                                "Re-run without `resume`.")
-        results, naive = beam_search(engine, units, levels, width, depth.early_exit, progress)
-        for res in results:
-            records = [_record(k, u, t, _value(engine, t), "beam") for k, (u, t) in enumerate(zip(res.path, res.totals))]
-            outcomes.append(DepthOutcome(list(res.path), records, naive,
-                                         {"search": depth.search, "seconds": res.seconds, "macs": res.macs}))
-        if on_record:
-            for rec in outcomes[-1].records:
-                on_record(rec)
-    elif kind == "greedy+swap":  # the greedy part resumes; each greedy step's record carries its clock
-        clock = SearchClock(engine, start)
-        zero = {"seconds": 0.0, "macs": 0.0}
-        stamps = [(c["seconds"], c["macs"]) for c in (clock_of(r) or zero for r in start)]  # resumed: journaled clocks
-
-        def stamp(rec: dict) -> None:
-            now = clock()
-            stamps.append((now["seconds"], now["macs"]))
-            if on_record:
-                on_record(rec | {"clock": now})
-
-        first = greedy(loaded, engine, units, stop, replace(depth, search="greedy"), progress, start, stamp)
-        for level in levels:
-            k = next((i + 1 for i in range(len(first.units)) if level(first.units[: i + 1])), len(first.units))
-            head = first.records[:k]
-            res = swap_refine(engine, units, first.units[:k], head[-1]["score"], level, depth.early_exit, progress)
-            by_unit = {tuple(r["blocks"]): r for r in head}
-            records = []
-            for i, u in enumerate(res.path):
-                if u in by_unit:
-                    records.append(_record(i, u, by_unit[u]["score"], by_unit[u]["value"], "greedy"))
-                else:
-                    s = next(s for s in reversed(res.swaps) if s["removed"] == unit_name(u))
-                    records.append(_record(i, u, s["score"], _value(engine, s["score"]), "swap"))
-            extra = {"search": depth.search, "seconds": stamps[k - 1][0] + res.seconds, "macs": stamps[k - 1][1] + res.macs,
-                     "swaps": res.swaps,
-                     "greedy_value": head[-1]["value"], "final_value": _value(engine, res.total),
-                     "swap_evaluated": res.evaluated, "swap_dropped": res.dropped}
-            outcomes.append(DepthOutcome(list(res.path), records, (first.naive_macs or 0.0) + res.naive_macs, extra))
-    else:  # plain greedy is the methods' own loop
-        raise ValueError(f"searched() is for beam and greedy+swap, not {depth.search!r}")
-    main = outcomes[-1]
-    if len(levels) > 1:
-        main.extra["levels"] = outcomes
-    return main
-
-
-def _record(step: int, unit: Unit, score: float, value: float, how: str) -> dict:
-    return {"step": step, "unit": unit_name(unit), "blocks": list(unit), "score": score, "value": value, "search": how}

@@ -38,8 +38,8 @@ from __future__ import annotations
 import math
 
 from prunekit.engine.runner import Engine
-from prunekit.methods.depth.beam import levels_of
 from prunekit.methods.depth.outcome import DepthOutcome, ProgressFn, RecordFn, SearchClock, StopFn, Unit, clock_of
+from prunekit.methods.depth.planner import levels_of
 from prunekit.methods.depth.search import GreedySearch, Selection, StepResult
 from prunekit.methods.depth.units import unit_name, unit_params
 from prunekit.methods.options import DepthConfig
@@ -140,9 +140,9 @@ class Landings:
         return outs
 
 
-def budget_greedy(loaded: LoadedModel, engine: Engine, units: list[Unit], stop: StopFn, depth: DepthConfig,
+def budget_greedy(loaded: LoadedModel, engine: Engine, units: list[Unit], stop: StopFn, depth: DepthConfig, *,
                   progress: ProgressFn | None = None, start: list[dict] | None = None,
-                  on_record: RecordFn | None = None, *, cost: str = "params", landing: int = 1) -> DepthOutcome:
+                  on_record: RecordFn | None = None, cost: str = "params", landing: int = 1) -> DepthOutcome:
     """The budget-aware greedy search (see the module docstring); one outcome per budget of ``stop``.
 
     ``landing``: how many consecutive steps, from the first where some unit reaches a budget, offer
@@ -194,15 +194,15 @@ def budget_greedy(loaded: LoadedModel, engine: Engine, units: list[Unit], stop: 
     return main
 
 
-def budget_greedy_mac(loaded: LoadedModel, engine: Engine, units: list[Unit], stop: StopFn, depth: DepthConfig,
+def budget_greedy_mac(loaded: LoadedModel, engine: Engine, units: list[Unit], stop: StopFn, depth: DepthConfig, *,
                       progress: ProgressFn | None = None, start: list[dict] | None = None,
                       on_record: RecordFn | None = None) -> DepthOutcome:
     """budget-greedy with each unit priced by its MACs per token instead of its parameters."""
-    return budget_greedy(loaded, engine, units, stop, depth, progress, start, on_record, cost="macs")
+    return budget_greedy(loaded, engine, units, stop, depth, progress=progress, start=start, on_record=on_record, cost="macs")
 
 
-def budget_greedy_lookahead(loaded: LoadedModel, engine: Engine, units: list[Unit], stop: StopFn, depth: DepthConfig,
+def budget_greedy_lookahead(loaded: LoadedModel, engine: Engine, units: list[Unit], stop: StopFn, depth: DepthConfig, *,
                             progress: ProgressFn | None = None, start: list[dict] | None = None,
                             on_record: RecordFn | None = None) -> DepthOutcome:
     """budget-greedy with a one-step lookahead at the budget's end (``landing`` 2)."""
-    return budget_greedy(loaded, engine, units, stop, depth, progress, start, on_record, landing=2)
+    return budget_greedy(loaded, engine, units, stop, depth, progress=progress, start=start, on_record=on_record, landing=2)

@@ -1,15 +1,17 @@
 """A depth method run end to end on calibration windows: the budget, the engine, the method, the plan.
 
 :func:`plan_depth` is what ``prunekit prune`` runs for every depth method (the pipeline adds the
-journal, the output directory and the report). :func:`stop_rule` turns ``remove`` / ``ratio``
-into the rule a search stops on: at least ``ratio`` of the model's total parameters removed.
+journal, the output directory and the report); ``prunekit compare`` builds the same engine
+(:func:`search_engine`) and the same calibration record (:func:`calibration_record`). :func:`stop_rule`
+turns ``remove`` / ``ratio`` into the rule a search stops on: at least ``ratio`` of the model's total
+parameters removed; :class:`Budgets` passes several such rules to one search (one answer per budget).
 """
 
 from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -22,6 +24,7 @@ from prunekit.engine.runner import Engine, WorkCounter
 from prunekit.methods.depth.outcome import DepthOutcome, ProgressFn, RecordFn, StopFn, Unit
 from prunekit.methods.depth.units import make_units, unit_params
 from prunekit.methods.options import RUNTIME_OPTIONS, DepthConfig
+from prunekit.models.adapter import ModelAdapter
 from prunekit.models.loading import LoadedModel
 from prunekit.plan.schema import Plan, build_plan, model_record
 
@@ -33,6 +36,26 @@ class DepthResult:
     plan: Plan
     timing: dict
     outcome: DepthOutcome
+
+
+class Budgets:
+    """Several stop rules, smallest budget first; calling it is the largest budget's rule.
+
+    Passed as a method's ``stop``, it asks for one answer per budget (``outcome.extra['levels']``
+    from the searches here; greedy and one-shot answers are prefixes of one ordered list).
+    """
+
+    def __init__(self, levels: Sequence[StopFn]) -> None:
+        if not levels:
+            raise ValueError("Budgets needs at least one stop rule")
+        self.levels = list(levels)
+
+    def __call__(self, removed: list[Unit]) -> bool:
+        return self.levels[-1](removed)
+
+
+def levels_of(stop: StopFn) -> list[StopFn]:
+    return list(stop.levels) if isinstance(stop, Budgets) else [stop]
 
 
 def stop_rule(loaded: LoadedModel, units: list[Unit], depth: DepthConfig, kind: str) -> StopFn:
@@ -62,9 +85,27 @@ def stop_rule(loaded: LoadedModel, units: list[Unit], depth: DepthConfig, kind: 
     return lambda removed: sum(unit_params(adapter, u) for u in removed) >= target
 
 
+def calibration_record(windows: Windows, batch_size: int, ignore_index: int | None) -> dict:
+    """The plan's record of the calibration: the windows' fingerprint, the batch size and the ignored label."""
+    return windows.fingerprint() | {"batch_size": batch_size, "ignore_index": ignore_index}
+
+
+def search_engine(
+    adapter: ModelAdapter, windows: Windows, calibration: dict, cache_bytes: float, *, ranks: Ranks | None = None,
+    onload: Onloader | None = None,
+) -> tuple[Engine, float]:
+    """The engine a depth search runs on (batches and ignored label from ``calibration``), and the dense model's
+    criterion value (the plan's ``dense_value``); the counter starts after that dense pass, so it counts the search alone."""
+    engine = Engine(adapter, windows, batch_size=calibration["batch_size"], ignore_index=calibration["ignore_index"],
+                    cache_bytes=cache_bytes, ranks=ranks, onload=onload)
+    dense_value = engine.perplexity(engine.total_score(frozenset()))
+    engine.counter = type(engine.counter)()
+    return engine, dense_value
+
+
 def plan_depth(
-    loaded: LoadedModel, run: Callable[..., DepthOutcome], unit_kind: str, depth: DepthConfig, windows: Windows,
-    batch_size: int, cache_bytes: float, calibration: dict, progress: ProgressFn | None = None,
+    loaded: LoadedModel, run: Callable[..., DepthOutcome], unit_kind: str, depth: DepthConfig, windows: Windows, *,
+    cache_bytes: float, calibration: dict, progress: ProgressFn | None = None,
     start: list[dict] | None = None, on_record: RecordFn | None = None, ranks: Ranks | None = None,
     onload: Onloader | None = None,
 ) -> DepthResult:
@@ -83,12 +124,9 @@ def plan_depth(
     should_stop = stop_rule(loaded, units, depth, unit_kind)
     record = model_record(loaded, onload.dtype if onload is not None else None)
     t0 = time.perf_counter()
-    engine = Engine(adapter, windows, batch_size=batch_size, ignore_index=calibration["ignore_index"], cache_bytes=cache_bytes,
-                    ranks=ranks, onload=onload)
-    dense_value = engine.perplexity(engine.total_score(frozenset()))
-    engine.counter = type(engine.counter)()
+    engine, dense_value = search_engine(adapter, windows, calibration, cache_bytes, ranks=ranks, onload=onload)
     start = list(start or [])
-    outcome = run(loaded, engine, units, should_stop, depth, progress, start, on_record)
+    outcome = run(loaded, engine, units, should_stop, depth, progress=progress, start=start, on_record=on_record)
     search_seconds = time.perf_counter() - t0
     c = engine.counter
     mine = torch.tensor([c.block_macs, c.head_macs, c.block_runs, c.head_tokens], dtype=torch.float64)

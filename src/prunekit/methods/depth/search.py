@@ -33,12 +33,9 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import torch
-import torch.nn.functional as F
 
-from prunekit.engine.loss import counted_targets, window_nll
 from prunekit.engine.runner import Engine
 from prunekit.methods.depth.units import Unit, unit_name
-from prunekit.models.adapter import Block
 
 CACHE_MODES = ("none", "prefix", "trajectory")
 
@@ -98,7 +95,7 @@ class GreedySearch:
     """Greedy removal of ``units`` on ``engine`` (see the module docstring)."""
 
     def __init__(
-        self, engine: Engine, units: Sequence[Unit], cache: str = "trajectory", early_exit: bool = True,
+        self, engine: Engine, units: Sequence[Unit], *, cache: str = "trajectory", early_exit: bool = True,
         lead: int = 1, removed: Sequence[Unit] = (), progress: ProgressFn | None = None,
         previous: StepResult | None = None, candidate_batch: int = 1, selection: Selection = LOWEST_TOTAL,
     ) -> None:
@@ -353,45 +350,3 @@ class GreedySearch:
 def _beaten(keys: tuple[float, ...], best: list[tuple[float, Unit | None, float]]) -> bool:
     """True when no objective can still be won: each key is ineligible or above that objective's best."""
     return all(not key < math.inf or key > b[0] for key, b in zip(keys, best))
-
-
-def naive_greedy(
-    adapter, windows, units: Sequence[Unit], n_steps: int, ignore_index: int | None, batch_size: int = 8,
-    criterion: str = "ppl", on_step: Callable[[Unit, float], None] | None = None,
-) -> list[tuple[Unit, float]]:
-    """The reference: a full ``model.forward`` per candidate with its blocks skipped (as the authors
-    do), the criterion from the full logits. Returns ``[(unit, value)]`` per step: perplexity for
-    ``'ppl'``, mean per-token ``KL(dense || pruned)`` for ``'kl'``."""
-    device = next(adapter.model.parameters()).device
-    batches = [ids.to(device) for ids in windows.ids.split(batch_size)]
-
-    def logits_of(ids):
-        return adapter.model(input_ids=ids, use_cache=False).logits.float()
-
-    with torch.inference_mode():
-        dense = [F.log_softmax(logits_of(ids), -1) for ids in batches] if criterion == "kl" else None
-    n = counted_targets(windows.ids, ignore_index) if criterion == "ppl" else windows.n_tokens
-    removed: list[Unit] = []
-    out = []
-    for _ in range(n_steps):
-        best = (math.inf, None)
-        for u in units:
-            if any(set(u) & set(r) for r in removed):
-                continue
-            skip = [Block(b) for r in removed + [u] for b in r]
-            total = 0.0
-            with adapter.skipping(skip), torch.inference_mode():
-                for j, ids in enumerate(batches):
-                    logits = logits_of(ids)
-                    if criterion == "ppl":
-                        total += float(window_nll(lambda x: x, logits, ids, ignore_index, 10**9).sum())
-                    else:
-                        ref = dense[j]
-                        total += float((ref.exp() * (ref - F.log_softmax(logits, -1))).sum(-1).clamp_min(0).double().sum())
-            if total < best[0]:
-                best = (total, u)
-        removed.append(best[1])
-        out.append((best[1], math.exp(best[0] / n) if criterion == "ppl" else best[0] / n))
-        if on_step:
-            on_step(*out[-1])
-    return out

@@ -37,7 +37,7 @@ def llama_block_macs(config: dict, seq_len: int) -> list[float]:
     return [attn, mlp] * config["num_hidden_layers"]
 
 
-def count_search(block_macs: list[float], head_macs: float, order: list[Unit], units: list[Unit],
+def count_search(block_macs: list[float], head_macs: float, order: list[Unit], units: list[Unit], *,
                  n_windows: int, seq_len: int) -> dict[str, float]:
     """Total MACs of ``len(order)`` greedy steps that removed ``order``, for naive/prefix/trajectory."""
     tokens = n_windows * seq_len
@@ -67,7 +67,7 @@ def count_search(block_macs: list[float], head_macs: float, order: list[Unit], u
 
 
 
-def count_onload(block_bytes: list[float], head_bytes: float, order: list[Unit], units: list[Unit], n_batches: int,
+def count_onload(block_bytes: list[float], head_bytes: float, order: list[Unit], units: list[Unit], n_batches: int, *,
                  group: int, ranks: int, cap_bytes: float, embed_bytes: float = 0.0) -> dict[str, float]:
     """Bytes of weights a capped greedy search (``max_memory``, prefix + trajectory caches) brings in.
 
