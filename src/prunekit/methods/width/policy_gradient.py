@@ -46,7 +46,7 @@ from prunekit.methods.width.pg_options import PolicyConfig
 from prunekit.methods.width.select import Choice
 from prunekit.models.adapter import Block
 from prunekit.models.loading import LoadedModel
-from prunekit.plan.schema import build_plan, model_record
+from prunekit.plan.schema import Plan, build_plan, model_record
 
 #: ``progress(stage, done, total, info)``; ``info``: ``loss`` (the step's mean), ``baseline``, ``kept`` (Σ c θ / Σ c).
 ProgressFn = Callable[..., None]
@@ -176,6 +176,24 @@ def theta_record(theta: torch.Tensor, units: Units) -> list[dict]:
     return [rows[k] for k in sorted(rows)]
 
 
+def make_plan(loaded: LoadedModel, config: PolicyConfig, units: Units, theta: torch.Tensor, *, budget: Budget, record: dict,
+              calibration: dict, dense_loss: float) -> Plan:
+    """The plan of the final mask of ``theta`` (:func:`final_choice`): removed blocks as steps, kept structures as ``width``."""
+    adapter = loaded.adapter
+    removed, blocks = final_choice(theta, units, budget, adapter)
+    width_removed = sum(len(r) * f.params_per_structure for r, f in zip(removed, units.families))
+    layers = f"{units.families[0].layer}:{units.families[-1].layer + 1}"
+    width = width_record(units.families, Choice(removed, width_removed), "block", adapter) | {
+        "units": config.units, "theta": theta_record(theta, units),
+        "removed_per_kind": {KIND_NAMES[k]: n for k, n in _counts(removed, blocks, units).items()},
+    }
+    steps = [(adapter.block_params(b), {"step": i, "unit": str(b), "blocks": [b.index], "value": None,
+                                        "score": round(float(theta[units.block_pos(b)]), 6)}) for i, b in enumerate(blocks)]
+    options = config.as_dict() | {"layers": layers, "ratio_is": "fraction of the total parameters"}
+    return build_plan(STAGE, options, record, calibration, adapter.total_params(), steps=steps, width=width,
+                      params_removed=width_removed, dense_value=math.exp(dense_loss))
+
+
 def run_steps(fwd: MaskedForward, state: PolicyState, config: PolicyConfig, budget: Budget, *, journal: PolicyJournal | None,
               progress: ProgressFn | None = None) -> PolicyState:
     """Steps ``state.step + 1 .. config.steps`` (1-based) from ``state``; the state after the last."""
@@ -234,17 +252,8 @@ def plan_policy_gradient(
     t_steps = time.perf_counter()
     state = run_steps(MaskedForward(engine, units), state, config, budget, journal=journal, progress=progress)
     step_seconds = time.perf_counter() - t_steps
-    removed, blocks = final_choice(state.theta, units, budget, adapter)
-    width_removed = sum(len(r) * f.params_per_structure for r, f in zip(removed, units.families))
-    width = width_record(units.families, Choice(removed, width_removed), "block", adapter) | {
-        "units": config.units, "layers_range": f"{start}:{end}", "theta": theta_record(state.theta, units),
-        "removed_per_kind": {KIND_NAMES[k]: n for k, n in _counts(removed, blocks, units).items()},
-    }
-    steps = [(adapter.block_params(b), {"step": i, "unit": str(b), "blocks": [b.index], "value": None,
-                                        "score": round(float(state.theta[units.block_pos(b)]), 6)}) for i, b in enumerate(blocks)]
-    options = config.as_dict() | {"layers": f"{start}:{end}", "ratio_is": "fraction of the total parameters"}
-    plan = build_plan(STAGE, options, record, calibration, total, steps=steps, width=width,
-                      params_removed=width_removed, dense_value=math.exp(state.dense_loss))
+    plan = make_plan(loaded, config, units, state.theta, budget=budget, record=record, calibration=calibration,
+                     dense_loss=state.dense_loss)
     done = config.steps - (resumed or 0)
     timing = {"search_seconds": time.perf_counter() - t0, "step_seconds": step_seconds, "steps_run": done,
               "seconds_per_step": step_seconds / done if done else None, "resumed_at_step": resumed,
