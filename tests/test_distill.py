@@ -19,7 +19,10 @@ from prunekit.models.tiny import TINY_TEXT, save_tiny_checkpoint, tiny_model, ti
 from prunekit.pipeline.distill import Teacher, distill_loss, kl_full, kl_topk
 from prunekit.pipeline.load import load_model
 from prunekit.pipeline.prune import prune
-from prunekit.pipeline.recover import CKPT, RecoverConfig, attach_lora, recover
+from prunekit.pipeline.recover import recover
+from prunekit.pipeline.recover_checkpoint import CKPT
+from prunekit.pipeline.recover_config import RecoverConfig
+from prunekit.pipeline.recover_train import attach_lora
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

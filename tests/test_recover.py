@@ -20,7 +20,10 @@ from prunekit.models.loading import wrap_model
 from prunekit.models.tiny import TINY_TEXT, save_tiny_checkpoint, tiny_model, tiny_tokenizer
 from prunekit.pipeline.load import load_model
 from prunekit.pipeline.prune import prune_width
-from prunekit.pipeline.recover import CKPT, RecoverConfig, attach_lora, lora_targets, merge_lora, recover, train_lora
+from prunekit.pipeline.recover import recover
+from prunekit.pipeline.recover_checkpoint import CKPT
+from prunekit.pipeline.recover_config import RecoverConfig
+from prunekit.pipeline.recover_train import attach_lora, lora_targets, merge_lora, train_lora
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -182,19 +185,19 @@ def test_recover_refuses_an_old_pickle_checkpoint(pruned_dir, text_file, tmp_pat
 KILLER = textwrap.dedent('''
     import json, os, signal, sys
     import torch
-    from prunekit.pipeline import recover as rec
+    from prunekit.pipeline import recover as rec, recover_checkpoint as ckpt
     torch.set_num_threads(1)
     args = json.loads(sys.argv[1])
     progress = None
     if args["kill"] == "commit":  # SIGKILL once step 4's tensors file is in place, before state.json names it
-        real = rec.write_json_atomic
+        real = ckpt.write_json_atomic
 
         def commit(path, data):
             if data.get("step") == 4:
                 os.kill(os.getpid(), signal.SIGKILL)
             real(path, data)
 
-        rec.write_json_atomic = commit
+        ckpt.write_json_atomic = commit
     else:  # SIGKILL during step 5, after step 4's checkpoint
         def progress(stage, done, total, info):
             if stage == "recover" and done == 5:

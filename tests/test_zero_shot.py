@@ -5,17 +5,20 @@ from the model's log-likelihoods; --limit, offline refusals and the CLI path."""
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
 import torch
 
 from prunekit.core.errors import PrunekitError
+from prunekit.core.hub import OFFLINE_SWITCHES, hub_offline
 from prunekit.models.adapter import ATTN, Block
 from prunekit.models.loading import wrap_model
 from prunekit.models.tiny import tiny_model, tiny_tokenizer
 
 pytest.importorskip("lm_eval")
+from prunekit.evaluation import zero_shot as zs_mod
 from prunekit.evaluation.zero_shot import zero_shot
 
 DATA = Path(__file__).parent / "data"
@@ -77,6 +80,46 @@ def test_offline_names_what_could_not_be_fetched(pruned, tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(PrunekitError, match=r"could not fetch the datasets of hub_only \(someorg/not-cached-dataset\)"):
         zero_shot(pruned, ["hub_only"], task_dir=tmp_path)
+
+
+def _hub_task(tmp_path) -> Path:
+    (tmp_path / "hubtask.yaml").write_text((DATA / "zs_tiny.yaml").read_text()
+                                           .replace("task: zs_tiny", "task: hub_only")
+                                           .replace("dataset_path: json", "dataset_path: someorg/cached-dataset"))
+    return tmp_path
+
+
+def test_cached_data_runs_offline_and_the_switches_are_restored(pruned, tmp_path, monkeypatch):
+    """Hub unreachable, the task's dataset cached: lm-eval runs with the offline switches set, and afterwards
+    they are as before the call (unset here), not left set for the rest of the process."""
+    import lm_eval
+
+    for name in OFFLINE_SWITCHES:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(zs_mod, "hub_reachable", lambda *a, **k: False)
+    monkeypatch.setattr(zs_mod, "_cached", lambda path: path == "someorg/cached-dataset")
+    seen = {}
+
+    def simple_evaluate(**kwargs):
+        seen.update({name: os.environ.get(name) for name in OFFLINE_SWITCHES})
+        return {"results": {"hub_only": {"acc,none": 0.5}}, "n-samples": {"hub_only": {"effective": 2}}}
+
+    monkeypatch.setattr(lm_eval, "simple_evaluate", simple_evaluate)
+    res = zero_shot(pruned, ["hub_only"], task_dir=_hub_task(tmp_path))
+    assert res["tasks"]["hub_only"]["acc"] == 0.5
+    assert seen == dict.fromkeys(OFFLINE_SWITCHES, "1")
+    assert all(name not in os.environ for name in OFFLINE_SWITCHES)
+
+
+def test_hub_offline_restores_what_was_there(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    monkeypatch.delenv("HF_DATASETS_OFFLINE", raising=False)
+    with pytest.raises(RuntimeError), hub_offline():
+        assert os.environ["HF_HUB_OFFLINE"] == os.environ["HF_DATASETS_OFFLINE"] == "1"
+        raise RuntimeError("the block failed")
+    assert os.environ["HF_HUB_OFFLINE"] == "0" and "HF_DATASETS_OFFLINE" not in os.environ
+    with hub_offline(active=False):
+        assert os.environ["HF_HUB_OFFLINE"] == "0" and "HF_DATASETS_OFFLINE" not in os.environ
 
 
 def test_bad_input_is_refused(pruned, task_dir):

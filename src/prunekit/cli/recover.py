@@ -14,8 +14,10 @@ from prunekit.pipeline.recover import recover as run
 
 def recover(
     pruned: str = typer.Argument(..., help="A prunekit output directory (from prunekit prune)."),
+    *,
     out: str = typer.Option(..., "--out", help="Directory for the recovered (merged) model."),
-    data: str = typer.Option("auto", "--data", help="Training text: auto (alpaca-cleaned online, else the embedded wiki split), alpaca-cleaned, wiki, news or a .txt/.jsonl file."),
+    data: str = typer.Option("auto", "--data", help="Training text: auto (alpaca-cleaned online, else the embedded wiki split), "
+                             "alpaca-cleaned, wiki, news or a .txt/.jsonl file."),
     epochs: int = typer.Option(2, "--epochs", help="Passes over the training windows."),
     lora_r: int = typer.Option(8, "--lora-r", help="LoRA rank."),
     lora_alpha: int = typer.Option(16, "--lora-alpha", help="LoRA alpha (scale = alpha / r)."),
@@ -33,8 +35,10 @@ def recover(
     rows: int = typer.Option(2000, "--rows", help="alpaca-cleaned rows to train on."),
     full: bool = typer.Option(False, "--full", help="Train every weight instead of LoRA adapters."),
     distill: bool = typer.Option(False, "--distill", help="Distil from the dense base model: KL to its next-token distribution."),
-    distill_alpha: float = typer.Option(0.5, "--distill-alpha", help="With --distill: weight of the KL (1: KL only); the LM loss gets 1 - alpha."),
-    distill_topk: int = typer.Option(0, "--distill-topk", help="With --distill: cache the teacher's top-K per window (0: full distributions on the fly)."),
+    distill_alpha: float = typer.Option(0.5, "--distill-alpha",
+                                        help="With --distill: weight of the KL (1: KL only); the LM loss gets 1 - alpha."),
+    distill_topk: int = typer.Option(0, "--distill-topk",
+                                     help="With --distill: cache the teacher's top-K per window (0: full distributions on the fly)."),
     teacher: Optional[str] = typer.Option(None, "--teacher", help="With --distill: the teacher (default: the plan's base model)."),
     dtype: str = typer.Option("float32", "--dtype", help="float32, bfloat16 or float16."),
     device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda, ... (default: cuda if available)."),
@@ -50,8 +54,8 @@ def recover(
         rep = run(pruned, cfg, out, overwrite=overwrite, dtype=dtype, device=device, progress=update)
     if rep["resumed_from_step"]:
         console.print(f"resumed from step {rep['resumed_from_step']}")
-    t = Table(title=f"recover ({rep['mode']}, {rep['loss']} loss): {rep['steps']} steps on {rep['data']} ({rep['train_windows']} windows of {cfg.seq_len}); "
-                    f"loss {rep['first_loss']:.3f} -> {rep['last_loss']:.3f}")
+    t = Table(title=f"recover ({rep['mode']}, {rep['loss']} loss): {rep['steps']} steps on {rep['data']} "
+                    f"({rep['train_windows']} windows of {cfg.seq_len}); loss {rep['first_loss']:.3f} -> {rep['last_loss']:.3f}")
     for col in ("held-out", "perplexity before", "after"):
         t.add_column(col, justify="right")
     for src, v in rep["perplexity_before"].items():

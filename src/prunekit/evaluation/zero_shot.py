@@ -9,22 +9,31 @@ LLM-Pruner papers report them (PIQA, WinoGrande, HellaSwag, ARC-e, ARC-c).
 
 Datasets come from the Hugging Face hub (and its local cache). When the hub cannot be reached,
 the hub datasets that are not cached are named in one error at once, before any download is
-tried, instead of minutes of retries. Local task YAMLs (``task_dir``; e.g. ``dataset_path: json``
+tried, instead of minutes of retries; when they are all cached, the evaluation runs with the hub's offline
+switches set (restored afterwards, :func:`prunekit.core.hub.hub_offline`). Local task YAMLs (``task_dir``; e.g. ``dataset_path: json``
 over a JSONL file) need no network; the tests use one.
 """
 
 from __future__ import annotations
 
-import os
-import socket
 from pathlib import Path
+from typing import Any, NamedTuple
 
 from prunekit.core.errors import PrunekitError, suggest
+from prunekit.core.hub import HUB_HOST, hub_offline, hub_reachable
 from prunekit.models.loading import LoadedModel
 
 PAPER_TASKS = ("piqa", "winogrande", "hellaswag", "arc_easy", "arc_challenge")
 LOCAL_BUILDERS = {"json", "csv", "parquet", "text", "arrow", "pandas"}
-HUB_HOST = "huggingface.co"
+
+
+class PreparedTasks(NamedTuple):
+    """Checked task names, lm-eval's ``TaskManager`` for them, and whether to run offline (the hub is not
+    reachable and every hub dataset the tasks need is cached)."""
+
+    tasks: list[str]
+    manager: Any
+    offline: bool
 
 
 def _lm_eval():
@@ -37,17 +46,6 @@ def _lm_eval():
         raise PrunekitError("zero-shot evaluation needs lm-eval, which is not installed.",
                             "Install it with: pip install 'prunekit[eval]' (or pip install lm-eval).") from None
     return simple_evaluate, HFLM, TaskManager
-
-
-def hub_reachable(timeout: float = 3.0) -> bool:
-    """True when the Hugging Face hub resolves and accepts a TCP connection (offline mode counts as no)."""
-    if os.environ.get("HF_HUB_OFFLINE") == "1" or os.environ.get("HF_DATASETS_OFFLINE") == "1":
-        return False
-    try:
-        with socket.create_connection((HUB_HOST, 443), timeout=timeout):
-            return True
-    except OSError:
-        return False
 
 
 def _cached(dataset_path: str) -> bool:
@@ -82,12 +80,12 @@ def resolve_tasks(task_manager, tasks: list[str]) -> dict[str, str | None]:
     return out
 
 
-def _check_fetchable(needs: dict[str, str | None]) -> None:
+def _check_fetchable(needs: dict[str, str | None]) -> bool:
+    """Refuse hub datasets that can be had neither from the hub nor from the cache; True when the run should be
+    offline (the hub is not reachable, and all of them are cached: no retries)."""
     hub = {t: d for t, d in needs.items() if d is not None}
-    if not hub:
-        return
-    if hub_reachable():
-        return
+    if not hub or hub_reachable():
+        return False
     missing = {t: d for t, d in hub.items() if not _cached(d)}
     if missing:
         listed = ", ".join(f"{t} ({d})" for t, d in missing.items())
@@ -95,13 +93,13 @@ def _check_fetchable(needs: dict[str, str | None]) -> None:
             f"could not fetch the datasets of {listed}: the Hugging Face hub ({HUB_HOST}) is not reachable and they are not cached.",
             "Run once with network access (they are cached under ~/.cache/huggingface), or give local task YAMLs with `task_dir`.",
         )
-    os.environ["HF_HUB_OFFLINE"] = os.environ["HF_DATASETS_OFFLINE"] = "1"  # cached: skip the retries
+    return True
 
 
-def prepare_tasks(tasks: list[str] | tuple[str, ...], task_dir: str | Path | None = None, limit: int | None = None):
+def prepare_tasks(tasks: list[str] | tuple[str, ...], task_dir: str | Path | None = None, limit: int | None = None) -> PreparedTasks:
     """Validate the task names and options and check the data can be had, before any model is loaded.
 
-    Returns ``(task names, lm-eval TaskManager)``; raises a PrunekitError naming what is wrong.
+    Returns the :class:`PreparedTasks`; raises a PrunekitError naming what is wrong.
     """
     _, _, TaskManager = _lm_eval()
     tasks = [t.strip() for t in tasks if t and t.strip()]
@@ -118,13 +116,13 @@ def prepare_tasks(tasks: list[str] | tuple[str, ...], task_dir: str | Path | Non
             manager = None
     if manager is None:
         manager = TaskManager(include_path=str(task_dir) if task_dir else None)
-    _check_fetchable(resolve_tasks(manager, tasks))
-    return tasks, manager
+    offline = _check_fetchable(resolve_tasks(manager, tasks))
+    return PreparedTasks(tasks, manager, offline)
 
 
 def zero_shot(
-    loaded: LoadedModel, tasks: list[str] | tuple[str, ...] = PAPER_TASKS, limit: int | None = None,
-    batch_size: int = 8, task_dir: str | Path | None = None, prepared=None,
+    loaded: LoadedModel, tasks: list[str] | tuple[str, ...] = PAPER_TASKS, *, limit: int | None = None,
+    batch_size: int = 8, task_dir: str | Path | None = None, prepared: PreparedTasks | None = None,
 ) -> dict:
     """lm-eval zero-shot accuracies of the in-memory model.
 
@@ -134,15 +132,16 @@ def zero_shot(
     :func:`prepare_tasks` for these arguments, when the caller checked them already.
     """
     simple_evaluate, HFLM, _ = _lm_eval()
-    tasks, manager = prepared or prepare_tasks(tasks, task_dir, limit)
+    tasks, manager, offline = prepared or prepare_tasks(tasks, task_dir, limit)
     if loaded.tokenizer is None:
         raise PrunekitError("the model has no tokenizer, which lm-eval needs.", "Load a model directory that holds its tokenizer.")
     lm = HFLM(pretrained=loaded.model, tokenizer=loaded.tokenizer, batch_size=batch_size, device=str(loaded.device))
     try:
-        out = simple_evaluate(
-            model=lm, tasks=tasks, num_fewshot=0, limit=limit, task_manager=manager, log_samples=False,
-            bootstrap_iters=1000, verbosity="ERROR",
-        )
+        with hub_offline(offline):  # cached data: no retries; the switches are restored afterwards
+            out = simple_evaluate(
+                model=lm, tasks=tasks, num_fewshot=0, limit=limit, task_manager=manager, log_samples=False,
+                bootstrap_iters=1000, verbosity="ERROR",
+            )
     except (ConnectionError, OSError) as e:
         first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
         raise PrunekitError(f"lm-eval could not load the data of {','.join(tasks)}: {first}.",

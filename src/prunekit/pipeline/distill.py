@@ -2,7 +2,7 @@
 
 The teacher is the plan's base model (``plan.model.spec``, or ``--teacher``); the student is the
 pruned model, trained with LoRA (the default) or in full (``--full``) by
-:func:`prunekit.pipeline.recover.train_lora` on the same windows and schedule as LM-loss recovery.
+:func:`prunekit.pipeline.recover_train.train_lora` on the same windows and schedule as LM-loss recovery.
 The loss of a batch is
 
     alpha * KL(teacher || student) + (1 - alpha) * LM loss,        alpha = ``--distill-alpha`` (default 0.5; 1: KL only)
@@ -20,15 +20,15 @@ targets and reaches the same result as an uninterrupted one.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from prunekit.core.errors import PrunekitError
+from prunekit.models.loading import LoadedModel
+from prunekit.pipeline.load import load_model
+from prunekit.pipeline.recover_train import LossFn
 
-LossFn = Callable[[nn.Module, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 TopK = tuple[torch.Tensor, torch.Tensor]  # (token ids [B, T, K], teacher log-probs [B, T, K])
 
 
@@ -89,6 +89,15 @@ class Teacher:
                     self._cache[keys[j]] = entry
                     self.cached_bytes += size
         return torch.stack([o[0] for o in out]), torch.stack([o[1] for o in out])
+
+
+def load_teacher(spec: str, student: LoadedModel, *, dtype: str, device: str | None, topk: int = 0) -> Teacher:
+    """The distillation teacher ``spec`` (the plan's base model by default), checked to share the student's vocabulary."""
+    model = load_model(spec, dtype=dtype, device=device).model
+    if model.config.vocab_size != student.model.config.vocab_size:
+        raise PrunekitError(f"the teacher '{spec}' has a vocabulary of {model.config.vocab_size}, the pruned model "
+                            f"{student.model.config.vocab_size}.", "Give `teacher` the base model the plan was made from.")
+    return Teacher(model.to(next(student.model.parameters()).device), topk=topk)
 
 
 def distill_loss(teacher: Teacher, alpha: float) -> LossFn:
