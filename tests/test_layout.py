@@ -1,11 +1,13 @@
 """The package layout: imports point one way (cli -> pipeline -> methods / export / evaluation ->
 engine -> data / plan -> models -> core), there is no import cycle, and no function-local import
 except of an optional heavy dependency. Every import is read from the source (function-local ones
-included), so a cycle hidden inside a function is found too."""
+included), so a cycle hidden inside a function is found too; so is a string naming a prunekit module (a
+``python -m prunekit.x.y`` child, an ``importlib.import_module`` name), which counts as an import of it."""
 
 from __future__ import annotations
 
 import ast
+import sys
 from pathlib import Path
 
 import pytest
@@ -43,7 +45,8 @@ def _resolve(mod: str, is_pkg: bool, node: ast.ImportFrom) -> str:
 
 
 def _imports(mods: dict[str, Path]):
-    """Yield (importer, imported prunekit module, lineno, is_local) for every import in the package."""
+    """Yield (importer, imported prunekit module, lineno, is_local) for every import in the package, and for every
+    string that is exactly the name of one of its modules (a module launched or imported by name)."""
     for mod, path in mods.items():
         tree = ast.parse(path.read_text(encoding="utf-8"))
         local_nodes = set()
@@ -60,6 +63,8 @@ def _imports(mods: dict[str, Path]):
                 for a in node.names:  # `from prunekit.x import y` may name the submodule y
                     sub = f"{target}.{a.name}"
                     yield mod, sub if sub in mods else target, node.lineno, local
+            elif isinstance(node, ast.Constant) and isinstance(node.value, str) and "." in node.value and node.value in mods:
+                yield mod, node.value, node.lineno, False
 
 
 def _graph() -> dict[str, set[str]]:
@@ -123,6 +128,20 @@ def test_no_import_cycles():
 def test_every_subpackage_has_a_layer():
     tops = {_module_name(p).split(".")[1] for p in PKG.rglob("*.py") if p.parent != PKG}
     assert tops <= set(LAYERS), sorted(tops - set(LAYERS))
+
+
+def test_a_module_named_in_a_string_is_an_import(tmp_path, monkeypatch):
+    """A child launched by name (``[sys.executable, "-m", "prunekit.pipeline.x"]``) is an edge of the graph,
+    so the layer check sees it: here a planted evaluation module launching a pipeline module."""
+    pkg = tmp_path / "prunekit"
+    for sub in ("evaluation", "pipeline"):
+        (pkg / sub).mkdir(parents=True)
+        (pkg / sub / "__init__.py").write_text('"""x."""\n')
+    (pkg / "__init__.py").write_text('"""x."""\n')
+    (pkg / "pipeline" / "probe.py").write_text('"""x."""\n')
+    (pkg / "evaluation" / "speed.py").write_text('"""x."""\nimport sys\nARGS = [sys.executable, "-m", "prunekit.pipeline.probe"]\n')
+    monkeypatch.setattr(sys.modules[__name__], "PKG", pkg)
+    assert _graph()["prunekit.evaluation.speed"] == {"prunekit.pipeline.probe"}
 
 
 def test_imports_point_down_the_layers():

@@ -15,13 +15,14 @@ from transformers.utils import logging as hf_logging
 from prunekit.cli.console import console, out_console, pct, print_bench, print_export, progress_bar
 from prunekit.core.errors import PrunekitError, check_choice
 from prunekit.evaluation.report import write_report
-from prunekit.evaluation.speed import BenchConfig, peak_memory
+from prunekit.evaluation.speed import BenchConfig
 from prunekit.evaluation.speed import bench as run_bench
 from prunekit.evaluation.zero_shot import prepare_tasks, zero_shot
 from prunekit.export import FORMATS
 from prunekit.export import export as run_export
 from prunekit.models.loading import EMBEDDED
 from prunekit.pipeline.load import as_loaded, load_model
+from prunekit.pipeline.memory_probe import peak_memory
 from prunekit.plan.apply import apply_plan
 from prunekit.plan.schema import read_plan
 

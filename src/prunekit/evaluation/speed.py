@@ -19,15 +19,13 @@ average, in decode), and the LM head (``vocab x hidden``), per
 
 Memory: the bytes of the weights, and where the models are given as specs (the CLI), the peak
 resident memory of a fresh process that loads the model and runs the longest prefill and the
-decode (``VmHWM``); on CUDA, ``torch.cuda.max_memory_allocated`` of the same runs.
+decode (``VmHWM``); on CUDA, ``torch.cuda.max_memory_allocated`` of the same runs
+(:func:`prunekit.pipeline.memory_probe.peak_memory`, which loads any spec and so lives in the pipeline).
 """
 
 from __future__ import annotations
 
-import json
 import statistics
-import subprocess
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -151,7 +149,8 @@ def bench(
     max_pos = getattr(pruned.model.config, "max_position_embeddings", None)
     longest = max(max(cfg.seq_lens), cfg.prompt_len + cfg.new_tokens)
     if max_pos and longest > max_pos:
-        raise PrunekitError(f"a length of {longest} tokens exceeds the model's {max_pos} positions.", "Use shorter `seq_lens` / `prompt_len`.")
+        raise PrunekitError(f"a length of {longest} tokens exceeds the model's {max_pos} positions.",
+                            "Use shorter `seq_lens` / `prompt_len`.")
     models = {"pruned": pruned} if dense is None else {"dense": dense, "pruned": pruned}
     med = measure(models, cfg, progress)
     decode_ctx = cfg.prompt_len + cfg.new_tokens / 2.0
@@ -179,17 +178,3 @@ def bench(
         else:
             out["decode"] = row
     return out
-
-
-def peak_memory(spec: str, cfg: BenchConfig, dtype: str = "float32", device: str = "cpu", timeout: float = 900) -> dict:
-    """Peak memory of a fresh process that loads ``spec`` and runs the longest prefill and the decode."""
-    args = [sys.executable, "-m", "prunekit.pipeline.memory_probe", spec, dtype, device,
-            json.dumps({"seq_lens": list(cfg.seq_lens), "prompt_len": cfg.prompt_len, "new_tokens": cfg.new_tokens, "batch": cfg.batch})]
-    try:
-        res = subprocess.run(args, capture_output=True, text=True, timeout=timeout, check=False)
-    except subprocess.TimeoutExpired:
-        return {"error": f"timed out after {timeout:.0f} s"}
-    if res.returncode != 0:
-        tail = (res.stderr.strip().splitlines() or ["?"])[-1]
-        return {"error": tail[:200]}
-    return json.loads(res.stdout.strip().splitlines()[-1])

@@ -1,18 +1,39 @@
-"""The child side of :func:`prunekit.evaluation.speed.peak_memory`: a fresh process loads a model
-spec, runs the longest prefill and the decode, and prints its peak memory as one JSON line.
+"""Peak memory of a model in a fresh process (``prunekit bench``'s memory column).
 
-``python -m prunekit.pipeline.memory_probe SPEC DTYPE DEVICE CONFIG_JSON``
+:func:`peak_memory` starts this very module as a child (``python -m prunekit.pipeline.memory_probe SPEC DTYPE
+DEVICE CONFIG_JSON``, the name taken from the module itself, so no module is launched by a name the import graph
+cannot see); the child loads the spec (:func:`prunekit.pipeline.load.load_model`: any spec, exports included), runs
+the longest prefill and the decode of :mod:`prunekit.evaluation.speed`, and prints its peak memory as one JSON line.
+A fresh process because two models share the benchmarking process, and ``VmHWM`` because Linux carries a
+parent's ``ru_maxrss`` into a child across fork and exec.
 """
 
 from __future__ import annotations
 
 import json
+import subprocess
 import sys
 
 import torch
 
 from prunekit.evaluation.speed import BenchConfig, run_case
 from prunekit.pipeline.load import load_model
+
+PROBE_MODULE = __spec__.name if __spec__ is not None else __name__  # this module's import name, also when run by -m
+
+
+def peak_memory(spec: str, cfg: BenchConfig, dtype: str = "float32", device: str = "cpu", timeout: float = 900) -> dict:
+    """Peak memory of a fresh process that loads ``spec`` and runs the longest prefill and the decode."""
+    args = [sys.executable, "-m", PROBE_MODULE, spec, dtype, device,
+            json.dumps({"seq_lens": list(cfg.seq_lens), "prompt_len": cfg.prompt_len, "new_tokens": cfg.new_tokens, "batch": cfg.batch})]
+    try:
+        res = subprocess.run(args, capture_output=True, text=True, timeout=timeout, check=False)
+    except subprocess.TimeoutExpired:
+        return {"error": f"timed out after {timeout:.0f} s"}
+    if res.returncode != 0:
+        tail = (res.stderr.strip().splitlines() or ["?"])[-1]
+        return {"error": tail[:200]}
+    return json.loads(res.stdout.strip().splitlines()[-1])
 
 
 def _peak_rss_bytes() -> int:
@@ -53,4 +74,4 @@ if __name__ == "__main__":  # pragma: no cover - run by peak_memory in a child p
     if len(sys.argv) == 5:
         print(json.dumps(_probe(*sys.argv[1:5])))
     else:
-        sys.exit("usage: python -m prunekit.pipeline.memory_probe SPEC DTYPE DEVICE CONFIG_JSON")
+        sys.exit(f"usage: python -m {PROBE_MODULE} SPEC DTYPE DEVICE CONFIG_JSON")
