@@ -29,6 +29,7 @@ from prunekit.engine.ranks import Ranks
 from prunekit.engine.runner import default_cache_bytes
 from prunekit.methods.width.importance import (GradStats, collect_gradients, collect_gradients_layerwise, family_scores, finite_or_raise,
                                                needed_parameters)
+from prunekit.methods.width.fusion import fusion_scores
 from prunekit.methods.width.journal import GradientJournal
 from prunekit.methods.width.options import WidthConfig, parse_layers
 from prunekit.methods.width.select import Choice, count_for, global_rank, uniform
@@ -230,11 +231,14 @@ def plan_width(
             raise ValueError("the given gradients lack the Fisher diagonal this importance needs")
         stats, calibration = gradients.stats, gradients.calibration
     gen = torch.Generator().manual_seed(width.seed)
-    scores = []
+    scores, fused = [], None
+    if width.importance == "fusion":
+        windows = calibration_windows(loaded, CalibConfig(**(calib.as_dict() | {"windows": width.samples})))
+        scores, fused = fusion_scores(loaded, families, stats, windows, aggregate=width.aggregate, budget=(target, total, width.ratio))
     for i, fam in enumerate(families):
-        s = family_scores(fam, width.importance, width.aggregate, stats, gen, dtype)
-        finite_or_raise(s, fam.key())
-        scores.append(s)
+        if fused is None:
+            scores.append(family_scores(fam, width.importance, width.aggregate, stats, gen, dtype))
+        finite_or_raise(scores[i], fam.key())
         if progress:
             progress("scores", i + 1, len(families))
     choice = choose_groups(width, families, scores, target, total)
@@ -243,7 +247,7 @@ def plan_width(
         "ratio_is": "fraction of the total parameters (the paper's --pruning_ratio is per layer: see width.per_layer_fraction)",
     }
     plan = build_plan("llm-pruner", options, record, calibration, total,
-                      width=width_record(families, choice, width.strategy, adapter),
+                      width=width_record(families, choice, width.strategy, adapter) | ({"fusion": fused} if fused else {}),
                       params_removed=choice.params_removed, dense_value=math.exp(stats.loss) if stats else None)
     timing = {"search_seconds": time.perf_counter() - t0, "gradient_samples": width.samples if stats else 0,
               "resumed_samples": gradients.resumed if gradients is not None else 0}

@@ -18,9 +18,10 @@ from prunekit.core.errors import PrunekitError, check_choice
 #: Per-weight scores (``w``: a weight, ``g``: dL/dw of the calibration loss, ``F``: the diagonal
 #: Fisher approximation of the Hessian, mean over samples of the per-sample squared gradient):
 #: l1 = |w|; l2 = w^2; element1 = param_first = |w g|; element2 = param_mix = |w g - w^2 F / 2|;
-#: param_second = w^2 F / 2; vector = |sum of w g over the whole group|; random.
-IMPORTANCES = ("param_first", "element1", "element2", "param_second", "param_mix", "vector", "l1", "l2", "random")
-TAYLOR = ("param_first", "element1", "element2", "param_second", "param_mix", "vector")
+#: param_second = w^2 F / 2; vector = |sum of w g over the whole group|; random; fusion = param_first and vector
+#: blended per layer with a weight chosen from the calibration loss (:mod:`prunekit.methods.width.fusion`).
+IMPORTANCES = ("param_first", "element1", "element2", "param_second", "param_mix", "vector", "fusion", "l1", "l2", "random")
+TAYLOR = ("param_first", "element1", "element2", "param_second", "param_mix", "vector", "fusion")
 NEEDS_FISHER = ("element2", "param_second", "param_mix")
 AGGREGATES = ("sum", "mean", "max", "prod", "last")
 STRATEGIES = ("block", "channel")
@@ -116,7 +117,10 @@ class WidthConfig:
                 "`aggregate` prod cannot rank groups across layers (its scores are kept as logs).",
                 "Use `aggregate` sum, mean, max or last with `global`.",
             )
-        if self.importance == "vector" and self.aggregate not in ("sum", "mean"):
+        if self.importance == "fusion" and (self.strategy != "block" or self.max_memory is not None):
+            raise PrunekitError("`importance` fusion masks each layer's structures in a forward of the whole model.",
+                                "Use it with `strategy` block and without `max_memory`.")
+        if self.importance in ("vector", "fusion") and self.aggregate not in ("sum", "mean"):
             raise PrunekitError(
                 f"`aggregate` {self.aggregate} does not apply to `importance` vector (its score is |sum of w*g| over the whole group).",
                 "Use `aggregate` sum (or mean) with vector.",
