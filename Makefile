@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.prunekit-installed
 TEST_STAMP := $(VENV)/.prunekit-test-installed
 
-.PHONY: demo test setup clean
+.PHONY: demo test test-fast lint setup clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -28,8 +28,17 @@ setup: $(STAMP) $(TEST_STAMP)
 demo: $(STAMP)
 	$(BIN)/prunekit demo
 
-test: $(TEST_STAMP)
-	$(BIN)/python -m pytest -q -x --durations=10
+# The whole suite, over both cores (pytest-xdist; every test runs torch on one thread), after ruff.
+test: $(TEST_STAMP) lint
+	$(BIN)/python -m pytest -q -x -n 2 --durations=10
+
+# The development loop's tier (under 2 minutes): everything but the embedded-model, fresh-process and
+# llama.cpp tests (markers `slow`, `subprocess`, `llamacpp`). `make test` stays the full suite.
+test-fast: $(TEST_STAMP) lint
+	$(BIN)/python -m pytest -q -x -n 2 -m "not slow and not subprocess and not llamacpp" --durations=5
+
+lint: $(TEST_STAMP)
+	$(BIN)/ruff check src tests benchmarks
 
 clean:
 	rm -rf $(VENV)

@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from helpers import make_tiny_workspace, run_cli
+from helpers import make_tiny_workspace, run_cli, run_cli_fresh
 from prunekit.cli.console import render_error
 from prunekit.cli.main import COMMANDS, _command
 from prunekit.core.errors import PrunekitError
@@ -26,14 +26,17 @@ def ws(tmp_path_factory):
     return tmp, model_dir, calib
 
 
+@pytest.mark.subprocess
 def test_help_lists_commands_and_options():
-    r = run_cli("--help")
+    """In a fresh interpreter (``python -m prunekit.cli``), as a shell runs it; the other CLI tests run in-process."""
+    r = run_cli_fresh("--help")
     assert r.returncode == 0
     for cmd in ("prune", "eval", "info", "demo"):
         assert cmd in r.stdout
     r = run_cli("prune", "--help")
     assert r.returncode == 0
-    for opt in ("--method", "--remove", "--ratio", "--blocks-kind", "--calib", "--seq-len", "--windows", "--cache-gb", "--resume", "--overwrite"):
+    for opt in ("--method", "--remove", "--ratio", "--blocks-kind", "--calib", "--seq-len", "--windows", "--cache-gb", "--resume",
+                "--overwrite"):
         assert opt in r.stdout
 
 
@@ -147,10 +150,12 @@ def _bad_inputs(tmp, model_dir):
         "empty": str(d / "empty.txt"), "latin": str(d / "latin.txt"), "short": str(d / "short.txt"),
         "afile": str(d / "afile"), "nonempty": str(d / "nonempty"), "nonempty_dir": d / "nonempty",
         "badplan": str(d / "bad-plan.json"), "twiceplan": str(d / "twice-plan.json"),
-        "outsideplan": str(d / "outside-plan.json"), "unorderedplan": str(d / "unordered-plan.json"), "unsupported": str(d / "unsupported"), "truncated": str(d / "truncated"),
+        "outsideplan": str(d / "outside-plan.json"), "unorderedplan": str(d / "unordered-plan.json"),
+        "unsupported": str(d / "unsupported"), "truncated": str(d / "truncated"),
     }
 
 
+@pytest.mark.subprocess
 def test_kill_then_resume_gives_the_uninterrupted_plan(tmp_path):
     model_dir, calib = make_tiny_workspace(tmp_path, layers=8)
     common = ["prune", str(model_dir), "--remove", "10", "--calib", str(calib), "--seq-len", "32", "--windows", "12", "--batch-size", "2"]
@@ -215,7 +220,8 @@ def test_library_errors_name_options_and_the_cli_names_its_flags():
     assert render_error(message, _command(["prune", "m"])).startswith("--ratio 1.5 is outside (0, 1)")
     with pytest.raises(PrunekitError) as err:
         WidthConfig(ratio=0.2, strategy="channel", global_=True)
-    assert render_error(str(err.value), _command(["prune"])) == "--global applies to --strategy block only. Drop --global, or use --strategy block."
+    expected = "--global applies to --strategy block only. Drop --global, or use --strategy block."
+    assert render_error(str(err.value), _command(["prune"])) == expected
 
 
 @pytest.mark.parametrize("command", sorted(COMMANDS))

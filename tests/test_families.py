@@ -28,13 +28,13 @@ import pytest
 import torch
 
 from conftest import random_windows
+from oracles import naive_greedy
 from prunekit.core.errors import PrunekitError
 from prunekit.data.calibration import CalibConfig
 from prunekit.engine import Engine, reference_nll
 from prunekit.export import export
 from prunekit.export.hf import export_hf
-from prunekit.export.reading import load_export
-from prunekit.methods.depth.search import naive_greedy
+from prunekit.export.load_export import load_export
 from prunekit.methods.depth.units import make_units, unit_name
 from prunekit.methods.width.llm_pruner import families_for
 from prunekit.methods.width.options import WidthConfig
@@ -414,7 +414,7 @@ class FamilyContract:
         units = make_units(adapter, "mix")
         ref = naive_greedy(adapter, w, units, 2, None, batch_size=2)
         for cache, early_exit, budget in (CONFIGS[0], CONFIGS[-1]):
-            got, _, _ = _search(adapter, w, units, 2, cache, early_exit, budget)
+            got, _, _ = _search(adapter, w, units, 2, cache=cache, early_exit=early_exit, budget=budget)
             _assert_same(got, ref)
         assert [unit_name(u) for u, _ in ref]
 
@@ -474,6 +474,7 @@ class FamilyContract:
             with torch.no_grad():
                 torch.testing.assert_close(back(input_ids=IDS).logits, model(input_ids=IDS).logits, rtol=1e-4, atol=1e-4)
 
+    @pytest.mark.subprocess
     def test_export_reloads_in_a_fresh_process(self, reloaded):
         """Whole layer 0 removed (stock layout: per-layer types renumbered), blocks removed, and heads and MLP
         channels sliced (per-layer layout: the fused projections and all-head norms resized). Reloaded, a

@@ -68,6 +68,7 @@ def test_resume_refuses_other_options_and_a_broken_state(tmp_path):
         prune_width(load_model(str(model_dir), device="cpu"), WidthConfig(ratio=0.2, samples=5), cal, out=out, resume=True)
 
 
+@pytest.mark.subprocess
 def test_sigkill_during_the_gradient_pass_then_resume(tmp_path):
     """A real ``prunekit prune --method llm-pruner`` killed with SIGKILL after two journaled points."""
     model_dir, calib = make_tiny_workspace(tmp_path, layers=6)
