@@ -14,9 +14,9 @@ costs: ``rounding_logit_diff``), then compares llama.cpp with the pruned PyTorch
   argmax of its logits, no sampler), counting the tokens that agree before the first divergence.
 
 The same token ids go to both runtimes, so the comparison is of the models, not the tokenizers.
-llama.cpp runs through :class:`prunekit.export.gguf.LlamaCppModel`, with its extra buffer types off: on
+llama.cpp runs through :class:`prunekit.export.llamacpp.LlamaCppModel`, with its extra buffer types off: on
 an AMX CPU, the llama-cpp-python build made here faults in its AMX path for every quantized file
-(prunekit/export/gguf.py says why). Writes ``--json`` (default ``benchmarks/results/gguf_llamacpp.json``)
+(prunekit/export/llamacpp.py says why). Writes ``--json`` (default ``benchmarks/results/gguf_llamacpp.json``)
 and prints a markdown table.
 
     python benchmarks/gguf_llamacpp.py [--work /tmp/prunekit-bench] [--runs a,b] [--gguf-types f32,f16,bf16,q8_0]
@@ -97,7 +97,7 @@ def main() -> None:
 
     from prunekit.data import build_windows
     from prunekit.export import export
-    from prunekit.export.gguf import LlamaCppModel
+    from prunekit.export.llamacpp import LlamaCppModel
     from prunekit.pipeline.load import load_model
 
     work = Path(args.work)
@@ -151,7 +151,8 @@ def main() -> None:
 
 
 def markdown(results: dict) -> str:
-    lines = ["| run | type | MiB | file vs rounded model | rounding | llama.cpp argmax (text) | max logit gap | next tokens agree | greedy tokens agreeing |",
+    lines = ["| run | type | MiB | file vs rounded model | rounding | llama.cpp argmax (text) | max logit gap | next tokens agree "
+             "| greedy tokens agreeing |",
              "|---|---|---:|---:|---:|---:|---:|---:|---|"]
     for run, r in results["runs"].items():
         for t, x in r["types"].items():

@@ -5,17 +5,25 @@ llama.cpp runs the files in test_gguf_llamacpp.py."""
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import gguf
 import numpy as np
 import pytest
 import torch
 
 from export_helpers import IDS, VOCAB, pruned_tiny
+from prunekit.cli.main import main as cli_main
 from prunekit.core.errors import PrunekitError
+from prunekit.core.paths import package_dir
 from prunekit.export import export
-from prunekit.export import gguf as gguf_export
-from prunekit.export.gguf import GGUF_TYPES, VERIFY_TOL, ZERO_FFN_WIDTH, permute_rope_rows, rounded_model, unpermute_rope_rows
-from prunekit.export.readers import logits_gap
+from prunekit.export import gguf_write as gguf_export
+from prunekit.export.gguf_read import ZERO_FFN_WIDTH
+from prunekit.export.gguf_write import GGUF_TYPES, VERIFY_TOL, rounded_model
+from prunekit.export.llama_layout import permute_rope_rows, unpermute_rope_rows
+from prunekit.export.rebuild import logits_gap
+from prunekit.models.loading import EMBEDDED
 from prunekit.pipeline.load import load_model
 
 
@@ -163,3 +171,43 @@ def test_refusals(tmp_path):
         export(pruned_tiny("llama", "blocks"), "gguf", tmp_path / "m.bin")
     with pytest.raises(PrunekitError, match="`gguf_type` 'q4' is not known"):
         export(pruned_tiny("llama", "blocks"), "gguf", tmp_path / "m.gguf", gguf_type="q4")
+
+
+def _embedded_gguf() -> Path:
+    return package_dir(EMBEDDED["smollm2-135m"][0]) / EMBEDDED["smollm2-135m"][1]
+
+
+@pytest.mark.parametrize("cut", ["header", "half"])
+def test_a_truncated_gguf_model_is_one_error_naming_it(cut, tmp_path):
+    """A real GGUF cut short (in its metadata, or half of it) given as the model: one PrunekitError, not a
+    struct.error / ValueError traceback from a GGUF reader."""
+    data = _embedded_gguf().read_bytes()
+    path = tmp_path / "x.gguf"
+    path.write_bytes(data[:1000] if cut == "header" else data[: len(data) // 2])
+    with pytest.raises(PrunekitError, match=r"could not read the GGUF file '.*x\.gguf' .*corrupted or truncated"):
+        load_model(str(path), device="cpu")
+
+
+def test_a_truncated_prunekit_gguf_is_one_error(tmp_path):
+    path = tmp_path / "m.gguf"
+    export(pruned_tiny("llama", "blocks"), "gguf", path, gguf_type="f32")
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(PrunekitError, match="corrupted or truncated"):
+        load_model(str(path), device="cpu")
+
+
+def test_cli_prune_of_a_truncated_gguf_exits_2_with_one_line_and_writes_nothing(tmp_path, monkeypatch, capsys):
+    data = _embedded_gguf().read_bytes()
+    path = tmp_path / "x.gguf"
+    path.write_bytes(data[: len(data) // 2])
+    out = tmp_path / "out"
+    monkeypatch.setattr(sys, "argv", ["prunekit", "prune", str(path), "--remove", "1", "--out", str(out)])
+    with pytest.raises(SystemExit) as exit_info:
+        cli_main()
+    assert exit_info.value.code == 2
+    printed = capsys.readouterr()
+    text = (printed.out + printed.err).strip()
+    assert "corrupted or truncated" in text and "Traceback" not in text
+    assert len(text.splitlines()) == 1, text
+    assert not out.exists()

@@ -11,11 +11,13 @@ import textwrap
 
 import pytest
 import torch
+import yaml
+from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM
 
 from export_helpers import IDS, KINDS, logits_and_tokens, pruned_tiny
 from prunekit.core.errors import PrunekitError
 from prunekit.export import export
-from prunekit.export.readers import PER_LAYER_KEYS as READER_KEYS
+from prunekit.models.modeling_pruned import PER_LAYER_KEYS as READER_KEYS
 from prunekit.pipeline.load import load_model
 
 FAMILIES = ("llama", "mistral", "qwen2", "qwen3")
@@ -146,14 +148,50 @@ TOKENIZER_CHECK = textwrap.dedent('''
 
 
 @pytest.mark.xfail(strict=True, reason=(
-    "transformers 5.23/5.24: AutoTokenizer.from_pretrained always calls AutoConfig.from_pretrained first, which asks "
-    "about config.json's auto_map.AutoConfig before tokenizer_config.json is read, so no tokenizer_config.json entry "
-    "avoids the prompt; a per-layer export needs auto_map.AutoConfig for AutoModelForCausalLM (see the hand-back of "
-    "issue 13, defect A)"))
+    "transformers 5.25: AutoTokenizer.from_pretrained always calls AutoConfig.from_pretrained first, which asks about "
+    "config.json's auto_map.AutoConfig when model_type is not a stock one; the config that avoids it (the family's "
+    "stock model_type) makes AutoModelForCausalLM build the stock class without trust_remote_code: see "
+    "test_a_stock_model_type_would_load_the_stock_class_without_remote_code"))
 def test_tokenizer_of_a_per_layer_export_loads_without_remote_code(tmp_path):
-    """A bare ``AutoTokenizer.from_pretrained("OUT-hf")`` on a per-layer (custom-code) export still asks
-    (transformers' behaviour, kept here so that a transformers that stops asking is noticed)."""
+    """A bare ``AutoTokenizer.from_pretrained("OUT-hf")`` on a per-layer (custom-code) export still asks.
+
+    Why no config avoids it (read in transformers 5.25's ``models/auto``): ``AutoTokenizer.from_pretrained``
+    calls ``AutoConfig.from_pretrained`` with ``trust_remote_code=None``. With ``model_type`` ``prunekit_<family>``
+    (no stock config) and ``auto_map.AutoConfig``, ``resolve_trust_remote_code`` prompts; without
+    ``auto_map.AutoConfig`` the config is unknown even with ``trust_remote_code=True``, so the model cannot load.
+    With the family's stock ``model_type`` the config loads without code (``has_local_code``), but then
+    ``AutoModelForCausalLM.from_pretrained(DIR)`` without ``trust_remote_code`` also finds local code
+    (``type(config) in cls._model_mapping``), resolves ``trust_remote_code`` to False without asking and builds
+    the stock class: the removed blocks' weights are "missing" and randomly initialised, which transformers only
+    reports as a warning (it raises on mismatched shapes, not on missing keys). A silently wrong model is worse
+    than a prompt, so the export keeps ``prunekit_<family>`` and README.md's tokenizer line passes
+    ``trust_remote_code=False`` (next test). Kept as a strict xfail, so that a transformers that stops asking is
+    noticed."""
     _tokenizer_loads_without_prompt(tmp_path, {})
+
+
+def test_a_stock_model_type_would_load_the_stock_class_without_remote_code(tmp_path):
+    """The candidate fix of the test above, and why it is not taken: the per-layer export with the family's stock
+    ``model_type`` and ``auto_map`` naming only the model class. The tokenizer then loads without a prompt, but
+    ``AutoModelForCausalLM`` without ``trust_remote_code`` silently builds the stock ``LlamaForCausalLM``, with
+    random weights where blocks were removed (logits far from the pruned model's); with it, the pruned class."""
+    loaded = pruned_tiny("llama", "blocks")
+    export(loaded, "hf", tmp_path / "hf", verify=False)
+    cfg_path = tmp_path / "hf" / "config.json"
+    cfg = json.loads(cfg_path.read_text())
+    cfg["model_type"] = "llama"
+    cfg["auto_map"] = {"AutoModelForCausalLM": cfg["auto_map"]["AutoModelForCausalLM"]}
+    cfg_path.write_text(json.dumps(cfg))
+    tok = AutoTokenizer.from_pretrained(tmp_path / "hf")  # no prompt: AutoConfig found local code
+    assert tok("pruning")["input_ids"] == loaded.tokenizer("pruning")["input_ids"]
+    with torch.no_grad():
+        want = loaded.model(input_ids=IDS).logits
+        stock = AutoModelForCausalLM.from_pretrained(tmp_path / "hf", dtype=torch.float32).eval()
+        assert type(stock) is LlamaForCausalLM
+        assert (stock(input_ids=IDS).logits - want).abs().max() > 1e-2
+        pruned = AutoModelForCausalLM.from_pretrained(tmp_path / "hf", dtype=torch.float32, trust_remote_code=True).eval()
+        assert type(pruned).__name__ == "PrunedLlamaForCausalLM"
+        assert (pruned(input_ids=IDS).logits - want).abs().max() <= 1e-5
 
 
 def test_readme_tokenizer_line_loads_without_remote_code_or_prompt(tmp_path):
@@ -173,3 +211,53 @@ def _tokenizer_loads_without_prompt(tmp_path, kwargs: dict) -> None:
     assert res.returncode == 0, (res.stdout[-2000:], res.stderr[-2000:])
     got = json.loads(res.stdout.strip().splitlines()[-1])
     assert got == {"prompted": False, "ids": loaded.tokenizer(text)["input_ids"]}
+
+
+def _card(path) -> tuple[dict, str]:
+    text = (path / "README.md").read_text()
+    assert text.startswith("---\n")
+    front, body = text[4:].split("\n---\n", 1)
+    return yaml.safe_load(front), body
+
+
+def test_model_card_of_a_pruned_output(tmp_path):
+    """README.md: the Hub's metadata (base model, library, tags, the license the embedded GGUF declares), the
+    method, the parameters, what was removed, the plan's perplexities and how to load it."""
+    loaded = pruned_tiny("llama", "blocks")
+    loaded.info["plan"] = {
+        "method": "blockpruner", "options": {"criterion": "ppl", "remove": 2}, "model": {"spec": "smollm2-135m"},
+        "params_before": 200_000, "ratio_removed": 0.125, "dense_value": 12.5, "removed": [{"unit": "attn 0", "value": 13.25},
+                                                                                          {"unit": "mlp 2", "value": 14.0}],
+        "calibration": {"source": "wiki", "windows": 8, "seq_len": 128},
+        "recovery": {"perplexity_before": {"wiki-test": 20.0}, "perplexity_after": {"wiki-test": 16.5}},
+    }
+    export(loaded, "hf", tmp_path / "hf", verify=False)
+    meta, body = _card(tmp_path / "hf")
+    assert meta == {"base_model": "HuggingFaceTB/SmolLM2-135M-Instruct", "library_name": "transformers",
+                    "pipeline_tag": "text-generation", "tags": ["pruned", "prunekit", "blockpruner"], "license": "apache-2.0"}
+    assert "| method | blockpruner (criterion=ppl, remove=2) |" in body
+    assert "- attention removed: 0" in body and "- MLP removed: 2" in body
+    assert "| calibration (wiki, 8 windows x 128 tokens) | 12.500 | 14.000 | |" in body
+    assert "| held-out wiki-test | | 20.000 | 16.500 |" in body
+    assert 'AutoModelForCausalLM.from_pretrained("hf", trust_remote_code=True)' in body
+    assert 'AutoTokenizer.from_pretrained("hf", trust_remote_code=False)' in body
+
+
+def test_model_card_of_stock_and_width_exports(tmp_path):
+    """A stock export loads without remote code, and its card says so; widths are listed per layer; a local base
+    checkpoint's own card gives the license; an in-memory model has no base_model."""
+    base = tmp_path / "base"
+    base.mkdir()
+    (base / "README.md").write_text("---\nlicense: mit\ntags: [x]\n---\n# base\n")
+    loaded = pruned_tiny("llama", "layers")
+    loaded.info["plan"] = {"method": "shortgpt", "model": {"spec": str(base)}}
+    export(loaded, "hf", tmp_path / "stock", verify=False)
+    meta, body = _card(tmp_path / "stock")
+    assert meta["license"] == "mit" and "base_model" not in meta and meta["tags"] == ["pruned", "prunekit", "shortgpt"]
+    assert "- layers removed whole: 1, 2" in body and "| layout | stock |" in body
+    assert 'from_pretrained("stock")' in body and "trust_remote_code=True" not in body
+    export(pruned_tiny("llama", "width"), "hf", tmp_path / "w", verify=False)
+    meta, body = _card(tmp_path / "w")
+    assert meta == {"library_name": "transformers", "pipeline_tag": "text-generation", "tags": ["pruned", "prunekit"]}
+    assert "- layer 1: 2 of 4 query heads, 1 of 2 KV heads" in body and "- layer 2: MLP 48 of 96 channels" in body
+    assert "- MLP removed: 3" in body and "trust_remote_code=True" in body

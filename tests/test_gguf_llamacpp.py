@@ -24,7 +24,8 @@ import torch
 
 from export_helpers import IDS, LLAMA_CPP_TEXT, fitted_pruned_tiny, pruned_tiny, smollm2_tokenizer
 from prunekit.export import export
-from prunekit.export.gguf import GGUF_TYPES, VERIFY_TOL, llama_cpp_logits
+from prunekit.export.gguf_write import GGUF_TYPES, VERIFY_TOL
+from prunekit.export.llamacpp import llama_cpp_logits
 from prunekit.models.tiny import FAMILY_OVERRIDES
 
 BOUNDS = {"f32": 0.08, "f16": 0.08, "bf16": 0.5, "q8_0": 1.2}

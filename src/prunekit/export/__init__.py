@@ -6,7 +6,7 @@ re-reads what it wrote to check the logits before it returns.
 
 - ``hf``: ``export/hf.py`` (stock config when expressible, else per-layer config + ``modeling_pruned.py``);
 - ``nemotron-nas``: ``export/nemotron_nas.py`` (DeciLM block configs; vLLM serves it);
-- ``gguf``: ``export/gguf.py`` (llama.cpp's per-layer ``deci`` architecture).
+- ``gguf``: ``export/gguf_write.py`` (llama.cpp's per-layer ``deci`` architecture; read back by ``gguf_read.py``).
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from prunekit.core.errors import check_choice
-from prunekit.export.gguf import export_gguf
+from prunekit.export.gguf_write import export_gguf
 from prunekit.export.hf import export_hf
 from prunekit.export.nemotron_nas import export_nemotron_nas
 from prunekit.models.loading import LoadedModel
@@ -22,10 +22,8 @@ from prunekit.models.loading import LoadedModel
 FORMATS = ("hf", "nemotron-nas", "gguf")
 
 
-def export(
-    model: LoadedModel, fmt: str, to: str | Path, overwrite: bool = False, gguf_type: str = "f16",
-    verify: bool = True,
-) -> dict:
+def export(model: LoadedModel, fmt: str, to: str | Path, *, overwrite: bool = False, gguf_type: str = "f16",
+           verify: bool = True) -> dict:
     """Export a loaded (pruned) model to ``to`` (:func:`prunekit.pipeline.load.load_model` loads any spec).
 
     Returns a summary dict (``format``, ``path``, layers, parameters, ``max_logit_diff`` of the

@@ -8,10 +8,13 @@ Two layouts, chosen by what the pruning needs:
   rewritten. No custom code, no ``auto_map``; every tool that reads the family reads it.
 - **per-layer**: otherwise, a config of ``model_type`` ``prunekit_<family>`` with per-layer lists
   (``layer_num_attention_heads``, ``layer_num_key_value_heads``, ``layer_intermediate_size``; 0 =
-  block absent) and ``modeling_pruned.py`` (see that file), loaded with ``trust_remote_code=True``.
+  block absent) and the family's facts (``prunekit_family_facts``: the adapter's own declaration of
+  the layer's modules), and ``modeling_pruned.py`` with ``zero_blocks.py`` (``prunekit/models/``, copied
+  by ``save_pretrained``), loaded with ``trust_remote_code=True``.
 
-Either way the written directory is re-loaded and its logits compared with the in-memory model's
-before the export is declared done (``verify``).
+Either way the directory gets a model card (``README.md``, :mod:`prunekit.export.model_card`), and the
+written directory is re-loaded and its logits compared with the in-memory model's before the export is
+declared done (``verify``).
 """
 
 from __future__ import annotations
@@ -26,12 +29,13 @@ from transformers import AutoConfig, AutoModelForCausalLM
 from prunekit.core.errors import PrunekitError
 from prunekit.core.io import atomic_dir, check_disk_space
 from prunekit.export.layout import ModelLayout, model_layout, renumbered_state_dict
-from prunekit.export.modeling_pruned import FAMILIES
+from prunekit.export.model_card import CARD, model_card
 from prunekit.models.adapter import embedding_keys
 from prunekit.models.loading import LoadedModel
+from prunekit.models.modeling_pruned import FACTS_KEY, FAMILIES, PER_LAYER_KEYS
 
 CONFIG_DROP = ("architectures", "auto_map", "model_type", "transformers_version", "_name_or_path", "dtype",
-               "torch_dtype", "layer_num_attention_heads", "layer_num_key_value_heads", "layer_intermediate_size")
+               "torch_dtype", FACTS_KEY, *PER_LAYER_KEYS)
 VERIFY_TOL = 1e-4
 
 try:  # transformers 5 validates configs through huggingface_hub's strict dataclasses
@@ -61,8 +65,8 @@ def stock_config(model_type: str, layout: ModelLayout):
         return None
 
 
-def per_layer_config(model_type: str, layout: ModelLayout):
-    """The ``prunekit_<family>`` config with per-layer lists (see modeling_pruned.py)."""
+def per_layer_config(model_type: str, layout: ModelLayout, facts: dict):
+    """The ``prunekit_<family>`` config with per-layer lists and the family's ``facts`` (see modeling_pruned.py)."""
     if model_type not in FAMILIES:
         raise PrunekitError(
             f"the hf export with per-layer geometry has no modeling class for model_type '{model_type}'.",
@@ -71,7 +75,7 @@ def per_layer_config(model_type: str, layout: ModelLayout):
     config_cls, _ = FAMILIES[model_type]
     if not layout.layers:
         raise PrunekitError("every block of the model is removed: there is nothing to export.", "Prune less.")
-    cfg = _base_kwargs(layout) | layout.lists()
+    cfg = _base_kwargs(layout) | layout.lists() | {FACTS_KEY: facts}
     if cfg["hidden_size"] % cfg["num_attention_heads"]:
         # Hidden channels were pruned: the config's own head counts only seed the layers (each is
         # then sized from the lists), so give it counts that the config's validation accepts.
@@ -106,7 +110,7 @@ def build_export_model(loaded: LoadedModel) -> tuple[torch.nn.Module, str]:
     target = _empty_model(config) if config is not None else None
     if target is None or not _shapes_match(target, state):
         kind = "per-layer"
-        config = per_layer_config(model_type, layout)
+        config = per_layer_config(model_type, layout, loaded.adapter.facts)
         target = _empty_model(config, FAMILIES[model_type][1])
     missing, unexpected = target.load_state_dict(state, strict=False, assign=True)
     missing = [k for k in missing if not (k == embedding_keys(target)[0] and getattr(config, "tie_word_embeddings", False))]
@@ -119,7 +123,8 @@ def build_export_model(loaded: LoadedModel) -> tuple[torch.nn.Module, str]:
 
 
 def _register(model: torch.nn.Module) -> None:
-    """Make ``save_pretrained`` copy modeling_pruned.py and write ``auto_map`` (AutoConfig + AutoModelForCausalLM)."""
+    """Make ``save_pretrained`` copy modeling_pruned.py (and zero_blocks.py, which it imports relatively) and write
+    ``auto_map`` (AutoConfig + AutoModelForCausalLM)."""
     type(model.config).register_for_auto_class()
     type(model).register_for_auto_class("AutoModelForCausalLM")
 
@@ -142,21 +147,25 @@ def verify_hf_dir(path: Path, reference: torch.nn.Module, trust_remote_code: boo
     return diff
 
 
-def export_hf(loaded: LoadedModel, to: str | Path, overwrite: bool = False, verify: bool = True) -> dict:
-    """Write ``to`` (config, safetensors, tokenizer, generation config; modeling_pruned.py if needed)."""
+def export_hf(loaded: LoadedModel, to: str | Path, *, overwrite: bool = False, verify: bool = True) -> dict:
+    """Write ``to`` (config, safetensors, tokenizer, generation config, README.md model card; modeling_pruned.py
+    and zero_blocks.py for the per-layer layout)."""
     to = Path(to)
     model, kind = build_export_model(loaded)
     needed = sum(p.numel() * p.element_size() for p in model.parameters()) + (64 << 20)
     check_disk_space(to.parent if not to.exists() else to, needed)
     if kind == "per-layer":
         _register(model)
+    parameters = sum(p.numel() for p in model.parameters())
+    card = model_card(loaded, model_layout(loaded.adapter), kind=kind, parameters=parameters, name=to.name)
     with atomic_dir(to, overwrite=overwrite) as tmp:
         model.save_pretrained(tmp)
         if loaded.tokenizer is not None:
             loaded.tokenizer.save_pretrained(tmp)
+        (tmp / CARD).write_text(card, encoding="utf-8")
     diff = verify_hf_dir(to, loaded.model, trust_remote_code=(kind == "per-layer")) if verify else None
     return {
         "format": "hf", "path": str(to), "layout": kind, "model_type": model.config.model_type,
-        "layers": model.config.num_hidden_layers, "parameters": sum(p.numel() for p in model.parameters()),
+        "layers": model.config.num_hidden_layers, "parameters": parameters,
         "trust_remote_code": kind == "per-layer", "max_logit_diff": diff,
     }

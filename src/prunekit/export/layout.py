@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 import torch
 
 from prunekit.models.adapter import ATTN, MLP, Block, ModelAdapter
+from prunekit.models.modeling_pruned import PER_LAYER_KEYS
 
 
 @dataclass(frozen=True)
@@ -54,10 +55,12 @@ class ModelLayout:
         return len(shapes) == 1 or not self.width_pruned
 
     def lists(self) -> dict[str, list[int]]:
+        """The per-layer lists of a per-layer hf config (``modeling_pruned.PER_LAYER_KEYS``)."""
+        heads, kv, inter = PER_LAYER_KEYS
         return {
-            "layer_num_attention_heads": [g.num_heads for g in self.layers],
-            "layer_num_key_value_heads": [g.num_kv_heads for g in self.layers],
-            "layer_intermediate_size": [g.intermediate_size for g in self.layers],
+            heads: [g.num_heads for g in self.layers],
+            kv: [g.num_kv_heads for g in self.layers],
+            inter: [g.intermediate_size for g in self.layers],
         }
 
 

@@ -23,8 +23,8 @@ from safetensors.torch import save_file
 from prunekit.core.errors import PrunekitError
 from prunekit.core.io import atomic_dir, check_disk_space
 from prunekit.export.layout import ModelLayout, model_layout, renumbered_state_dict
-from prunekit.export.gguf import llama_layout_model
-from prunekit.export.readers import build_pruned_model, logits_gap, read_safetensors
+from prunekit.export.llama_layout import llama_layout_model
+from prunekit.export.rebuild import Geometry, build_pruned_model, logits_gap, read_safetensors
 from prunekit.models.adapter import embedding_keys
 from prunekit.models.loading import LoadedModel
 
@@ -67,7 +67,8 @@ def block_configs(model_type: str, layout: ModelLayout) -> list[dict]:
         attn = {"no_op": True, "replace_with_linear": False, "n_heads_in_group": None}
         if g.has_attention:
             if g.num_heads != heads:
-                raise _refuse(f"layer {g.source} keeps {g.num_heads} of {heads} query heads (the layout fixes the query heads of every layer)")
+                raise _refuse(f"layer {g.source} keeps {g.num_heads} of {heads} query heads "
+                              "(the layout fixes the query heads of every layer)")
             attn = {"no_op": False, "replace_with_linear": False, "n_heads_in_group": heads // g.num_kv_heads}
         ffn = {"no_op": True, "replace_with_linear": False, "ffn_mult": None}
         if g.has_mlp:
@@ -102,7 +103,7 @@ def nas_config(loaded: LoadedModel, layout: ModelLayout, model_type: str, base: 
     }
 
 
-def nas_geometry(config: dict) -> tuple[list[int], list[int], list[int], int]:
+def nas_geometry(config: dict) -> Geometry:
     """Per-layer (query heads, KV heads, intermediate sizes) and head_dim from a nemotron-nas config.
 
     Follows the layout's documented semantics (module docstring), 0 meaning the block is absent.
@@ -112,16 +113,17 @@ def nas_geometry(config: dict) -> tuple[list[int], list[int], list[int], int]:
     for i, block in enumerate(config["block_configs"]):
         attn, ffn = block["attention"], block["ffn"]
         if attn.get("replace_with_linear") or ffn.get("replace_with_linear"):
-            raise PrunekitError(f"block {i} of this nemotron-nas config uses replace_with_linear.", "prunekit reads only no_op and full blocks.")
+            raise PrunekitError(f"block {i} of this nemotron-nas config uses replace_with_linear.",
+                                "prunekit reads only no_op and full blocks.")
         if attn.get("no_op"):
             q.append(0), kv.append(0)
         else:
             q.append(heads), kv.append(heads // attn["n_heads_in_group"])
         inter.append(0 if ffn.get("no_op") else ffn_mult_to_intermediate_size(ffn["ffn_mult"], hidden))
-    return q, kv, inter, hidden // heads
+    return Geometry(q, kv, inter, hidden // heads)
 
 
-def export_nemotron_nas(loaded: LoadedModel, to: str | Path, overwrite: bool = False, verify: bool = True) -> dict:
+def export_nemotron_nas(loaded: LoadedModel, to: str | Path, *, overwrite: bool = False, verify: bool = True) -> dict:
     """Write ``to``: config.json (+ configuration_decilm.py), model.safetensors, tokenizer, generation config."""
     to = Path(to)
     if loaded.adapter.llama_layout_refusal:
@@ -149,7 +151,7 @@ def export_nemotron_nas(loaded: LoadedModel, to: str | Path, overwrite: bool = F
     diff = None
     if verify:
         config = json.loads((to / "config.json").read_text())
-        back = build_pruned_model("llama", config, *nas_geometry(config), read_safetensors(to))
+        back = build_pruned_model("llama", config, nas_geometry(config), read_safetensors(to))
         diff = logits_gap(loaded.model, back)
         if not diff <= 1e-4:
             raise PrunekitError(f"the nemotron-nas export in '{to}' reloads with logits {diff:.3g} away from the pruned model.",

@@ -16,6 +16,7 @@ Linear (fused ``qkv_proj`` / ``gate_up_proj`` included); the head is a :class:`H
 from __future__ import annotations
 
 import contextlib
+import copy
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -23,7 +24,34 @@ from typing import Any
 import torch
 from torch import nn
 
+from prunekit.models.zero_blocks import ZeroAttention, ZeroMLP
+
 ATTN, MLP = "attn", "mlp"
+
+#: What a family's decoder layer is made of, as plain data (attribute names on the layer and its
+#: sub-layers): Llama's here, the contract's default; a family file declares its own with
+#: :func:`family_facts`. The adapter reads its block specs and projections from them, and a per-layer hf
+#: export writes them into its config (``prunekit_family_facts``) for ``modeling_pruned.py``, which sizes
+#: and removes blocks by them without importing prunekit.
+LLAMA_FACTS: dict = {
+    "attention_sublayer": "self_attn",  # the attention sub-layer
+    "attention_norms": ["input_layernorm", None],  # its (input norm, output norm); None: the family has none
+    "attention_projections": {"q": "q_proj", "k": "k_proj", "v": "v_proj", "o": "o_proj"},  # or {"qkv": fused [Q|K|V], "o"}
+    "head_norms": {},  # norms whose weight spans all heads' rows, {"q": name, "k": name} (OLMo 2)
+    "heads_from_config": False,  # the attention slices its fused rows by its config's head counts (Phi-3)
+    "mlp_sublayer": "mlp",  # the MLP (or sparse MoE) sub-layer
+    "mlp_norms": ["post_attention_layernorm", None],
+    "mlp_projections": {"gate": "gate_proj", "up": "up_proj", "down": "down_proj"},  # or {"gate_up": fused [gate|up], "down"}
+    "routed_experts": None,  # sparse MoE: {"module": ..., "gate_up": 3-D [E, 2I, H], "down": 3-D [E, H, I]}
+}
+
+
+def family_facts(**changes: Any) -> dict:
+    """Llama's facts (:data:`LLAMA_FACTS`) with ``changes``: a new dict, JSON-able."""
+    unknown = set(changes) - set(LLAMA_FACTS)
+    if unknown:
+        raise KeyError(f"unknown family facts: {sorted(unknown)}")
+    return copy.deepcopy(LLAMA_FACTS) | copy.deepcopy(changes)
 
 
 @dataclass(frozen=True, order=True)
@@ -167,42 +195,6 @@ class MlpProjections:
     down: Proj
 
 
-class ZeroAttention(nn.Module):
-    """Stands in for a removed self-attention: outputs zeros, so the residual passes unchanged.
-
-    It holds no weights. Under a KV cache it still appends, for its layer, one key and one value per
-    new token: a ``[batch, 1, tokens, 1]`` tensor of ones (one head of width 1; nothing reads them).
-    The cache then reports the layer's true length, from which ``generate`` sizes the attention mask
-    (transformers asks the first full-attention layer, layer 0 in most families). Zero-width keys would
-    not do: a dynamic cache layer counts its keys only when they hold elements (``keys.numel()``), so
-    it would report 0, and a left-padded batch would attend to its padding. Ones rather than zeros,
-    because a cache that counts the positions holding non-zero keys would not count zeros.
-    """
-
-    removed = True
-
-    def __init__(self, layer_idx: int) -> None:
-        super().__init__()
-        self.layer_idx = layer_idx
-
-    def forward(self, hidden_states: torch.Tensor, *args: Any, **kwargs: Any):
-        cache = kwargs.get("cache", kwargs.get("past_key_values"))
-        if cache is not None:
-            b, t = hidden_states.shape[:2]
-            ones = hidden_states.new_ones(b, 1, t, 1)
-            cache.update(ones, ones, self.layer_idx)
-        return torch.zeros_like(hidden_states), None
-
-
-class ZeroMLP(nn.Module):
-    """Stands in for a removed MLP: outputs zeros and holds no weights."""
-
-    removed = True
-
-    def forward(self, hidden_states: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
-        return torch.zeros_like(hidden_states)
-
-
 class _StopForward(Exception):
     pass
 
@@ -231,8 +223,8 @@ class ModelAdapter:
     """
 
     model_type: str = ""
-    attn_spec = BlockSpec("input_layernorm", "self_attn")
-    mlp_spec = BlockSpec("post_attention_layernorm", "mlp")
+    #: the family's layer, as plain data (see :data:`LLAMA_FACTS`)
+    facts: dict = LLAMA_FACTS
     #: None when LLM-Pruner's width pruning works on the family, else why it is refused.
     width_refusal: str | None = None
     #: None when the channel strategy and global ranking work on the family, else why they are refused.
@@ -286,8 +278,10 @@ class ModelAdapter:
         return out if kind == "mix" else [b for b in out if b.kind == kind]
 
     def block_spec(self, block: Block) -> BlockSpec:
-        """How ``block`` is built (attribute names on its decoder layer)."""
-        return self.attn_spec if block.kind == ATTN else self.mlp_spec
+        """How ``block`` is built (attribute names on its decoder layer, from :attr:`facts`)."""
+        f = self.facts
+        inp, out = f["attention_norms"] if block.kind == ATTN else f["mlp_norms"]
+        return BlockSpec(inp, f["attention_sublayer"] if block.kind == ATTN else f["mlp_sublayer"], out)
 
     def sublayer(self, block: Block) -> nn.Module:
         return getattr(self.layers[block.layer], self.block_spec(block).sublayer)
@@ -326,15 +320,34 @@ class ModelAdapter:
         return [m for m in self.sublayer(block).modules() if isinstance(m, nn.Linear)]
 
     def attention(self, layer: int) -> AttentionProjections:
+        """q, k, v, o of ``layer`` as :attr:`facts` names them; a fused ``qkv`` holds ``[Q | K | V]`` rows
+        (``num_heads * head_dim``, then ``num_kv_heads * head_dim`` twice)."""
         attn = self.sublayer(Block.of(layer, ATTN))
+        names = self.facts["attention_projections"]
         hd = attn.head_dim
-        n_q = attn.q_proj.out_features // hd
-        n_kv = attn.k_proj.out_features // hd
-        return AttentionProjections(Proj(attn.q_proj), Proj(attn.k_proj), Proj(attn.v_proj), Proj(attn.o_proj), n_q, n_kv, hd)
+        o = getattr(attn, names["o"])
+        if "qkv" in names:
+            qkv = getattr(attn, names["qkv"])
+            n_q = o.in_features // hd
+            n_kv = (qkv.out_features // hd - n_q) // 2
+            q_end, k_end = n_q * hd, (n_q + n_kv) * hd
+            q, k, v = Proj(qkv, 0, q_end), Proj(qkv, q_end, k_end), Proj(qkv, k_end, k_end + n_kv * hd)
+        else:
+            q, k, v = (Proj(getattr(attn, names[x])) for x in ("q", "k", "v"))
+            n_q, n_kv = q.out_features // hd, k.out_features // hd
+        head_norms = tuple((getattr(attn, name), which) for which, name in self.facts["head_norms"].items())
+        return AttentionProjections(q, k, v, Proj(o), n_q, n_kv, hd, head_norms=head_norms)
 
     def mlp(self, layer: int) -> MlpProjections:
+        """gate, up, down of ``layer`` as :attr:`facts` names them; a fused ``gate_up`` holds ``[gate | up]``
+        rows (split by ``chunk(2)``: channel ``j`` owns rows ``j`` and ``I + j``)."""
         m = self.sublayer(Block.of(layer, MLP))
-        return MlpProjections(Proj(m.gate_proj), Proj(m.up_proj), Proj(m.down_proj))
+        names = self.facts["mlp_projections"]
+        down = getattr(m, names["down"])
+        if "gate_up" in names:
+            gate_up, width = getattr(m, names["gate_up"]), down.in_features
+            return MlpProjections(Proj(gate_up, 0, width), Proj(gate_up, width, 2 * width), Proj(down))
+        return MlpProjections(Proj(getattr(m, names["gate"])), Proj(getattr(m, names["up"])), Proj(down))
 
     def experts(self, layer: int) -> ExpertProjections | None:
         """The routed experts of ``layer``'s MLP block when it is a sparse MoE block, else None."""
@@ -350,8 +363,19 @@ class ModelAdapter:
     def sync_attention(self, layer: int) -> None:
         """Make ``layer``'s attention module agree with its sliced weights (after head removal).
 
-        Llama-like attention infers the head count from the weights (``view(..., -1, head_dim)``);
-        families that read it from elsewhere override this."""
+        Llama-like attention infers the head count from the weights (``view(..., -1, head_dim)``). An
+        attention that slices its fused rows by its config's head counts (``facts['heads_from_config']``,
+        Phi-3) gets its own copy of the config with its own counts."""
+        if not self.facts["heads_from_config"]:
+            return
+        attn = self.sublayer(Block.of(layer, ATTN))
+        a = self.attention(layer)
+        if a.num_heads != attn.config.num_attention_heads or a.num_kv_heads != attn.num_key_value_heads:
+            attn.config = copy.copy(attn.config)
+            attn.config.num_attention_heads = a.num_heads
+            attn.config.num_key_value_heads = a.num_kv_heads
+            attn.num_key_value_heads = a.num_kv_heads
+            attn.num_key_value_groups = a.num_heads // a.num_kv_heads
 
     def llama_folds(self) -> LlamaFolds:
         """How this model's weights are scaled to be written in Llama's layout (see :class:`LlamaFolds`)."""

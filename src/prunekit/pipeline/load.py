@@ -3,7 +3,7 @@
 A spec is what a user types: the embedded ``smollm2-135m``, a checkpoint directory, a ``.gguf``
 file, a hub id (all base models: :func:`prunekit.models.loading.load_base_model`), a prunekit output
 directory (``plan.json`` inside: :func:`prunekit.plan.apply.load_pruned`) or an export that only
-prunekit's readers load (:func:`prunekit.export.readers.load_export`).
+prunekit's readers load (:func:`prunekit.export.load_export.load_export`).
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from prunekit.core.errors import PrunekitError
-from prunekit.export.reading import export_kind, load_export
+from prunekit.export.load_export import export_kind, load_export
 from prunekit.models.loading import LoadedModel, check_device, default_device, load_base_model, resolve_dtype
 from prunekit.plan.apply import load_pruned
 

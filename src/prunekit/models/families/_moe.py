@@ -22,7 +22,7 @@ hidden-channel strategy are refused; Qwen2-MoE's shared expert is not pruned.
 from __future__ import annotations
 
 from prunekit.core.errors import PrunekitError
-from prunekit.models.adapter import MLP, Block, ExpertProjections, MlpProjections, ModelAdapter
+from prunekit.models.adapter import MLP, Block, ExpertProjections, MlpProjections, ModelAdapter, family_facts
 
 MOE_OPTIONS_REFUSAL = ("llm-pruner prunes a mixture-of-experts model's experts by the same fraction in every layer and "
                        "expert (the experts of a layer share one tensor): global ranking and hidden channels are refused")
@@ -31,6 +31,7 @@ MOE_OPTIONS_REFUSAL = ("llm-pruner prunes a mixture-of-experts model's experts b
 class MoeAdapter(ModelAdapter):
     """Base of the sparse-MoE families; subclasses say which layers are sparse and the experts' width."""
 
+    facts = family_facts(routed_experts={"module": "experts", "gate_up": "gate_up_proj", "down": "down_proj"})
     width_options_refusal = MOE_OPTIONS_REFUSAL
     stock_width = False
     llama_layout_refusal = "the sparse mixture-of-experts MLP has no place in its dense layers"
@@ -52,8 +53,10 @@ class MoeAdapter(ModelAdapter):
     def experts(self, layer: int) -> ExpertProjections | None:
         if not self.is_sparse(layer) or self.is_removed(Block.of(layer, MLP)):
             return None
-        experts = self.sublayer(Block.of(layer, MLP)).experts
-        return ExpertProjections(experts, "gate_up_proj", "down_proj", experts.gate_up_proj.shape[0], experts.down_proj.shape[2])
+        names = self.facts["routed_experts"]
+        experts = getattr(self.sublayer(Block.of(layer, MLP)), names["module"])
+        gate_up, down = getattr(experts, names["gate_up"]), getattr(experts, names["down"])
+        return ExpertProjections(experts, names["gate_up"], names["down"], gate_up.shape[0], down.shape[2])
 
     def sync_experts(self, layer: int) -> None:
         """Keep the experts module's width attribute true to its sliced weights."""

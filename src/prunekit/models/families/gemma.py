@@ -21,7 +21,7 @@ Gemma's RMSNorm scales by ``1 + weight``; blocks and channels slice it like any 
 
 from __future__ import annotations
 
-from prunekit.models.adapter import BlockSpec, Head, ModelAdapter
+from prunekit.models.adapter import Head, ModelAdapter, family_facts
 
 
 class Gemma2Adapter(ModelAdapter):
@@ -29,8 +29,8 @@ class Gemma2Adapter(ModelAdapter):
     llama_layout_refusal = "Gemma's norms on the attention and MLP outputs and its logit soft-capping have no place in it"
     hidden_resize_refusal = ("Gemma's config derives the embedding normaliser sqrt(hidden_size) from the hidden size, "
                              "so a narrower one would change it")
-    attn_spec = BlockSpec("input_layernorm", "self_attn", "post_attention_layernorm")
-    mlp_spec = BlockSpec("pre_feedforward_layernorm", "mlp", "post_feedforward_layernorm")
+    facts = family_facts(attention_norms=["input_layernorm", "post_attention_layernorm"],
+                         mlp_norms=["pre_feedforward_layernorm", "post_feedforward_layernorm"])
 
     def head(self) -> Head:
         return Head(self.decoder.norm, self.model.lm_head, softcap=getattr(self.config, "final_logit_softcapping", None))

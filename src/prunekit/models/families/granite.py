@@ -15,8 +15,9 @@ In Llama's layout (gguf, nemotron-nas) the multipliers are folded into the weigh
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
-from prunekit.models.adapter import ATTN, Block, BlockSpec, Head, LlamaFolds, ModelAdapter
+from prunekit.models.adapter import Block, BlockSpec, Head, LlamaFolds, ModelAdapter
 from prunekit.models.families.llama import as_llama_config
 
 
@@ -24,10 +25,7 @@ class GraniteAdapter(ModelAdapter):
     model_type = "granite"
 
     def block_spec(self, block: Block) -> BlockSpec:
-        scale = float(self.config.residual_multiplier)
-        if block.kind == ATTN:
-            return BlockSpec("input_layernorm", "self_attn", None, scale)
-        return BlockSpec("post_attention_layernorm", "mlp", None, scale)
+        return replace(super().block_spec(block), residual_scale=float(self.config.residual_multiplier))
 
     def head(self) -> Head:
         return Head(self.decoder.norm, self.model.lm_head, logit_divisor=float(self.config.logits_scaling))

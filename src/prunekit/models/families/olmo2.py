@@ -17,20 +17,14 @@ import math
 
 import torch
 
-from prunekit.models.adapter import ATTN, AttentionProjections, Block, BlockSpec, ModelAdapter
+from prunekit.models.adapter import ModelAdapter, family_facts
 
 
 class Olmo2Adapter(ModelAdapter):
     model_type = "olmo2"
     llama_layout_refusal = "OLMo 2's norms after the sub-layers and its q/k norms over all heads have no place in it"
-    attn_spec = BlockSpec(None, "self_attn", "post_attention_layernorm")
-    mlp_spec = BlockSpec(None, "mlp", "post_feedforward_layernorm")
-
-    def attention(self, layer: int) -> AttentionProjections:
-        a = super().attention(layer)
-        attn = self.sublayer(Block.of(layer, ATTN))
-        return AttentionProjections(a.q, a.k, a.v, a.o, a.num_heads, a.num_kv_heads, a.head_dim,
-                                    head_norms=((attn.q_norm, "q"), (attn.k_norm, "k")))
+    facts = family_facts(attention_norms=[None, "post_attention_layernorm"], mlp_norms=[None, "post_feedforward_layernorm"],
+                         head_norms={"q": "q_norm", "k": "k_norm"})
 
     @torch.no_grad()
     def sync_attention(self, layer: int) -> None:

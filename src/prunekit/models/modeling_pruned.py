@@ -2,8 +2,9 @@
 
 This file is copied verbatim into every ``prunekit export --format hf`` directory whose pruning the
 stock config cannot express (attention or MLP removed in some layers, per-layer head counts or
-intermediate sizes). It imports only ``torch`` and ``transformers``: a user needs neither prunekit
-nor anything else to load, run, generate with or re-save the model::
+intermediate sizes), with ``zero_blocks.py`` beside it. It imports only ``torch``, ``transformers`` and
+that file: a user needs neither prunekit nor anything else to load, run, generate with or re-save the
+model::
 
     AutoModelForCausalLM.from_pretrained(DIR, trust_remote_code=True)
 
@@ -17,12 +18,12 @@ three per-layer lists, one entry per decoder layer:
 - ``layer_intermediate_size[i]``: MLP width of layer ``i`` (0 = its MLP block is absent; for a sparse
   MoE block, the width of each routed expert).
 
-``head_dim`` is explicit and shared by all layers. An absent block is a zero module without
-weights, and its norms (``BLOCK_NORMS``: pre-norm, and the output norm of Gemma / OLMo 2) are
-identities: the residual stream passes through unchanged, exactly
-as in prunekit's in-memory pruned model. Under a KV cache an absent attention still records
-one key and value per token for its layer (width 1, ones), so the cache reports the right sequence
-length even when layer 0 has no attention (``generate`` sizes the attention mask from it).
+``head_dim`` is explicit and shared by all layers. What the family's layer is made of comes from the
+config too, as plain data (``prunekit_family_facts``, written by prunekit from the same declaration its
+own adapter reads): the names of each block's sub-layer and norms, its projections (separate or fused),
+norms that span all heads, and whether the attention reads its head counts from its config. An absent
+block is a zero module without weights (``zero_blocks.py``), and its norms are identities: the residual
+stream passes through unchanged, exactly as in prunekit's in-memory pruned model.
 """
 
 from __future__ import annotations
@@ -56,41 +57,10 @@ from transformers.models.qwen3.modeling_qwen3 import Qwen3ForCausalLM
 from transformers.models.qwen3_moe.configuration_qwen3_moe import Qwen3MoeConfig
 from transformers.models.qwen3_moe.modeling_qwen3_moe import Qwen3MoeForCausalLM
 
+from .zero_blocks import ZeroAttention, ZeroMLP
+
 PER_LAYER_KEYS = ("layer_num_attention_heads", "layer_num_key_value_heads", "layer_intermediate_size")
-
-
-class ZeroAttention(nn.Module):
-    """An absent attention block: zeros out, no weights.
-
-    Under a KV cache it appends, for its layer, a ``[batch, 1, tokens, 1]`` tensor of ones as keys and
-    values (nothing reads them), so the layer reports its true length; ``generate`` sizes the attention
-    mask from the first full-attention layer's length. Zero-width keys would read as an empty layer (a
-    dynamic layer counts keys only when ``keys.numel()`` > 0) and a left-padded batch would attend to
-    its padding; ones, not zeros, for caches that count the positions holding non-zero keys.
-    """
-
-    removed = True
-
-    def __init__(self, layer_idx: int) -> None:
-        super().__init__()
-        self.layer_idx = layer_idx
-
-    def forward(self, hidden_states: torch.Tensor, *args, **kwargs):
-        cache = kwargs.get("cache", kwargs.get("past_key_values"))
-        if cache is not None:
-            b, t = hidden_states.shape[:2]
-            ones = hidden_states.new_ones(b, 1, t, 1)
-            cache.update(ones, ones, self.layer_idx)
-        return torch.zeros_like(hidden_states), None
-
-
-class ZeroMLP(nn.Module):
-    """An absent MLP block: zeros out, no weights."""
-
-    removed = True
-
-    def forward(self, hidden_states: torch.Tensor, *args, **kwargs) -> torch.Tensor:
-        return torch.zeros_like(hidden_states)
+FACTS_KEY = "prunekit_family_facts"
 
 
 def _resized(old: nn.Linear, in_features: int, out_features: int) -> nn.Linear:
@@ -101,97 +71,82 @@ def _resized(old: nn.Linear, in_features: int, out_features: int) -> nn.Linear:
     return nn.Linear(in_features, out_features, bias=old.bias is not None, device=w.device, dtype=w.dtype)
 
 
-# family -> (norms of the attention block, norms of the MLP block): identities when the block is absent
-# (checked against each family's transformers modeling code; prunekit's models/families/ describe the same).
-BLOCK_NORMS = {
-    "llama": (("input_layernorm",), ("post_attention_layernorm",)),
-    "gemma2": (("input_layernorm", "post_attention_layernorm"), ("pre_feedforward_layernorm", "post_feedforward_layernorm")),
-    "olmo2": (("post_attention_layernorm",), ("post_feedforward_layernorm",)),
-}
-for _name in ("mistral", "qwen2", "qwen3", "phi3", "granite", "mixtral", "qwen2_moe", "qwen3_moe"):
-    BLOCK_NORMS[_name] = BLOCK_NORMS["llama"]
-BLOCK_NORMS["gemma3_text"] = BLOCK_NORMS["gemma2"]
-
-
-def _family(model: nn.Module) -> str:
-    return model.config.model_type.removeprefix("prunekit_")
-
-
-def _resize_attention(family: str, attn: nn.Module, config, hidden: int, heads: int, kv_heads: int, head_dim: int) -> None:
+def _resize_attention(attn: nn.Module, facts: dict, *, config, hidden: int, heads: int, kv_heads: int, head_dim: int) -> None:
     q, kv = heads * head_dim, kv_heads * head_dim
-    if family == "phi3":  # fused [Q | K | V] rows; the module slices them with its config's head count
-        attn.qkv_proj = _resized(attn.qkv_proj, hidden, q + 2 * kv)
-        if heads != config.num_attention_heads or kv_heads != config.num_key_value_heads:
-            attn.config = copy.copy(config)
-            attn.config.num_attention_heads, attn.config.num_key_value_heads = heads, kv_heads
-        attn.num_key_value_heads = kv_heads
+    names = facts["attention_projections"]
+    if "qkv" in names:  # fused [Q | K | V] rows
+        setattr(attn, names["qkv"], _resized(getattr(attn, names["qkv"]), hidden, q + 2 * kv))
     else:
-        attn.q_proj = _resized(attn.q_proj, hidden, q)
-        attn.k_proj = _resized(attn.k_proj, hidden, kv)
-        attn.v_proj = _resized(attn.v_proj, hidden, kv)
-    if family == "olmo2":  # q/k norms span all heads
-        for name, size in (("q_norm", q), ("k_norm", kv)):
-            norm = getattr(attn, name)
-            if norm.weight.shape[0] != size:
-                norm.weight = nn.Parameter(torch.empty(size, device=norm.weight.device, dtype=norm.weight.dtype))
-    attn.o_proj = _resized(attn.o_proj, q, hidden)
+        for which, size in (("q", q), ("k", kv), ("v", kv)):
+            setattr(attn, names[which], _resized(getattr(attn, names[which]), hidden, size))
+    if facts["heads_from_config"] and (heads != config.num_attention_heads or kv_heads != config.num_key_value_heads):
+        attn.config = copy.copy(config)  # the module slices its fused rows with its config's head counts
+        attn.config.num_attention_heads, attn.config.num_key_value_heads = heads, kv_heads
+    if facts["heads_from_config"]:
+        attn.num_key_value_heads = kv_heads
+    for which, name in facts["head_norms"].items():  # norms over all heads' rows
+        norm, size = getattr(attn, name), q if which == "q" else kv
+        if norm.weight.shape[0] != size:
+            norm.weight = nn.Parameter(torch.empty(size, device=norm.weight.device, dtype=norm.weight.dtype))
+    setattr(attn, names["o"], _resized(getattr(attn, names["o"]), q, hidden))
     attn.head_dim = head_dim
     attn.num_key_value_groups = heads // kv_heads
 
 
-def _resize_mlp(family: str, mlp: nn.Module, hidden: int, width: int) -> None:
-    if family == "phi3":  # fused [gate | up] rows
-        mlp.gate_up_proj = _resized(mlp.gate_up_proj, hidden, 2 * width)
+def _resize_mlp(mlp: nn.Module, facts: dict, hidden: int, width: int) -> None:
+    names = facts["mlp_projections"]
+    if "gate_up" in names:  # fused [gate | up] rows
+        setattr(mlp, names["gate_up"], _resized(getattr(mlp, names["gate_up"]), hidden, 2 * width))
     else:
-        mlp.gate_proj = _resized(mlp.gate_proj, hidden, width)
-        mlp.up_proj = _resized(mlp.up_proj, hidden, width)
-    mlp.down_proj = _resized(mlp.down_proj, width, hidden)
+        for which in ("gate", "up"):
+            setattr(mlp, names[which], _resized(getattr(mlp, names[which]), hidden, width))
+    setattr(mlp, names["down"], _resized(getattr(mlp, names["down"]), width, hidden))
     if hasattr(mlp, "intermediate_size"):
         mlp.intermediate_size = width
 
 
-def _resize_experts(experts: nn.Module, width: int) -> None:
-    """Routed experts as 3-D Parameters ``gate_up_proj [E, 2I, H]`` and ``down_proj [E, H, I]``, to width ``I``."""
-    old_gu, old_down = experts.gate_up_proj, experts.down_proj
+def _resize_experts(experts: nn.Module, names: dict, width: int) -> None:
+    """Routed experts as 3-D Parameters ``gate_up [E, 2I, H]`` and ``down [E, H, I]``, to width ``I``."""
+    old_gu, old_down = getattr(experts, names["gate_up"]), getattr(experts, names["down"])
     if old_down.shape[2] == width:
         return
     e, h = old_gu.shape[0], old_gu.shape[2]
     kw = {"device": old_gu.device, "dtype": old_gu.dtype}
-    experts.gate_up_proj = nn.Parameter(torch.empty(e, 2 * width, h, **kw))
-    experts.down_proj = nn.Parameter(torch.empty(e, h, width, **kw))
+    setattr(experts, names["gate_up"], nn.Parameter(torch.empty(e, 2 * width, h, **kw)))
+    setattr(experts, names["down"], nn.Parameter(torch.empty(e, h, width, **kw)))
     experts.intermediate_dim = width
 
 
-def apply_per_layer_geometry(
-    model: nn.Module, heads: list[int], kv_heads: list[int], inter: list[int], head_dim: int,
-    zero_attention=ZeroAttention, zero_mlp=ZeroMLP,
-) -> None:
+def apply_per_layer_geometry(model: nn.Module, heads: list[int], kv_heads: list[int], inter: list[int], head_dim: int, *,
+                             facts: dict) -> None:
     """Give decoder layer ``i`` of ``model`` (a ``*ForCausalLM``) ``heads[i]`` query heads,
     ``kv_heads[i]`` KV heads and an MLP of width ``inter[i]``; 0 replaces the block by a zero module
-    (and its norms by identities). For a sparse MoE block ``inter[i]`` is the width of every routed expert."""
-    family = _family(model)
-    attn_norms, mlp_norms = BLOCK_NORMS[family]
+    (and its norms by identities). For a sparse MoE block ``inter[i]`` is the width of every routed expert.
+    ``facts``: what the family's layer is made of (module docstring)."""
     layers = model.model.layers
     if any(len(v) != len(layers) for v in (heads, kv_heads, inter)):
         raise ValueError(f"per-layer lists need one entry per layer ({len(layers)})")
     hidden = model.config.hidden_size
+    experts = facts["routed_experts"]
     for i, layer in enumerate(layers):
         if heads[i] == 0:
-            layer.self_attn = zero_attention(i)
-            for name in attn_norms:
+            setattr(layer, facts["attention_sublayer"], ZeroAttention(i))
+            for name in filter(None, facts["attention_norms"]):
                 setattr(layer, name, nn.Identity())
         else:
             if kv_heads[i] < 1 or heads[i] % kv_heads[i]:
                 raise ValueError(f"layer {i}: {heads[i]} query heads are not a multiple of {kv_heads[i]} KV heads")
-            _resize_attention(family, layer.self_attn, model.config, hidden, heads[i], kv_heads[i], head_dim)
+            _resize_attention(getattr(layer, facts["attention_sublayer"]), facts, config=model.config, hidden=hidden,
+                              heads=heads[i], kv_heads=kv_heads[i], head_dim=head_dim)
+        mlp = getattr(layer, facts["mlp_sublayer"])
         if inter[i] == 0:
-            layer.mlp = zero_mlp()
-            for name in mlp_norms:
+            setattr(layer, facts["mlp_sublayer"], ZeroMLP())
+            for name in filter(None, facts["mlp_norms"]):
                 setattr(layer, name, nn.Identity())
-        elif hasattr(layer.mlp, "experts"):  # a sparse MoE block: ``inter[i]`` is its routed experts' width
-            _resize_experts(layer.mlp.experts, inter[i])
+        elif experts and hasattr(mlp, experts["module"]):  # a sparse MoE block: ``inter[i]`` is its routed experts' width
+            _resize_experts(getattr(mlp, experts["module"]), experts, inter[i])
         else:
-            _resize_mlp(family, layer.mlp, hidden, inter[i])
+            _resize_mlp(mlp, facts, hidden, inter[i])
 
 
 class _PerLayerMixin:
@@ -199,10 +154,10 @@ class _PerLayerMixin:
 
     def __init__(self, config, *args, **kwargs) -> None:
         super().__init__(config, *args, **kwargs)
-        lists = [getattr(config, k, None) for k in PER_LAYER_KEYS]
+        lists = [getattr(config, k, None) for k in (*PER_LAYER_KEYS, FACTS_KEY)]
         if any(v is None for v in lists):
-            raise ValueError(f"config needs the per-layer lists {', '.join(PER_LAYER_KEYS)}")
-        apply_per_layer_geometry(self, *lists, config.head_dim)
+            raise ValueError(f"config needs the per-layer lists {', '.join(PER_LAYER_KEYS)} and {FACTS_KEY}")
+        apply_per_layer_geometry(self, *lists[:3], config.head_dim, facts=lists[3])
 
 
 def _pruned_classes(family: str, config_cls, model_cls) -> tuple[type, type]:

@@ -1,22 +1,19 @@
 """Rebuilding an export as an in-memory pruned model: the family's stock model with per-layer geometry.
 
-What each format's reader (``gguf.read_gguf``, ``nemotron_nas.nas_geometry``, the per-layer hf
-config) extracts is turned into a model here; :mod:`prunekit.export.reading` tells the formats
-apart and dispatches. The first paragraph below describes the whole.
-
-prunekit's own readers of its exports: back to an in-memory pruned model with an adapter.
-
-A per-layer ``hf`` export (``model_type`` ``prunekit_<family>``), a ``nemotron-nas`` directory and a
-``deci`` GGUF written by prunekit are each rebuilt as the base family's stock transformers model
-with prunekit's in-memory pruning (removed blocks as zero modules, per-layer widths as resized
-projections), so every prunekit command (eval, bench, info, export) works on them. Stock-layout
-``hf`` exports need no reader: ``load_model`` loads them as any checkpoint.
+What each format's reader extracts (:func:`prunekit.export.gguf_read.read_gguf`,
+:func:`prunekit.export.nemotron_nas.nas_geometry`, the lists of a per-layer hf config) — the base config
+and a :class:`Geometry` — is turned into a model here by :func:`build_pruned_model`: the base family's
+stock transformers model with prunekit's in-memory pruning (removed blocks as zero modules, per-layer
+widths as resized projections, by ``modeling_pruned.apply_per_layer_geometry`` and the family's facts),
+holding the read weights, so every prunekit command (eval, bench, info, export) works on it.
+:mod:`prunekit.export.load_export` tells the formats apart and dispatches.
 """
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 from accelerate import init_empty_weights
@@ -25,19 +22,30 @@ from safetensors.torch import load_file
 from transformers import AutoConfig, AutoModelForCausalLM
 
 from prunekit.core.errors import PrunekitError
-from prunekit.export.modeling_pruned import apply_per_layer_geometry
-from prunekit.models.adapter import ZeroAttention, ZeroMLP, embedding_keys
+from prunekit.models.adapter import embedding_keys
+from prunekit.models.modeling_pruned import FACTS_KEY, PER_LAYER_KEYS, apply_per_layer_geometry
+from prunekit.models.registry import ADAPTERS
 
-PER_LAYER_KEYS = ("layer_num_attention_heads", "layer_num_key_value_heads", "layer_intermediate_size")  # modeling_pruned's
 CONFIG_DROP = ("architectures", "auto_map", "model_type", "transformers_version", "_name_or_path", "dtype",
-               "torch_dtype", "block_configs", "prunekit_width", *PER_LAYER_KEYS)
+               "torch_dtype", "block_configs", "prunekit_width", FACTS_KEY, *PER_LAYER_KEYS)
 
 
-def build_pruned_model(
-    family: str, base_config: dict, heads: list[int], kv_heads: list[int], inter: list[int], head_dim: int,
-    state: dict[str, torch.Tensor],
-) -> torch.nn.Module:
-    """The family's stock model with per-layer geometry, holding ``state`` (float32, on the CPU)."""
+class Geometry(NamedTuple):
+    """Per-layer geometry of an export: query heads, KV heads and MLP width of each layer (0 = block absent),
+    and the head size shared by all layers."""
+
+    heads: list[int]
+    kv_heads: list[int]
+    inter: list[int]
+    head_dim: int
+
+
+def build_pruned_model(family: str, base_config: dict, geometry: Geometry, state: dict[str, torch.Tensor]) -> torch.nn.Module:
+    """The family's stock model with per-layer ``geometry``, holding ``state`` (float32, on the CPU)."""
+    if family not in ADAPTERS:
+        raise PrunekitError(f"the export's model_type '{family}' is not supported.",
+                            f"Supported model types: {', '.join(sorted(ADAPTERS))}.")
+    heads, kv_heads, inter, head_dim = geometry
     cfg = {k: v for k, v in base_config.items() if k not in CONFIG_DROP}
     cfg |= {"num_hidden_layers": len(heads), "head_dim": head_dim}
     # Layouts without these global fields (nemotron-nas): take them from the first layer that has the block.
@@ -46,7 +54,7 @@ def build_pruned_model(
     config = AutoConfig.for_model(family, **cfg)
     with init_empty_weights(include_buffers=False):
         model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-    apply_per_layer_geometry(model, heads, kv_heads, inter, head_dim, zero_attention=ZeroAttention, zero_mlp=ZeroMLP)
+    apply_per_layer_geometry(model, heads, kv_heads, inter, head_dim, facts=ADAPTERS[family].facts)
     tied = getattr(config, "tie_word_embeddings", False)
     head_key, _ = embedding_keys(model)
     if tied:
@@ -64,6 +72,7 @@ def build_pruned_model(
 
 
 def read_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    """Every tensor of the export's ``model.safetensors`` (or of the shards its index names)."""
     files = [path / "model.safetensors"]
     index = path / "model.safetensors.index.json"
     if index.is_file():

@@ -3,7 +3,7 @@ pruned in-memory model it rebuilds to (:func:`load_export`), so every command wo
 
 A per-layer ``hf`` export (``model_type`` ``prunekit_<family>``), a ``nemotron-nas`` directory and a
 ``deci`` GGUF written by prunekit are each rebuilt as the base family's stock transformers model
-(:func:`prunekit.export.readers.build_pruned_model`). Stock-layout ``hf`` exports need no reader:
+(:func:`prunekit.export.rebuild.build_pruned_model`). Stock-layout ``hf`` exports need no reader:
 they load as any checkpoint.
 """
 
@@ -17,10 +17,11 @@ from transformers import AutoTokenizer
 from transformers.utils import logging as hf_logging
 
 from prunekit.core.errors import PrunekitError
-from prunekit.export.gguf import is_prunekit_gguf, read_gguf
+from prunekit.export.gguf_read import is_prunekit_gguf, read_gguf
 from prunekit.export.nemotron_nas import nas_geometry
-from prunekit.export.readers import PER_LAYER_KEYS, build_pruned_model, read_safetensors
+from prunekit.export.rebuild import Geometry, build_pruned_model, read_safetensors
 from prunekit.models.loading import LoadedModel, check_device, resolve_dtype
+from prunekit.models.modeling_pruned import PER_LAYER_KEYS
 from prunekit.models.registry import get_adapter
 
 
@@ -28,7 +29,6 @@ def export_kind(path: str | Path) -> str | None:
     """'hf-per-layer', 'nemotron-nas' or 'gguf' when ``path`` is an export only prunekit's reader loads."""
     path = Path(path)
     if path.is_file() and path.suffix == ".gguf":
-
         return "gguf" if is_prunekit_gguf(path) else None
     cfg = path / "config.json"
     if not (path.is_dir() and cfg.is_file()):
@@ -52,16 +52,15 @@ def load_export(path: str | Path, dtype: str | torch.dtype = "float32", device: 
     dev = check_device(device, torch_dtype)
     tokenizer = None
     if kind == "gguf":
-        family, config, (heads, kv, inter, head_dim), state = read_gguf(path)
+        family, config, geometry, state = read_gguf(path)
     elif kind in ("hf-per-layer", "nemotron-nas"):
         config = json.loads((path / "config.json").read_text())
         if kind == "nemotron-nas":
             family = "llama"
-            heads, kv, inter, head_dim = nas_geometry(config)
+            geometry = nas_geometry(config)
         else:
             family = config["model_type"].removeprefix("prunekit_")
-            heads, kv, inter = (config[k] for k in PER_LAYER_KEYS)
-            head_dim = config["head_dim"]
+            geometry = Geometry(*(config[k] for k in PER_LAYER_KEYS), config["head_dim"])
         state = read_safetensors(path)
         if (path / "tokenizer_config.json").exists() or (path / "tokenizer.json").exists():
             level = hf_logging.get_verbosity()
@@ -72,6 +71,6 @@ def load_export(path: str | Path, dtype: str | torch.dtype = "float32", device: 
                 hf_logging.set_verbosity(level)
     else:
         raise PrunekitError(f"'{path}' is not a prunekit export (per-layer hf, nemotron-nas or gguf).", "Give an export path.")
-    model = build_pruned_model(family, config, heads, kv, inter, head_dim, state)
+    model = build_pruned_model(family, config, geometry, state)
     model.to(device=dev, dtype=torch_dtype)
     return LoadedModel(model, tokenizer, get_adapter(model), str(path), {"source": f"export:{kind}"})

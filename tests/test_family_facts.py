@@ -1,0 +1,132 @@
+"""Each family's declared facts (``ModelAdapter.facts``: the one source that the adapter and the exported
+``modeling_pruned.py`` both read) agree with the family's real transformers modules and with what the adapter
+says: the block norms are every norm of the layer, the projections every Linear of a dense block, with the
+shapes of the config; a per-layer hf export carries them in its config, and ``modeling_pruned.py`` names no
+family's modules itself."""
+
+from __future__ import annotations
+
+import ast
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from export_helpers import pruned_tiny
+from prunekit.export.hf import build_export_model
+from prunekit.models import modeling_pruned
+from prunekit.models.adapter import ATTN, LLAMA_FACTS, MLP, Block, family_facts
+from prunekit.models.modeling_pruned import FACTS_KEY
+from prunekit.models.registry import ADAPTERS, get_adapter
+from prunekit.models.tiny import FAMILY_OVERRIDES, family_model
+
+FAMILIES = sorted(ADAPTERS)
+
+
+@pytest.fixture(scope="module")
+def models():
+    return {family: family_model(family) for family in FAMILIES}
+
+
+def test_every_family_has_tiny_settings():
+    assert set(FAMILIES) == set(FAMILY_OVERRIDES)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_facts_are_plain_data_with_llamas_keys(family):
+    facts = ADAPTERS[family].facts
+    assert json.loads(json.dumps(facts)) == facts
+    assert set(facts) == set(LLAMA_FACTS)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_block_norms_are_every_norm_of_the_layer(models, family):
+    """The norms the facts name are the layer's own and the adapter's; no other norm-like parameter sits on
+    the layer (one the facts missed would stay in the residual path when its block is removed)."""
+    model = models[family]
+    adapter = get_adapter(model)
+    facts, hidden = adapter.facts, model.config.hidden_size
+    for i, layer in enumerate(adapter.layers):
+        named = set()
+        for kind, sub, norms in ((ATTN, "attention_sublayer", "attention_norms"), (MLP, "mlp_sublayer", "mlp_norms")):
+            spec = adapter.block_spec(Block.of(i, kind))
+            assert (spec.input_norm, spec.sublayer, spec.output_norm) == (facts[norms][0], facts[sub], facts[norms][1])
+            assert adapter.sublayer(Block.of(i, kind)) is getattr(layer, facts[sub])
+            for name, module in zip(facts[norms], adapter.norms(Block.of(i, kind))):
+                assert (name is None) == (module is None)
+                if name is not None:
+                    assert module is getattr(layer, name) and tuple(module.weight.shape) == (hidden,)
+                    named.add(name)
+        subs = (facts["attention_sublayer"], facts["mlp_sublayer"])
+        own = {n.split(".")[0] for n, p in layer.named_parameters() if not n.startswith(subs)}
+        assert own == named, (family, i, own, named)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_projections_are_every_linear_of_a_dense_block(models, family):
+    model = models[family]
+    adapter = get_adapter(model)
+    facts, cfg = adapter.facts, model.config
+    for i, layer in enumerate(adapter.layers):
+        attn = getattr(layer, facts["attention_sublayer"])
+        a = adapter.attention(i)
+        names = facts["attention_projections"]
+        assert {id(p.module) for p in (a.q, a.k, a.v, a.o)} == {id(getattr(attn, n)) for n in names.values()}
+        assert {id(m) for m in attn.modules() if isinstance(m, nn.Linear)} == {id(getattr(attn, n)) for n in names.values()}
+        assert (a.num_heads, a.num_kv_heads) == (cfg.num_attention_heads, cfg.num_key_value_heads)
+        assert (a.q.out_features, a.k.out_features, a.v.out_features) == (a.num_heads * a.head_dim, *(2 * [a.num_kv_heads * a.head_dim]))
+        assert {which: id(norm) for norm, which in a.head_norms} == {w: id(getattr(attn, n)) for w, n in facts["head_norms"].items()}
+        for norm, which in a.head_norms:  # norms over all heads' rows
+            assert norm.weight.shape[0] == (a.num_heads if which == "q" else a.num_kv_heads) * a.head_dim
+        mlp = getattr(layer, facts["mlp_sublayer"])
+        ex = adapter.experts(i)
+        if ex is not None:
+            names = facts["routed_experts"]
+            assert ex.module is getattr(mlp, names["module"]) and (ex.gate_up, ex.down) == (names["gate_up"], names["down"])
+            assert getattr(ex.module, names["gate_up"]).dim() == 3 == getattr(ex.module, names["down"]).dim()
+            continue
+        m = adapter.mlp(i)
+        names = facts["mlp_projections"]
+        assert {id(p.module) for p in (m.gate, m.up, m.down)} == {id(getattr(mlp, n)) for n in names.values()}
+        assert {id(x) for x in mlp.modules() if isinstance(x, nn.Linear)} == {id(getattr(mlp, n)) for n in names.values()}
+        width = m.down.in_features
+        assert (m.gate.out_features, m.up.out_features, m.down.out_features) == (width, width, cfg.hidden_size)
+
+
+def test_family_facts_refuses_an_unknown_key():
+    with pytest.raises(KeyError, match="unknown family facts"):
+        family_facts(qkv="qkv_proj")
+
+
+@pytest.mark.parametrize("family", ["phi3", "olmo2", "gemma2", "qwen3_moe"])
+def test_a_per_layer_export_carries_the_adapters_facts(family):
+    loaded = pruned_tiny(family, "blocks", **FAMILY_OVERRIDES[family])
+    model, kind = build_export_model(loaded)
+    assert kind == "per-layer"
+    assert getattr(model.config, FACTS_KEY) == loaded.adapter.facts
+    ids = torch.arange(1, 9)[None]
+    with torch.no_grad():
+        assert (model(input_ids=ids).logits - loaded.model(input_ids=ids).logits).abs().max() <= 1e-5
+
+
+def test_modeling_pruned_names_no_familys_modules():
+    """The exported code takes the names from the facts: no string of it names a family's module (the
+    transformers classes it subclasses are imported by name, which is what it is)."""
+    source = Path(modeling_pruned.__file__).read_text()
+    strings = {n.value for n in ast.walk(ast.parse(source)) if isinstance(n, ast.Constant) and isinstance(n.value, str)}
+    module_names = {v for f in ADAPTERS.values() for v in _names(f.facts)}
+    assert module_names, "the facts name modules"
+    assert not strings & module_names, strings & module_names
+
+
+def _names(value):
+    if isinstance(value, str):
+        yield value
+    elif isinstance(value, dict):
+        for v in value.values():
+            yield from _names(v)
+    elif isinstance(value, list):
+        for v in value:
+            yield from _names(v)
