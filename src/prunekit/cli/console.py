@@ -111,7 +111,8 @@ def print_weights(timing: dict) -> None:
     if timing.get("weights"):
         w = timing["weights"]
         out_console.print(f"weights: {w['moved_bytes'] / 2**30:.2f} GiB brought in; peak resident {w['peak_resident_bytes'] / 2**30:.3f}"
-                          f" GiB of the {w['cap_bytes'] / 2**30:.3f} GiB cap (model {w['model_bytes'] / 2**30:.3f} GiB in {w['compute_dtype']})")
+                          f" GiB of the {w['cap_bytes'] / 2**30:.3f} GiB cap"
+                          f" (model {w['model_bytes'] / 2**30:.3f} GiB in {w['compute_dtype']})")
 
 
 def print_width_plan(plan: dict, timing: dict | None = None) -> None:
@@ -119,7 +120,8 @@ def print_width_plan(plan: dict, timing: dict | None = None) -> None:
     frac = w.get("per_layer_fraction")
     how = plan["options"].get("importance") or f"init {plan['options'].get('init')}, {len(plan['removed'])} blocks removed"
     title = (f"{plan['method']} ({how}, {w['strategy']}): removed {plan['ratio_removed']:.1%} of "
-             f"{plan['params_before']:,} parameters" + (f", {frac:.3f} of each pruned layer" if frac is not None and w["strategy"] == "block" else ""))
+             f"{plan['params_before']:,} parameters"
+             + (f", {frac:.3f} of each pruned layer" if frac is not None and w["strategy"] == "block" else ""))
     t = Table(title=title)
     if w["strategy"] == "channel":
         t.add_column("hidden size", justify="right")

@@ -45,7 +45,7 @@ def export_after_prune(out: str, fmt: str, gguf_type: str = "f16") -> dict:
     return info
 
 
-def run_zero_shot(model: str, tasks: str, limit: Optional[int], task_dir: Optional[str], batch_size: int,
+def run_zero_shot(model: str, tasks: str, *, limit: Optional[int], task_dir: Optional[str], batch_size: int,
                   plan: Optional[str], dtype: str, device: Optional[str], json_out: Optional[str] = None) -> dict:
     """``eval --tasks``: lm-eval zero-shot accuracies of MODEL (a prunekit output directory, an export, any spec)."""
     names = [t for t in tasks.split(",") if t.strip()]
@@ -87,6 +87,7 @@ def dense_spec_for(model: str) -> str | None:
 
 def export(
     model: str = typer.Argument(..., help="A prunekit output directory (or any model spec)."),
+    *,
     fmt: str = typer.Option(..., "--format", help="hf, nemotron-nas or gguf."),
     to: str = typer.Option(..., "--to", help="Output directory (hf, nemotron-nas) or .gguf file."),
     gguf_type: str = typer.Option("f16", "--gguf-type", help="gguf tensor type: f32, f16, bf16 or q8_0."),
@@ -101,6 +102,7 @@ def export(
 
 def bench(
     model: str = typer.Argument(..., help="A prunekit output directory, an export, or any model spec."),
+    *,
     against: Optional[str] = typer.Option(None, "--against", help="The dense model to compare with (default: the plan's base model)."),
     seq_lens: str = typer.Option("128,512", "--seq-lens", help="Prefill lengths, comma-separated."),
     prompt_len: int = typer.Option(64, "--prompt-len", help="Prompt tokens before decoding."),
