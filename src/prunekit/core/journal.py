@@ -33,7 +33,8 @@ class Journal:
         path = out / JOURNAL_NAME
         if resume:
             if not path.is_file():
-                raise PrunekitError(f"`resume`: there is no journal in '{out}' to resume from.", "Run without `resume` to start the search.")
+                raise PrunekitError(f"`resume`: there is no journal in '{out}' to resume from.",
+                                    "Run without `resume` to start the search.")
             header, records = read_journal(path)
             _check_same_inputs(header.get("fingerprint", {}), fingerprint)
             journal = cls(path, fingerprint, records)
@@ -68,16 +69,19 @@ def read_journal(path: Path) -> tuple[dict, list[dict]]:
     try:
         header = json.loads(lines[0])
     except (IndexError, json.JSONDecodeError):
-        raise PrunekitError(f"journal '{path}' has no valid header (corrupted).", "Run without `resume` (with `overwrite`) to start again.") from None
+        raise PrunekitError(f"journal '{path}' has no valid header (corrupted).",
+                            "Run without `resume` (with `overwrite`) to start again.") from None
     if header.get("journal") != JOURNAL_VERSION:
-        raise PrunekitError(f"journal '{path}' has version {header.get('journal')!r}, not {JOURNAL_VERSION}.", "Run without `resume` (with `overwrite`) to start again.")
+        raise PrunekitError(f"journal '{path}' has version {header.get('journal')!r}, not {JOURNAL_VERSION}.",
+                            "Run without `resume` (with `overwrite`) to start again.")
     records = []
     for n, line in enumerate(lines[1:], 2):
         try:
             records.append(json.loads(line))
         except json.JSONDecodeError:
             if n != len(lines):
-                raise PrunekitError(f"journal '{path}' line {n} is corrupted.", "Run without `resume` (with `overwrite`) to start again.") from None
+                raise PrunekitError(f"journal '{path}' line {n} is corrupted.",
+                                    "Run without `resume` (with `overwrite`) to start again.") from None
     return header, records
 
 

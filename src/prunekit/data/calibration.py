@@ -42,6 +42,6 @@ def calibration_windows(loaded: LoadedModel, calib: CalibConfig) -> Windows:
     """The windows ``calib`` describes, tokenized by ``loaded``'s tokenizer (within its positions)."""
     max_pos = getattr(loaded.model.config, "max_position_embeddings", None)
     return build_windows(
-        loaded.tokenizer, calib.source, calib.seq_len, calib.windows, calib.sample, calib.seed,
+        loaded.tokenizer, calib.source, calib.seq_len, calib.windows, sample=calib.sample, seed=calib.seed,
         max_positions=max_pos, rows=calib.rows,
     )

@@ -134,7 +134,8 @@ def read_local(path: Path) -> list[str]:
                 row = json.loads(line)
                 texts.append(str(row["text"]))
             except (json.JSONDecodeError, KeyError, TypeError):
-                raise PrunekitError(f"'{path}' line {n} is not a JSON object with a 'text' field.", "Fix that line or use a .txt file.") from None
+                raise PrunekitError(f"'{path}' line {n} is not a JSON object with a 'text' field.",
+                                    "Fix that line or use a .txt file.") from None
         return texts
     return [text]
 

@@ -44,7 +44,7 @@ class Windows:
 
 
 def windows_from_texts(
-    tokenizer, texts: list[str], seq_len: int, n_windows: int | None = None, sample: str = "first",
+    tokenizer, texts: list[str], seq_len: int, n_windows: int | None = None, *, sample: str = "first",
     seed: int = 0, source: str = "<texts>", max_positions: int | None = None,
 ) -> Windows:
     """Token windows from texts (see the module docstring). ``n_windows=None`` takes them all."""
@@ -81,9 +81,9 @@ def windows_from_texts(
 
 
 def build_windows(
-    tokenizer, source: str, seq_len: int, n_windows: int | None = None, sample: str = "first",
+    tokenizer, source: str, seq_len: int, n_windows: int | None = None, *, sample: str = "first",
     seed: int = 0, max_positions: int | None = None, rows: int = 256,
 ) -> Windows:
     """Token windows from a named source or file (see :func:`prunekit.data.corpora.load_texts`)."""
     texts = load_texts(source, rows=rows, seed=seed)
-    return windows_from_texts(tokenizer, texts, seq_len, n_windows, sample, seed, source, max_positions)
+    return windows_from_texts(tokenizer, texts, seq_len, n_windows, sample=sample, seed=seed, source=source, max_positions=max_positions)

@@ -83,7 +83,8 @@ def _report(k: int, params: list[tuple[str, torch.nn.Parameter]], grads: list, a
             accumulate(k, name, g.detach())
 
 
-def _forward(onload: Onloader, blocks: list[int], inputs: list[tuple[torch.Tensor, list[dict]]], where: torch.device) -> list[list[torch.Tensor]]:
+def _forward(onload: Onloader, blocks: list[int], inputs: list[tuple[torch.Tensor, list[dict]]],
+             where: torch.device) -> list[list[torch.Tensor]]:
     """Every sample's state at every boundary of ``blocks`` (block-major), detached, on ``where``."""
     adapter = onload.adapter
     states = [[h0.to(where)] for h0, _ in inputs]
@@ -96,7 +97,7 @@ def _forward(onload: Onloader, blocks: list[int], inputs: list[tuple[torch.Tenso
     return states
 
 
-def _head(onload: Onloader, wanted: dict[int, str], finals: list[torch.Tensor], ids: list[torch.Tensor], loss_fn: LossFn,
+def _head(onload: Onloader, wanted: dict[int, str], finals: list[torch.Tensor], ids: list[torch.Tensor], loss_fn: LossFn, *,
           first: int, accumulate: AccumulateFn) -> tuple[list[torch.Tensor], list[float]]:
     """Each sample's loss and its gradient at the final state (and the head's wanted weights)."""
     params = _resident(onload, "head", wanted)
@@ -112,7 +113,7 @@ def _head(onload: Onloader, wanted: dict[int, str], finals: list[torch.Tensor], 
     return out, losses
 
 
-def _backward_block(onload: Onloader, wanted: dict[int, str], b: int, xs: list[torch.Tensor], grads: list[torch.Tensor],
+def _backward_block(onload: Onloader, wanted: dict[int, str], b: int, xs: list[torch.Tensor], grads: list[torch.Tensor], *,
                     inputs: list[tuple[torch.Tensor, list[dict]]], first: int, accumulate: AccumulateFn) -> None:
     """Block ``b`` recomputed from each sample's kept input; ``grads`` becomes the gradient at that input."""
     params = _resident(onload, b, wanted)
@@ -143,7 +144,7 @@ def _embedding_output(adapter: ModelAdapter, ids: torch.Tensor) -> torch.Tensor:
     return caught[0]
 
 
-def _embedding(onload: Onloader, wanted: dict[int, str], ids: list[torch.Tensor], grads: list[torch.Tensor],
+def _embedding(onload: Onloader, wanted: dict[int, str], ids: list[torch.Tensor], grads: list[torch.Tensor], *,
                first: int, accumulate: AccumulateFn) -> None:
     params = _resident(onload, "embed", wanted)
     if not params:
@@ -185,10 +186,11 @@ def layerwise_gradients(
         ids = samples[s:s + size]
         inputs = [_plain(adapter.capture_inputs(x)) for x in ids]
         states = _forward(onload, blocks, inputs, onload.device if on_device else torch.device("cpu"))
-        grads, chunk_losses = _head(onload, wanted, [st[-1] for st in states], ids, loss_fn, first + s, accumulate)
+        grads, chunk_losses = _head(onload, wanted, [st[-1] for st in states], ids, loss_fn, first=first + s, accumulate=accumulate)
         for i in reversed(range(len(blocks))):
-            _backward_block(onload, wanted, blocks[i], [st[i] for st in states], grads, inputs, first + s, accumulate)
-        _embedding(onload, wanted, ids, grads, first + s, accumulate)
+            _backward_block(onload, wanted, blocks[i], [st[i] for st in states], grads, inputs=inputs, first=first + s,
+                            accumulate=accumulate)
+        _embedding(onload, wanted, ids, grads, first=first + s, accumulate=accumulate)
         losses += chunk_losses
         if on_chunk is not None:
             on_chunk(first + s + len(ids))

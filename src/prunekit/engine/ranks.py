@@ -87,7 +87,8 @@ def requested_world() -> int:
     try:
         return max(1, int(os.environ.get("WORLD_SIZE", "1") or 1))
     except ValueError:
-        raise PrunekitError(f"WORLD_SIZE '{os.environ['WORLD_SIZE']}' is not a number.", "Launch with torchrun, or unset WORLD_SIZE.") from None
+        raise PrunekitError(f"WORLD_SIZE '{os.environ['WORLD_SIZE']}' is not a number.",
+                            "Launch with torchrun, or unset WORLD_SIZE.") from None
 
 
 def current() -> Ranks:

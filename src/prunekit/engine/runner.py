@@ -19,8 +19,8 @@ from typing import Hashable
 import psutil
 import torch
 
-from prunekit.data.windows import Windows
 from prunekit.core.errors import PrunekitError
+from prunekit.data.windows import Windows
 from prunekit.engine.loss import DEFAULT_CHUNK_TOKENS, counted_targets, window_js, window_kl, window_nll
 from prunekit.engine.onload import Onloader
 from prunekit.engine.ranks import Ranks
@@ -152,7 +152,7 @@ class Engine:
     """
 
     def __init__(
-        self, adapter: ModelAdapter, windows: Windows, batch_size: int = 8, criterion: str = "ppl",
+        self, adapter: ModelAdapter, windows: Windows, batch_size: int = 8, *, criterion: str = "ppl",
         ignore_index: int | None = None, cache_bytes: float = 2 * 2**30, cache_device: str | None = None,
         chunk_tokens: int = DEFAULT_CHUNK_TOKENS, ranks: Ranks | None = None, onload: Onloader | None = None,
     ) -> None:

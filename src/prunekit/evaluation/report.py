@@ -147,11 +147,13 @@ def markdown(plan: dict, timing: dict | None, figures: dict[str, bool], out_name
     cfg = model["config"]
     lines = [f"# prunekit run report: {plan['method']} on {model.get('spec', model['model_type'])}", ""]
     lines += ["| | |", "|---|---|"]
-    lines.append(f"| model | {model.get('spec')} ({model['model_type']}, {cfg.get('num_hidden_layers')} layers, {plan['params_before']:,} parameters) |")
+    lines.append(f"| model | {model.get('spec')} ({model['model_type']}, {cfg.get('num_hidden_layers')} layers,"
+                 f" {plan['params_before']:,} parameters) |")
     opts = ", ".join(f"{k}={v}" for k, v in sorted((plan.get("options") or {}).items()) if v is not None)
     lines.append(f"| method | {plan['method']} ({opts}) |")
     if cal:
-        lines.append(f"| calibration | {cal.get('source')}: {cal.get('windows', cal.get('n_windows', '?'))} windows x {cal.get('seq_len')} tokens, text sha256 {str(cal.get('text_sha256', ''))[:12]} |")
+        lines.append(f"| calibration | {cal.get('source')}: {cal.get('windows', cal.get('n_windows', '?'))} windows x {cal.get('seq_len')}"
+                     f" tokens, text sha256 {str(cal.get('text_sha256', ''))[:12]} |")
     lines.append(f"| removed | {plan['ratio_removed']:.2%} of the parameters ({plan['params_before']:,} -> {plan['params_after']:,}) |")
     traj = trajectory(plan)
     if plan.get("dense_value") is not None:

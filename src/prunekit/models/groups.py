@@ -98,7 +98,8 @@ def parameter_names(model: nn.Module) -> dict[int, str]:
     return {id(p): n for n, p in model.named_parameters()}
 
 
-def _part(where: nn.Module | Proj | None, attr: str, dim: int, index: torch.Tensor, role: str, names: dict[int, str]) -> Part | None:
+def _part(where: nn.Module | Proj | None, attr: str, dim: int, index: torch.Tensor, role: str, *,
+          names: dict[int, str]) -> Part | None:
     """A part over ``where`` (a module, or a :class:`Proj`: its rows offset ``index`` along dim 0)."""
     if isinstance(where, Proj):
         module, offset = where.module, where.start
@@ -136,14 +137,14 @@ def attention_family(adapter: ModelAdapter, layer: int, names: dict[int, str] | 
     q_rows = _blocks(a.num_kv_heads, n_rep * hd)
     kv_rows = _blocks(a.num_kv_heads, hd)
     parts = [
-        _part(a.q, "weight", 0, q_rows, "q", names), _part(a.q, "bias", 0, q_rows, "q", names),
-        _part(a.k, "weight", 0, kv_rows, "k", names), _part(a.k, "bias", 0, kv_rows, "k", names),
-        _part(a.v, "weight", 0, kv_rows, "v", names), _part(a.v, "bias", 0, kv_rows, "v", names),
-        _part(a.o, "weight", 1, q_rows, "o", names),
+        _part(a.q, "weight", 0, q_rows, "q", names=names), _part(a.q, "bias", 0, q_rows, "q", names=names),
+        _part(a.k, "weight", 0, kv_rows, "k", names=names), _part(a.k, "bias", 0, kv_rows, "k", names=names),
+        _part(a.v, "weight", 0, kv_rows, "v", names=names), _part(a.v, "bias", 0, kv_rows, "v", names=names),
+        _part(a.o, "weight", 1, q_rows, "o", names=names),
     ]
     for norm, which in a.head_norms:  # norms spanning all heads (OLMo 2): sliced with their heads' rows
         rows = q_rows if which == "q" else kv_rows
-        parts += [_part(norm, "weight", 0, rows, f"{which}_norm", names), _part(norm, "bias", 0, rows, f"{which}_norm", names)]
+        parts += [_part(norm, "weight", 0, rows, f"{which}_norm", names=names), _part(norm, "bias", 0, rows, f"{which}_norm", names=names)]
     return Family(ATTN, layer, a.num_kv_heads, [p for p in parts if p is not None])
 
 
@@ -178,9 +179,9 @@ def mlp_family(adapter: ModelAdapter, layer: int, names: dict[int, str] | None =
     n = m.gate.out_features
     rows = _blocks(n, 1)
     parts = [
-        _part(m.gate, "weight", 0, rows, "gate", names), _part(m.gate, "bias", 0, rows, "gate", names),
-        _part(m.up, "weight", 0, rows, "up", names), _part(m.up, "bias", 0, rows, "up", names),
-        _part(m.down, "weight", 1, rows, "down", names),
+        _part(m.gate, "weight", 0, rows, "gate", names=names), _part(m.gate, "bias", 0, rows, "gate", names=names),
+        _part(m.up, "weight", 0, rows, "up", names=names), _part(m.up, "bias", 0, rows, "up", names=names),
+        _part(m.down, "weight", 1, rows, "down", names=names),
     ]
     return Family(MLP, layer, n, [p for p in parts if p is not None])
 
@@ -190,26 +191,26 @@ def hidden_family(adapter: ModelAdapter, names: dict[int, str] | None = None) ->
     names = names if names is not None else parameter_names(adapter.model)
     n = adapter.embed.weight.shape[1]
     idx = _blocks(n, 1)
-    parts: list[Part | None] = [_part(adapter.embed, "weight", 1, idx, "embed", names)]
+    parts: list[Part | None] = [_part(adapter.embed, "weight", 1, idx, "embed", names=names)]
     for layer in range(adapter.num_layers):
         for kind in (ATTN, MLP):
             block = Block.of(layer, kind)
             if adapter.is_removed(block):
                 continue
             for norm in adapter.norms(block):
-                parts += [_part(norm, "weight", 0, idx, "norm", names), _part(norm, "bias", 0, idx, "norm", names)]
+                parts += [_part(norm, "weight", 0, idx, "norm", names=names), _part(norm, "bias", 0, idx, "norm", names=names)]
             if kind == ATTN:
                 a = adapter.attention(layer)
-                parts += [_part(lin, "weight", 1, idx, r, names) for lin, r in ((a.q, "q"), (a.k, "k"), (a.v, "v"))]
-                parts += [_part(a.o, "weight", 0, idx, "o", names), _part(a.o, "bias", 0, idx, "o", names)]
+                parts += [_part(lin, "weight", 1, idx, r, names=names) for lin, r in ((a.q, "q"), (a.k, "k"), (a.v, "v"))]
+                parts += [_part(a.o, "weight", 0, idx, "o", names=names), _part(a.o, "bias", 0, idx, "o", names=names)]
             else:
                 m = adapter.mlp(layer)
-                parts += [_part(m.gate, "weight", 1, idx, "gate", names), _part(m.up, "weight", 1, idx, "up", names)]
-                parts += [_part(m.down, "weight", 0, idx, "down", names), _part(m.down, "bias", 0, idx, "down", names)]
+                parts += [_part(m.gate, "weight", 1, idx, "gate", names=names), _part(m.up, "weight", 1, idx, "up", names=names)]
+                parts += [_part(m.down, "weight", 0, idx, "down", names=names), _part(m.down, "bias", 0, idx, "down", names=names)]
     norm = adapter.final_norm
-    parts += [_part(norm, "weight", 0, idx, "norm", names), _part(norm, "bias", 0, idx, "norm", names)]
+    parts += [_part(norm, "weight", 0, idx, "norm", names=names), _part(norm, "bias", 0, idx, "norm", names=names)]
     if adapter.lm_head.weight is not adapter.embed.weight:  # a tied head is the embedding: counted once
-        parts.append(_part(adapter.lm_head, "weight", 1, idx, "lm_head", names))
+        parts.append(_part(adapter.lm_head, "weight", 1, idx, "lm_head", names=names))
     unique: dict[tuple[int, str], Part] = {}  # a fused Linear's columns (Phi-3's q, k, v) are one part
     for p in parts:
         if p is not None:

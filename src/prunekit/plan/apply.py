@@ -26,7 +26,8 @@ from prunekit.models.registry import get_adapter
 from prunekit.plan.schema import read_plan, removed_blocks, validate_plan
 from prunekit.plan.slicing import apply_width
 
-GEOMETRY = ("model_type", "num_hidden_layers", "hidden_size", "num_attention_heads", "num_key_value_heads", "intermediate_size", "vocab_size")
+GEOMETRY = ("model_type", "num_hidden_layers", "hidden_size", "num_attention_heads", "num_key_value_heads", "intermediate_size",
+            "vocab_size")
 
 
 def check_plan_matches(model: torch.nn.Module, plan: dict, check_weights: bool = True, dtype: torch.dtype | None = None) -> None:
@@ -69,7 +70,7 @@ def apply_plan(model: torch.nn.Module, plan: dict, check: bool = True, dtype: to
     return adapter
 
 
-def save_pruned(loaded: LoadedModel, plan: dict, out: str | Path, overwrite: bool = False,
+def save_pruned(loaded: LoadedModel, plan: dict, out: str | Path, *, overwrite: bool = False,
                 extra_files: dict | None = None, copy_files: list[Path] | None = None) -> Path:
     """Write the pruned model (kept weights only), its plan, config and tokenizer to ``out`` atomically.
 

@@ -123,7 +123,8 @@ def validate_plan(plan: object, where: str = "plan") -> dict:
         if typ is float and isinstance(value, int) and not isinstance(value, bool):
             value = float(value)
         if not isinstance(value, typ) or isinstance(value, bool):
-            raise PrunekitError(f"{where} field '{key}' should be {typ.__name__}, not {type(plan[key]).__name__}.", "Use a plan.json written by prunekit.")
+            raise PrunekitError(f"{where} field '{key}' should be {typ.__name__}, not {type(plan[key]).__name__}.",
+                                "Use a plan.json written by prunekit.")
     for key in ("model_type", "config"):
         if key not in plan["model"]:
             raise PrunekitError(f"{where} model lacks '{key}'.", "Use a plan.json written by prunekit.")

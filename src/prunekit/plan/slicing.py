@@ -36,7 +36,8 @@ from prunekit.models.groups import Family, attention_family, expert_families, hi
 
 def _check_kept(kept: object, n: int, what: str) -> list[int]:
     if not isinstance(kept, list) or not kept or not all(isinstance(i, int) and not isinstance(i, bool) for i in kept):
-        raise PrunekitError(f"the plan's width record keeps no valid {what} (corrupted or hand-edited?).", "Use a plan.json written by prunekit.")
+        raise PrunekitError(f"the plan's width record keeps no valid {what} (corrupted or hand-edited?).",
+                            "Use a plan.json written by prunekit.")
     if sorted(set(kept)) != kept or kept[0] < 0 or kept[-1] >= n:
         raise PrunekitError(
             f"the plan's width record lists {what} that are not sorted, unique indices below {n}.",
@@ -94,9 +95,11 @@ def _slice_experts(adapter: ModelAdapter, layer: int, kept: object, names: dict[
     they share one 3-D tensor per projection)."""
     fams = expert_families(adapter, layer, names)
     if not fams:
-        raise PrunekitError(f"the plan slices the experts of layer {layer}, which has no sparse MoE block.", "Use a plan.json written by prunekit.")
+        raise PrunekitError(f"the plan slices the experts of layer {layer}, which has no sparse MoE block.",
+                            "Use a plan.json written by prunekit.")
     if not isinstance(kept, list) or len(kept) != len(fams):
-        raise PrunekitError(f"the plan's expert channels of layer {layer} do not list its {len(fams)} experts.", "Use a plan.json written by prunekit.")
+        raise PrunekitError(f"the plan's expert channels of layer {layer} do not list its {len(fams)} experts.",
+                            "Use a plan.json written by prunekit.")
     kept = [_check_kept(k, fam.n, f"channels of expert {e} of layer {layer}") for e, (k, fam) in enumerate(zip(kept, fams))]
     if len({len(k) for k in kept}) != 1 or len(kept[0]) % fams[0].align and len(kept[0]) != fams[0].n:
         raise PrunekitError(
@@ -128,11 +131,13 @@ def _slice_experts(adapter: ModelAdapter, layer: int, kept: object, names: dict[
 def _slice_layer(adapter: ModelAdapter, entry: dict, names: dict[int, str]) -> None:
     layer = entry.get("layer")
     if not isinstance(layer, int) or not (0 <= layer < adapter.num_layers):
-        raise PrunekitError(f"the plan's width record names layer {layer!r}, but the model has {adapter.num_layers}.", "Use the plan with its own model.")
+        raise PrunekitError(f"the plan's width record names layer {layer!r}, but the model has {adapter.num_layers}.",
+                            "Use the plan with its own model.")
     if entry.get("kv_heads") is not None:
         fam = attention_family(adapter, layer, names)
         if fam is None:
-            raise PrunekitError(f"the plan slices the heads of layer {layer}, whose attention is removed.", "Use a plan.json written by prunekit.")
+            raise PrunekitError(f"the plan slices the heads of layer {layer}, whose attention is removed.",
+                                "Use a plan.json written by prunekit.")
         a = adapter.attention(layer)
         kept = _check_kept(entry["kv_heads"], fam.n, f"KV heads of layer {layer}")
         readers = kv_readers(a.num_heads, a.num_kv_heads)
@@ -159,7 +164,8 @@ def apply_width(adapter: ModelAdapter, width: dict) -> None:
         raise PrunekitError("the plan's width record is not an object with a 'layers' list.", "Use a plan.json written by prunekit.")
     model = adapter.model
     if getattr(model.config, "prunekit_width", None):
-        raise PrunekitError("this model is already width-pruned; a width plan applies to the base model.", "Apply the plan to the model it was made from.")
+        raise PrunekitError("this model is already width-pruned; a width plan applies to the base model.",
+                            "Apply the plan to the model it was made from.")
     tied = adapter.lm_head.weight is adapter.embed.weight
     names = parameter_names(model)
     for entry in width.get("layers", []):

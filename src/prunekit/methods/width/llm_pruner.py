@@ -27,9 +27,15 @@ from prunekit.data.calibration import CalibConfig, calibration_windows
 from prunekit.engine.onload import Onloader
 from prunekit.engine.ranks import Ranks
 from prunekit.engine.runner import default_cache_bytes
-from prunekit.methods.width.importance import (GradStats, collect_gradients, collect_gradients_layerwise, family_scores, finite_or_raise,
-                                               needed_parameters)
 from prunekit.methods.width.fusion import fusion_scores
+from prunekit.methods.width.importance import (
+    GradStats,
+    collect_gradients,
+    collect_gradients_layerwise,
+    family_scores,
+    finite_or_raise,
+    needed_parameters,
+)
 from prunekit.methods.width.journal import GradientJournal
 from prunekit.methods.width.options import WidthConfig, parse_layers
 from prunekit.methods.width.select import Choice, count_for, global_rank, uniform
@@ -92,7 +98,8 @@ def width_record(families: list[Family], choice: Choice, strategy: str, adapter)
             continue
         entry = layers.setdefault(fam.layer, {"layer": fam.layer})
         if fam.expert is not None:  # every routed expert of the layer, the untouched ones whole
-            experts = entry.setdefault("expert_channels", [list(range(f.n)) for f in families if f.layer == fam.layer and f.expert is not None])
+            experts = entry.setdefault("expert_channels",
+                                       [list(range(f.n)) for f in families if f.layer == fam.layer and f.expert is not None])
             experts[fam.expert] = kept
             entry["moe_intermediate_size"] = len(kept)
         elif fam.kind == "attn":
@@ -116,10 +123,10 @@ def width_record(families: list[Family], choice: Choice, strategy: str, adapter)
 
 def choose_groups(width: WidthConfig, families: list[Family], scores: list[torch.Tensor], target: float, total: int) -> Choice:
     if width.strategy == "channel":
-        return count_for(families[0], scores[0], target, total, width.ratio, width.at_least)
+        return count_for(families[0], scores[0], target, total, width.ratio, at_least=width.at_least)
     if width.global_:
-        return global_rank(families, scores, target, total, width.ratio, width.at_least)
-    return uniform(families, scores, target, total, width.ratio, width.at_least)
+        return global_rank(families, scores, target, total, width.ratio, at_least=width.at_least)
+    return uniform(families, scores, target, total, width.ratio, at_least=width.at_least)
 
 
 @dataclass
@@ -161,7 +168,7 @@ def families_for(adapter, width: WidthConfig) -> tuple[list[Family], str | None]
 
 
 def width_gradients(
-    loaded: LoadedModel, width: WidthConfig, calib: CalibConfig, progress: ProgressFn | None = None, fisher: bool | None = None,
+    loaded: LoadedModel, width: WidthConfig, calib: CalibConfig, progress: ProgressFn | None = None, *, fisher: bool | None = None,
     journal_dir: str | Path | None = None, resume: bool = False, weights_sha256: str | None = None,
     ranks: Ranks | None = None, onload: Onloader | None = None,
 ) -> Gradients:
@@ -184,8 +191,8 @@ def width_gradients(
     calibration = windows.fingerprint() | {"ignore_index": ignore}
     journal = start = on_sample = None
     if journal_dir is not None and not ranks.spread:
-        fingerprint = {"model": weights_sha256 or model_record(loaded, onload.dtype if onload else None)["weights_sha256"], "calibration": calibration,
-                       "options": width.as_dict() | {"fisher": need_f}}
+        fingerprint = {"model": weights_sha256 or model_record(loaded, onload.dtype if onload else None)["weights_sha256"],
+                       "calibration": calibration, "options": width.as_dict() | {"fisher": need_f}}
         journal = GradientJournal(Path(journal_dir), fingerprint, resume)
         start, on_sample = journal.start(), journal.after_sample
     if onload is not None:
@@ -198,7 +205,7 @@ def width_gradients(
 
 
 def plan_width(
-    loaded: LoadedModel, width: WidthConfig, calib: CalibConfig, progress: ProgressFn | None = None,
+    loaded: LoadedModel, width: WidthConfig, calib: CalibConfig, progress: ProgressFn | None = None, *,
     gradients: Gradients | None = None, journal_dir: str | Path | None = None, resume: bool = False,
     ranks: Ranks | None = None, onload: Onloader | None = None,
 ) -> WidthOutcome:

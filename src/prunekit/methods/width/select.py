@@ -54,7 +54,7 @@ def _where(fam: Family) -> str:
         f" of layer {fam.layer}" if fam.layer is not None else "")
 
 
-def uniform(families: list[Family], scores: list[torch.Tensor], target: float, total: int, ratio: float,
+def uniform(families: list[Family], scores: list[torch.Tensor], target: float, total: int, ratio: float, *,
             at_least: bool = False) -> Choice:
     """The same fraction of every family (see the module docstring); ``at_least``: the smallest
     step that removes at least ``target`` (as the depth methods' budgets), else the closest."""
@@ -89,7 +89,7 @@ def uniform(families: list[Family], scores: list[torch.Tensor], target: float, t
     return Choice([lowest(s, k) for s, k in zip(scores, ks)], removed, f, {"per_family_removed": ks})
 
 
-def global_rank(families: list[Family], scores: list[torch.Tensor], target: float, total: int, ratio: float,
+def global_rank(families: list[Family], scores: list[torch.Tensor], target: float, total: int, ratio: float, *,
                 at_least: bool = False) -> Choice:
     """Rank all structures together by score per parameter (see the module docstring); ``at_least``:
     go on until at least ``target`` is removed."""
@@ -114,7 +114,8 @@ def global_rank(families: list[Family], scores: list[torch.Tensor], target: floa
         removed += size
     if (removed < target) if at_least else (target - removed >= smallest / 2):
         raise PrunekitError(
-            f"`ratio` {ratio} cannot be reached: keeping one KV group and one MLP channel per layer of the range removes at most {removed / total:.3f}.",
+            f"`ratio` {ratio} cannot be reached: keeping one KV group and one MLP channel per layer of the range removes at most"
+            f" {removed / total:.3f}.",
             f"Use `ratio` {math.floor(removed / total * 100) / 100} or less, or a wider `layers` range.",
         )
     if removed == 0:
@@ -122,7 +123,7 @@ def global_rank(families: list[Family], scores: list[torch.Tensor], target: floa
     return Choice([sorted(c) for c in chosen], removed, None, {"per_family_removed": [len(c) for c in chosen]})
 
 
-def count_for(family: Family, scores: torch.Tensor, target: float, total: int, ratio: float,
+def count_for(family: Family, scores: torch.Tensor, target: float, total: int, ratio: float, *,
               at_least: bool = False) -> Choice:
     """The ``k`` lowest-scored structures of one family, ``k`` closest to the target (hidden channels),
     or with ``at_least`` the smallest ``k`` that reaches it."""
