@@ -40,7 +40,7 @@ def parse_cell(text: str) -> tuple[str, int, int, str]:
     return method, windows, seq_len, dtype
 
 
-def run_cell(method: str, windows: int, seq_len: int, dtype: str, ratio: float, batch_size: int, dense,
+def run_cell(method: str, windows: int, seq_len: int, dtype: str, *, ratio: float, batch_size: int, dense,
              out: Path) -> dict:
     """Search one cell in ``dtype`` (journaled in ``out``: a killed cell resumes); evaluate its plan on the
     float32 model ``dense``."""
@@ -76,7 +76,8 @@ def main() -> None:
         key = text.strip()
         if key in results:
             continue
-        results[key] = run_cell(*parse_cell(key), args.ratio, args.batch_size, dense, Path(args.work) / key.replace(":", "_"))
+        results[key] = run_cell(*parse_cell(key), ratio=args.ratio, batch_size=args.batch_size, dense=dense,
+                                out=Path(args.work) / key.replace(":", "_"))
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(results, indent=2) + "\n")
         print(key, json.dumps(results[key]), flush=True)

@@ -40,7 +40,7 @@ def variant_summary(rows: list[dict], sources: list[str]) -> list[str]:
     return lines
 
 
-def recheck_variants(model: str, out: Path, rows: list[dict], sources: list[str], windows: int, seq_len: int) -> list[str]:
+def recheck_variants(model: str, out: Path, rows: list[dict], sources: list[str], *, windows: int, seq_len: int) -> list[str]:
     """Re-evaluate greedy and the blockpruner search variants on ``windows`` held-out windows (their saved plans)."""
     from prunekit.models.adapter import Block
     from prunekit.pipeline import prune as api
@@ -108,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
     for line in variant_summary(rows, sources):
         print(line)
     if args.recheck_windows:
-        for line in recheck_variants(args.model, out, rows, sources, args.recheck_windows, args.eval_seq_len):
+        for line in recheck_variants(args.model, out, rows, sources, windows=args.recheck_windows, seq_len=args.eval_seq_len):
             print(line, flush=True)
     if args.img_dir:
         img = Path(args.img_dir)

@@ -11,7 +11,8 @@ training loop (``train_seconds``) is recorded. Each run is the CLI equivalent of
 
 Writes ``--json`` and prints a markdown table.
 
-    python benchmarks/distill_vs_lm.py --plan runs/compare/plans/budget-greedy__r0.2.json [--steps 30,200] [--alpha 0.5] [--seed 1] [--work /tmp/distill]
+    python benchmarks/distill_vs_lm.py --plan runs/compare/plans/budget-greedy__r0.2.json \\
+        [--steps 30,200] [--alpha 0.5] [--seed 1] [--work /tmp/distill]
 """
 
 from __future__ import annotations

@@ -44,7 +44,7 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def cached(lm, windows, units, steps, batch, candidate_batch=None, onload=None) -> dict:
+def cached(lm, windows, units, steps, batch, *, candidate_batch=None, onload=None) -> dict:
     """The engine's greedy search; seconds, units, per-step gap between the best two totals."""
     dev = onload.device if onload is not None else next(lm.model.parameters()).device
     pad = lm.model.config.pad_token_id
@@ -82,7 +82,7 @@ def naive(lm, windows, units, steps, batch) -> dict:
     return {"seconds": time.perf_counter() - t0, "units": [list(u) for u, _ in res], "values": [v for _, v in res]}
 
 
-def check(name: str, lm, windows, steps: int, batch: int, cap_fraction: float) -> dict:
+def check(name: str, lm, windows, steps: int, batch: int, *, cap_fraction: float) -> dict:
     """Naive, cached (batched and one by one) and capped searches of ``steps`` steps on ``lm``."""
     units = make_units(lm.adapter, "mix")
     dev = next(lm.model.parameters()).device

@@ -3,8 +3,9 @@
 Nothing is run: every figure is counted from the model's shapes with prunekit's own counting
 (:mod:`prunekit.methods.depth.workcount`: ``llama_block_macs``, ``count_search`` for the MACs of
 the naive / prefix / trajectory searches, ``count_onload``, which replays the capped engine's block visits
-through its least-recently-used cache, for the weights brought in) and the engine's own rules for kept states (one state per boundary and per kept candidate,
-``windows x seq_len x hidden`` values in the compute dtype). Seconds are those counts divided by
+through its least-recently-used cache, for the weights brought in) and the engine's own rules for kept
+states (one state per boundary and per kept candidate, ``windows x seq_len x hidden`` values in the compute
+dtype). Seconds are those counts divided by
 rates that are ASSUMED, not measured (``--tmacs``, ``--h2d-gbs``); change them to your hardware.
 
 The removal order is not known before the search runs, and the trajectory cache's saving depends
@@ -38,7 +39,7 @@ def block_params(cfg: dict) -> list[float]:
     return [attn, mlp] * cfg["num_hidden_layers"]
 
 
-def setup(name: str, cfg: dict, order: list, units: list, args, gpus: int, cap_gib: float, state_gib: float) -> dict:
+def setup(name: str, cfg: dict, order: list, units: list, args, *, gpus: int, cap_gib: float, state_gib: float) -> dict:
     """One machine layout: ``gpus`` ranks, each with ``cap_gib`` of resident weights and ``state_gib`` of states."""
     nb = 2 * cfg["num_hidden_layers"]
     itemsize = 2  # bfloat16 compute on the GPUs
@@ -95,7 +96,8 @@ def main() -> None:
     res = {"model": "Llama-2-70B", "config": cfg, "windows": args.windows, "seq_len": args.seq_len,
            "assumed_tmacs_per_gpu": args.tmacs, "assumed_h2d_gbs": args.h2d_gbs, "rows": rows}
     keys = ("setup", "order", "steps", "candidates_evaluated", "tmacs_per_rank", "compute_hours_per_rank", "moved_tb_per_rank",
-            "transfer_hours_per_rank", "gpu_memory_gib_per_gpu", "prefix_stride", "trajectory_states_fit", "counted_ratio_naive_over_trajectory")
+            "transfer_hours_per_rank", "gpu_memory_gib_per_gpu", "prefix_stride", "trajectory_states_fit",
+            "counted_ratio_naive_over_trajectory")
     print("| " + " | ".join(keys) + " |")
     print("|" + "---|" * len(keys))
     for r in rows:

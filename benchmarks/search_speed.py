@@ -120,7 +120,8 @@ def main() -> None:
     base = results.get("naive")
     print(f"\nSmolLM2-135M, {args.windows} windows x {args.seq_len} tokens of wiki, batch {args.batch_size}, "
           f"{args.steps} greedy steps over mix blocks, torch threads {args.threads or 'default'}\n")
-    print("| configuration | median s/step | total s | measured ratio | counted ideal ratio | measured / ideal | peak RSS | peak cached states | same choices as naive |")
+    print("| configuration | median s/step | total s | measured ratio | counted ideal ratio | measured / ideal | peak RSS"
+          " | peak cached states | same choices as naive |")
     print("|---|---|---|---|---|---|---|---|---|")
     for name, r in results.items():
         med, tot = statistics.median(r["times"]), sum(r["times"])

@@ -32,15 +32,15 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from prunekit.data.calibration import CalibConfig
-from prunekit.evaluation.speed import BenchConfig, bench
-from prunekit.methods.width.importance import element_scores
-from prunekit.methods.width.llm_pruner import families_for, width_gradients
-from prunekit.methods.width.options import WidthConfig
-from prunekit.pipeline.load import load_model
-from prunekit.pipeline.prune import evaluate, prune_width
-from prunekit.pipeline.recover import RecoverConfig, recover
-from prunekit.plan.apply import save_pruned
+from prunekit.data.calibration import CalibConfig  # noqa: E402
+from prunekit.evaluation.speed import BenchConfig, bench  # noqa: E402
+from prunekit.methods.width.importance import element_scores  # noqa: E402
+from prunekit.methods.width.llm_pruner import families_for, width_gradients  # noqa: E402
+from prunekit.methods.width.options import WidthConfig  # noqa: E402
+from prunekit.pipeline.load import load_model  # noqa: E402
+from prunekit.pipeline.prune import evaluate, prune_width  # noqa: E402
+from prunekit.pipeline.recover import RecoverConfig, recover  # noqa: E402
+from prunekit.plan.apply import save_pruned  # noqa: E402
 
 IMPORTANCES = ("param_first", "element2", "param_second", "vector", "l2", "l1", "random")
 ALIASES = {"param_first": "param_first = element1", "element2": "element2 = param_mix"}
@@ -95,7 +95,8 @@ def main() -> None:
     dense = load_model(args.model, device="cpu")
     res: dict = {"args": vars(args), "threads": torch.get_num_threads()}
     res["dense"] = evaluate(dense, sources, 256, args.eval_windows)
-    print(f"dense: {res['dense']['parameters']:,} params, " + ", ".join(f"{s} {res['dense']['perplexity'][s]:.3f}" for s in sources), flush=True)
+    print(f"dense: {res['dense']['parameters']:,} params, " + ", ".join(f"{s} {res['dense']['perplexity'][s]:.3f}" for s in sources),
+          flush=True)
 
     calib = CalibConfig(source="wiki", seq_len=args.seq_len)
     t0 = time.perf_counter()
@@ -143,7 +144,8 @@ def main() -> None:
             cfg = RecoverConfig(data="wiki", epochs=1, seq_len=args.train_seq_len, batch_size=args.batch, max_steps=args.steps,
                                 eval_data=tuple(sources), eval_windows=args.eval_windows, eval_seq_len=256)
             rep = recover(d, cfg, Path(tmp) / f"{imp}-rec", device="cpu")
-            res["recover"][imp] = {k: rep[k] for k in ("steps", "first_loss", "last_loss", "train_seconds", "perplexity_before", "perplexity_after")}
+            res["recover"][imp] = {k: rep[k] for k in ("steps", "first_loss", "last_loss", "train_seconds", "perplexity_before",
+                                                       "perplexity_after")}
             res["recover"][imp]["mean_loss_first_5"] = sum(rep["losses"][:5]) / 5
             res["recover"][imp]["mean_loss_last_5"] = sum(rep["losses"][-5:]) / 5
             print(f"recover {imp}: {rep['steps']} steps in {rep['train_seconds']:.0f} s, loss (mean of 5) "
@@ -157,7 +159,8 @@ def main() -> None:
             print(f"prefill {row['seq_len']}: dense {row['dense_tokens_per_s']:.0f} tok/s, pruned {row['pruned_tokens_per_s']:.0f} tok/s, "
                   f"speedup {row['speedup']:.2f}x (ideal {row['ideal']:.2f}x)", flush=True)
         d = sp["decode"]
-        print(f"decode {d['new_tokens']} after {d['prompt_len']}: dense {d['dense_tokens_per_s']:.1f} tok/s, pruned {d['pruned_tokens_per_s']:.1f} tok/s, "
+        print(f"decode {d['new_tokens']} after {d['prompt_len']}: dense {d['dense_tokens_per_s']:.1f} tok/s, "
+              f"pruned {d['pruned_tokens_per_s']:.1f} tok/s, "
               f"speedup {d['speedup']:.2f}x (ideal {d['ideal']:.2f}x)", flush=True)
     res["wall_seconds"] = time.perf_counter() - t_start
     print(f"wall time {res['wall_seconds']:.0f} s")

@@ -46,7 +46,7 @@ def test_weights_over_the_cap_prune_to_the_uncapped_plan(bf16_checkpoint, tmp_pa
     assert w["moved_bytes"] > w["model_bytes"] and w["compute_dtype"] == "float32"
     # the capped run's own model stayed in the checkpoint's dtype
     assert {p.dtype for p in capped.loaded.model.parameters()} == {torch.bfloat16}
-    one = _prune(d, tmp_path / "one-by-one", max_memory=cap_gib, candidate_batch=1)
+    _prune(d, tmp_path / "one-by-one", max_memory=cap_gib, candidate_batch=1)
     assert (tmp_path / "one-by-one" / "plan.json").read_bytes() == (tmp_path / "free" / "plan.json").read_bytes()
     w1 = json.loads((tmp_path / "one-by-one" / "timing.json").read_text())["weights"]
     assert w1["moved_bytes"] > 2 * w["moved_bytes"]  # block-major groups bring each block in once per group and batch

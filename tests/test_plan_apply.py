@@ -95,7 +95,8 @@ def test_corrupted_plans_are_refused(tmp_path):
         "missing": json.dumps({k: v for k, v in plan.items() if k != "removed"}),
         "bad blocks": json.dumps(plan | {"removed": [{"blocks": ["x"]}]}),
     }
-    matches = {"not json": "not valid JSON", "version": "plan version 99", "missing": "lacks the field 'removed'", "bad blocks": "valid 'blocks'"}
+    matches = {"not json": "not valid JSON", "version": "plan version 99", "missing": "lacks the field 'removed'",
+               "bad blocks": "valid 'blocks'"}
     for name, text in cases.items():
         path.write_text(text)
         with pytest.raises(PrunekitError, match=matches[name]):

@@ -70,7 +70,8 @@ def test_block_map_marks_removal_steps_and_width(run_dir):
             assert cells[("attn" if b % 2 == 0 else "mlp", b // 2)]["removed_at"] == step + 1
     width = copy.deepcopy(plan)
     width["removed"] = []
-    width["width"] = {"strategy": "block", "hidden": None, "layers": [{"layer": 2, "num_heads": 2, "num_kv_heads": 1, "intermediate_size": 48}]}
+    width["width"] = {"strategy": "block", "hidden": None,
+                      "layers": [{"layer": 2, "num_heads": 2, "num_kv_heads": 1, "intermediate_size": 48}]}
     _, cells = block_map(width)
     assert cells[("attn", 2)]["kept"] == 0.5 and cells[("mlp", 2)]["kept"] == 0.5 and cells[("mlp", 1)]["kept"] == 1.0
 
@@ -78,7 +79,8 @@ def test_block_map_marks_removal_steps_and_width(run_dir):
 def test_width_plan_without_steps_renders(run_dir, tmp_path):
     plan = read_plan(run_dir / "plan.json")
     plan["removed"], plan["method"] = [], "llm-pruner"
-    plan["width"] = {"strategy": "block", "hidden": None, "layers": [{"layer": i, "num_heads": 2, "num_kv_heads": 1, "intermediate_size": 48} for i in (1, 2, 3)]}
+    plan["width"] = {"strategy": "block", "hidden": None,
+                     "layers": [{"layer": i, "num_heads": 2, "num_kv_heads": 1, "intermediate_size": 48} for i in (1, 2, 3)]}
     path = render_report(plan, tmp_path / "w")
     text = path.read_text()
     assert not (tmp_path / "w" / TRAJECTORY_PNG).exists() and TRAJECTORY_PNG not in text

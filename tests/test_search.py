@@ -27,7 +27,7 @@ CONFIGS = [
 ]
 
 
-def _search(adapter, windows, units, steps, cache, early_exit, budget, criterion="ppl", candidate_batch=1):
+def _search(adapter, windows, units, steps, *, cache, early_exit, budget, criterion="ppl", candidate_batch=1):
     engine = Engine(adapter, windows, batch_size=2, cache_bytes=budget, criterion=criterion)
     search = GreedySearch(engine, units, cache=cache, early_exit=early_exit, candidate_batch=candidate_batch)
     results = search.run(lambda removed: len(removed) >= steps)
@@ -53,7 +53,7 @@ def test_cached_search_equals_naive(family, kind):
     steps = 3
     ref = naive_greedy(adapter, w, units, steps, None, batch_size=2)
     for cache, early_exit, budget in CONFIGS:
-        got, engine, _ = _search(adapter, w, units, steps, cache, early_exit, budget)
+        got, engine, _ = _search(adapter, w, units, steps, cache=cache, early_exit=early_exit, budget=budget)
         _assert_same(got, ref)
         if budget < 1e9:
             assert engine.store.peak <= budget
@@ -67,7 +67,7 @@ def test_finercut_criterion_equals_naive(family):
     units = make_units(adapter, "mix")
     ref = naive_greedy(adapter, w, units, 3, None, batch_size=2, criterion="kl")
     for cache, early_exit, budget in CONFIGS:
-        got, _, _ = _search(adapter, w, units, 3, cache, early_exit, budget, criterion="kl")
+        got, _, _ = _search(adapter, w, units, 3, cache=cache, early_exit=early_exit, budget=budget, criterion="kl")
         _assert_same(got, ref)
 
 
@@ -81,9 +81,10 @@ def test_candidate_batching_equals_naive(family, kind):
     units = make_units(adapter, kind)
     ref = naive_greedy(adapter, w, units, 3, None, batch_size=2)
     for cache, early_exit, budget in CONFIGS + [("none", True, 1e9)]:
-        one, e1, s1 = _search(adapter, w, units, 3, cache, early_exit, budget)
+        one, e1, s1 = _search(adapter, w, units, 3, cache=cache, early_exit=early_exit, budget=budget)
         for k in (3, 16):
-            got, engine, search = _search(adapter, w, units, 3, cache, early_exit, budget, candidate_batch=k)
+            got, engine, search = _search(adapter, w, units, 3, cache=cache, early_exit=early_exit, budget=budget,
+                                           candidate_batch=k)
             _assert_same(got, ref)
             assert [len(r.ranking) for r in search.results] == [len(units) - i for i in range(3)]  # every candidate ranked
             if not early_exit and budget >= 1e9:  # the same work, only grouped (early exit may drop fewer in a
@@ -91,7 +92,7 @@ def test_candidate_batching_equals_naive(family, kind):
                 assert engine.counter.total_macs == pytest.approx(e1.counter.total_macs)
                 assert search.naive_macs == s1.naive_macs
     ref_kl = naive_greedy(adapter, w, units, 2, None, batch_size=2, criterion="kl")
-    got, _, _ = _search(adapter, w, units, 2, "trajectory", True, 1e9, criterion="kl", candidate_batch=4)
+    got, _, _ = _search(adapter, w, units, 2, cache="trajectory", early_exit=True, budget=1e9, criterion="kl", candidate_batch=4)
     _assert_same(got, ref_kl)
 
 
@@ -101,7 +102,7 @@ def test_caches_count_less_work_than_naive():
     units = make_units(adapter, "mix")
     ratios = {}
     for cache in ("none", "prefix", "trajectory"):
-        _, engine, search = _search(adapter, w, units, 4, cache, False, 1e9)
+        _, engine, search = _search(adapter, w, units, 4, cache=cache, early_exit=False, budget=1e9)
         ratios[cache] = search.naive_macs / engine.counter.total_macs
     assert ratios["none"] == pytest.approx(1.0)
     assert ratios["prefix"] > 1.3

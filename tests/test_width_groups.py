@@ -67,8 +67,8 @@ def test_mlp_and_hidden_groups(model_type):
     model = tiny_model(model_type)
     a = wrap_model(model).adapter
     fam = mlp_family(a, 2)
-    H, I = model.config.hidden_size, model.config.intermediate_size
-    assert fam.n == I and fam.params_per_structure == 3 * H
+    H, inter = model.config.hidden_size, model.config.intermediate_size
+    assert fam.n == inter and fam.params_per_structure == 3 * H
     roles = [(p.role, p.dim) for p in fam.parts]
     assert roles == [("gate", 0), ("up", 0), ("down", 1)]
     assert _slices(fam.parts[2])[5] == {5}
@@ -76,7 +76,8 @@ def test_mlp_and_hidden_groups(model_type):
     assert hid.n == H
     # Every parameter but the biases of q/k/v (qwen2) and qwen3's per-head q/k norms touches the hidden size once per
     # channel: removing all hidden channels would remove exactly that many parameters.
-    exempt = sum(p.numel() for n, p in model.named_parameters() if n.endswith(("q_proj.bias", "k_proj.bias", "v_proj.bias", "q_norm.weight", "k_norm.weight")))
+    exempt_names = ("q_proj.bias", "k_proj.bias", "v_proj.bias", "q_norm.weight", "k_norm.weight")
+    exempt = sum(p.numel() for n, p in model.named_parameters() if n.endswith(exempt_names))
     assert hid.params_per_structure * H == sum(p.numel() for p in model.parameters()) - exempt
 
 

@@ -69,7 +69,7 @@ def test_removing_zero_structures_leaves_logits_unchanged(model_type, calib_file
     """l1 importance picks the zeroed KV group and channels; slicing them out changes no logit."""
     loaded = _loaded(model_type)
     model = loaded.model
-    H, I = model.config.hidden_size, model.config.intermediate_size
+    H, inter = model.config.hidden_size, model.config.intermediate_size
     zero_channels = [3, 17, 40, 41, 90]
     for layer in (1, 2):
         _zero_structures(model, layer, [1], zero_channels)
@@ -79,14 +79,14 @@ def test_removing_zero_structures_leaves_logits_unchanged(model_type, calib_file
         (a.num_heads // a.num_kv_heads + 2) * a.head_dim if model_type == "qwen2" else 0)
     # The ratio whose uniform per-layer fraction removes exactly one of 2 KV groups and 5 of 96 channels:
     # round(f*2) = 1 needs f >= 0.25, so use --global (score per parameter, zero scores first).
-    removed = 2 * (group + len(zero_channels) * 3 * I // I * H)
+    removed = 2 * (group + len(zero_channels) * 3 * inter // inter * H)
     total = loaded.adapter.total_params()
     res = prune_width(loaded, WidthConfig(ratio=removed / total, importance="l1", global_=True), _calib(calib_file))
     loaded = res.loaded  # prune_width works on a copy of a LoadedModel
     assert res.plan["params_after"] == total - removed
     for entry in res.plan["width"]["layers"]:
         assert entry["kv_heads"] == [0]
-        assert [c for c in range(I) if c not in entry["mlp_channels"]] == zero_channels
+        assert [c for c in range(inter) if c not in entry["mlp_channels"]] == zero_channels
     torch.testing.assert_close(_logits(model), before, rtol=1e-5, atol=1e-5)
 
 
@@ -132,7 +132,7 @@ def test_slicing_equals_masking(model_type, importance, glob, calib_file):
 def test_parameter_count_matches_plan_arithmetic(model_type, kw, calib_file):
     loaded = _loaded(model_type, **kw)
     cfg = loaded.model.config
-    H, I, nq, nkv = cfg.hidden_size, cfg.intermediate_size, cfg.num_attention_heads, cfg.num_key_value_heads
+    H, inter, nq, nkv = cfg.hidden_size, cfg.intermediate_size, cfg.num_attention_heads, cfg.num_key_value_heads
     hd = H // nq
     before = sum(p.numel() for p in loaded.model.parameters())
     res = prune_width(loaded, WidthConfig(ratio=0.15, importance="element2"), _calib(calib_file))
@@ -144,7 +144,7 @@ def test_parameter_count_matches_plan_arithmetic(model_type, kw, calib_file):
     removed = 0
     for e in res.plan["width"]["layers"]:
         removed += (nkv - len(e.get("kv_heads", range(nkv)))) * per_group
-        removed += (I - len(e.get("mlp_channels", range(I)))) * per_channel
+        removed += (inter - len(e.get("mlp_channels", range(inter)))) * per_channel
     after = sum(p.numel() for p in loaded.model.parameters())
     assert res.plan["params_before"] == before
     assert after == before - removed == res.plan["params_after"]
