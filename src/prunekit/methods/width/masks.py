@@ -179,12 +179,16 @@ class MaskedForward:
         return nll.view(k, batch).sum(dim=1).cpu() / counted_targets(ids, eng.ignore_index)
 
 
+WANDA_WINDOWS = 128  # Wanda's calibration samples
+
+
 @torch.inference_mode()
-def wanda_scores(engine: Engine, units: Units) -> tuple[list[torch.Tensor], float]:
-    """Wanda-sp scores per structure of each family, and the dense model's mean NLL over the engine's windows.
+def wanda_scores(engine: Engine, units: Units, max_windows: int = WANDA_WINDOWS) -> tuple[list[torch.Tensor], float]:
+    """Wanda-sp scores per structure of each family, and the dense model's mean NLL, over the engine's first
+    batches holding at most ``max_windows`` windows (at least one batch).
 
     Per input column ``j`` of o_proj / down_proj: ``sum_i |W_ij| * ||X_j||_2`` (``X_j``: column ``j`` of the
-    Linear's input over every calibration token); a structure's score is the sum over its columns."""
+    Linear's input over those calibration tokens); a structure's score is the sum over its columns."""
     fwd = MaskedForward(engine, units)
     sums = [torch.zeros(m.in_features, dtype=torch.float64) for m in fwd.modules]
     handles = []
@@ -199,7 +203,11 @@ def wanda_scores(engine: Engine, units: Units) -> tuple[list[torch.Tensor], floa
     try:
         for i, module in enumerate(fwd.modules):
             handles.append(module.register_forward_pre_hook(recorder(i)))
+        seen = 0
         for j in range(engine.n_batches):
+            seen += engine.batches[j].shape[0]
+            if j and seen > max_windows:
+                break
             ones = torch.ones(1, units.n, dtype=torch.float64)
             n_j = counted_targets(engine.batches[j], engine.ignore_index)
             total += float(fwd.losses(j, ones)[0]) * n_j
