@@ -64,6 +64,14 @@ def test_compare_cli_end_to_end(setup):
         assert float(r[f"ppl_{held}"]) == pytest.approx(ev["perplexity"][held], rel=1e-4, abs=1e-4)
     md = (out / "results.md").read_text()
     assert "| 0.4 | [blockpruner (greedy+swap)](reports/blockpruner__greedy-swap__r0.4/report.md) |" in md and f"{held} ppl" in md
+    # each measured cell against the best other cell at its ratio, with a paired interval over the 3 windows
+    assert "**Against the best other cell at the same ratio**" in md and f"{held}: 3" in md
+    for r in rows[1:]:
+        ratio, low, high = (float(r[f"vs_best_{held}{p}"]) for p in ("", "_low", "_high"))
+        assert low <= ratio <= high and r[f"vs_best_{held}_other"]
+        best = min(float(o[f"ppl_{held}"]) for o in rows[1:] if o["target_ratio"] == r["target_ratio"] and o is not r)
+        assert ratio == pytest.approx(float(r[f"ppl_{held}"]) / best, rel=1e-3)
+    assert rows[0][f"vs_best_{held}"] == ""  # the dense row has nothing to compare
     for name in ("ppl_vs_ratio.png", "layer_map.png"):
         data = (out / name).read_bytes()
         assert data.startswith(PNG) and len(data) > 10_000
@@ -156,6 +164,9 @@ def test_every_kind_of_cell_has_the_fields_of_its_kind():
     width = dataclasses.replace(depth, blocks=[], units=[], search_work=None, calib_value=None,
                                 extra={"importance": "l2", "width_removed": {"heads": 1}}).record()
     assert sorted(width) == sorted(planned + ["importance", "width_removed"]) and width["search_work"] is None
+    measured = dataclasses.replace(depth, windows={"a": ([3.0, 4.0], [7, 7])}).record()
+    assert sorted(measured) == sorted(planned + ["window_nll", "window_tokens"])
+    assert (measured["window_nll"], measured["window_tokens"]) == ({"a": [3.0, 4.0]}, {"a": [7, 7]})
     unreachable = Cell("llm-pruner", "l2", 0.9, unreachable="no", extra={"importance": "l2"}).record()
     assert unreachable == {"method": "llm-pruner", "search": "l2", "target_ratio": 0.9, "unreachable": "no", "ppl": {},
                            "blocks": [], "units": [], "importance": "l2"}

@@ -105,6 +105,7 @@ KILLER = textwrap.dedent('''
 ''')
 
 
+@pytest.mark.subprocess
 @pytest.mark.parametrize("extra", [{}, {"full": True, "distill_alpha": 0.5, "distill_topk": 8, "lr": 1e-3}])
 def test_recover_distill_resumes_after_kill_9_to_the_same_result(pruned_dir, text_file, tmp_path, extra):
     cfg = _cfg(text_file, **extra)

@@ -69,11 +69,13 @@ def exported(tmp_path_factory):
     return json.loads(res.stdout.strip().splitlines()[-1]), expected
 
 
+@pytest.mark.subprocess
 def test_checker_process_used_only_transformers(exported):
     got, _ = exported
     assert got["_prunekit_imported"] is False
 
 
+@pytest.mark.subprocess
 @pytest.mark.parametrize("family", FAMILIES)
 @pytest.mark.parametrize("kind", KINDS)
 def test_fresh_process_same_logits_and_tokens(exported, family, kind):
@@ -85,6 +87,7 @@ def test_fresh_process_same_logits_and_tokens(exported, family, kind):
         assert got[name]["resaved_diff"] <= 1e-5
 
 
+@pytest.mark.subprocess
 @pytest.mark.parametrize("family", FAMILIES)
 @pytest.mark.parametrize("kind", KINDS)
 def test_stock_config_when_expressible(exported, family, kind):
@@ -194,6 +197,7 @@ def test_a_stock_model_type_would_load_the_stock_class_without_remote_code(tmp_p
         assert (pruned(input_ids=IDS).logits - want).abs().max() <= 1e-5
 
 
+@pytest.mark.subprocess
 def test_readme_tokenizer_line_loads_without_remote_code_or_prompt(tmp_path):
     """The README's ``AutoTokenizer.from_pretrained("OUT-hf", trust_remote_code=False)``: in a fresh process
     with an empty stdin, no prompt, no remote code, the same token ids as the original tokenizer."""

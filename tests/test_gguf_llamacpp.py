@@ -28,6 +28,8 @@ from prunekit.export.gguf_write import GGUF_TYPES, VERIFY_TOL
 from prunekit.export.llamacpp import llama_cpp_logits
 from prunekit.models.tiny import FAMILY_OVERRIDES
 
+pytestmark = pytest.mark.llamacpp
+
 BOUNDS = {"f32": 0.08, "f16": 0.08, "bf16": 0.5, "q8_0": 1.2}
 PLANS = ("depth", "width")
 

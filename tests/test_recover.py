@@ -206,6 +206,7 @@ KILLER = textwrap.dedent('''
 ''')
 
 
+@pytest.mark.subprocess
 def test_recover_resumes_after_kill_9_to_the_same_result(pruned_dir, text_file, tmp_path):
     """kill -9 in the middle of writing a checkpoint, resume, kill -9 again between checkpoints, resume:
     the same losses and weights as an uninterrupted run."""

@@ -72,6 +72,7 @@ def test_runs_are_interleaved_and_medians(monkeypatch):
             assert med[name][case] == float(sorted(got)[1])
 
 
+@pytest.mark.subprocess
 def test_peak_memory_in_a_fresh_process(tmp_path):
     cfg = BenchConfig(seq_lens=(16,), prompt_len=8, new_tokens=2)
     small = peak_memory(str(save_tiny_checkpoint(tmp_path / "tiny")), cfg)

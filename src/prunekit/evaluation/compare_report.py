@@ -28,6 +28,7 @@ import os
 import tempfile
 from pathlib import Path
 
+from prunekit.evaluation.intervals import versus_best
 from prunekit.models.adapter import ATTN, Block
 
 
@@ -90,6 +91,7 @@ def markdown(rows: list[dict], sources: list[str], about: dict) -> str:
                 f"| {ratio:g} | {method} | {r['params_removed']:,} ({r['ratio_removed']:.1%}) | {removed_text(r)} | "
                 + " | ".join(ppl) + f" | {r['calib_ppl']:.3f} | {r['search_seconds']:.1f} | {work} |"
             )
+    lines += _intervals_table(rows, sources)
     blocked = [r for r in cells if r.get("unreachable")]
     if blocked:
         lines += ["", "**Unreachable cells** (the method cannot remove that fraction of the parameters; no plan):", ""]
@@ -103,6 +105,30 @@ def markdown(rows: list[dict], sources: list[str], about: dict) -> str:
             lines.append(f"| {label} | " + " | ".join(
                 ("-" if r not in vals else vals[r] if isinstance(vals[r], str) else f"{vals[r]:.3f}") for r in ratios) + " |")
     return "\n".join(lines) + "\n"
+
+
+def _intervals_table(rows: list[dict], sources: list[str]) -> list[str]:
+    """Markdown lines: each measured cell's perplexity over the best other cell's at its ratio, with the 95% paired
+    bootstrap interval over the held-out windows (none when the cells carry no per-window NLLs)."""
+    vs = versus_best(rows, sources)
+    if not vs:
+        return []
+    n = {s: len(next(r["window_nll"][s] for r in rows if r.get("window_nll", {}).get(s))) for s in sources}
+    lines = ["", "**Against the best other cell at the same ratio**: ppl / best other's ppl on the same windows, with a 95% "
+             "paired-bootstrap interval over the windows (" + ", ".join(f"{s}: {n[s]}" for s in sources) + "). Below 1: lower "
+             "than every other cell; an interval that contains 1 is a tie on these windows.", "",
+             "| ratio | method | " + " | ".join(f"{s}: ratio (95% CI) vs" for s in sources) + " |",
+             "|---|---|" + "---|" * len(sources)]
+    for i, r in enumerate(rows):
+        if i not in vs:
+            continue
+        cells = []
+        for s in sources:
+            v = vs[i].get(s)
+            cells.append("-" if v is None else
+                         f"{v['ratio']:.3f} ({v['low']:.3f}-{v['high']:.3f}) vs {row_label(rows[v['other']])}")
+        lines.append(f"| {r['target_ratio']:g} | {row_label(r)} | " + " | ".join(cells) + " |")
+    return lines
 
 
 def _styles(labels: list[str]) -> dict[str, dict]:
@@ -260,15 +286,25 @@ def write_outputs(out: Path, rows: list[dict], sources: list[str], num_layers: i
 def rows_csv(rows: list[dict], sources: list[str]) -> str:
     """CSV text: one line per row; perplexities as ``ppl_<source>``; blocks as ``attn 3;mlp 7``; width
     cells (llm-pruner) count their removed heads and MLP channels instead; ``report``: the cell's run report;
-    ``unreachable``: why the method cannot reach that ratio (every measured field of that line is empty)."""
+    ``unreachable``: why the method cannot reach that ratio (every measured field of that line is empty);
+    ``vs_best_<source>``: the cell's perplexity over the best other cell's at its ratio (``_other``), with the 95%
+    paired-bootstrap interval (``_low``, ``_high``; :mod:`prunekit.evaluation.intervals`), empty where not measured."""
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(["method", "search", "target_ratio", "ratio_removed", "params_removed", "params_after",
                 "attn_removed", "mlp_removed", "heads_removed", "mlp_channels_removed", *[f"ppl_{s}" for s in sources],
-                "calib_ppl", "search_seconds", "search_work", "removed", "report", "unreachable"])
-    for r in rows:
+                "calib_ppl", "search_seconds", "search_work", "removed", "report", "unreachable",
+                *[f"vs_best_{s}{part}" for s in sources for part in ("", "_low", "_high", "_other")]])
+    vs = versus_best(rows, sources)
+    for i, r in enumerate(rows):
+        versus = []
+        for s in sources:
+            v = vs.get(i, {}).get(s)
+            versus += ["", "", "", ""] if v is None else [f"{v['ratio']:.4f}", f"{v['low']:.4f}", f"{v['high']:.4f}",
+                                                          row_label(rows[v["other"]])]
         if r.get("unreachable"):
-            w.writerow([r["method"], r["search"], f"{r['target_ratio']:g}", *[""] * (12 + len(sources)), r["unreachable"]])
+            w.writerow([r["method"], r["search"], f"{r['target_ratio']:g}", *[""] * (12 + len(sources)), r["unreachable"],
+                        *versus])
             continue
         kinds = [Block(b).kind for b in r["blocks"]]
         width = r.get("width_removed") or {}
@@ -277,5 +313,5 @@ def rows_csv(rows: list[dict], sources: list[str]) -> str:
                     r["params_after"], kinds.count(ATTN), len(kinds) - kinds.count(ATTN), width.get("heads", 0),
                     width.get("mlp_channels", 0), *[f"{r['ppl'][s]:.4f}" for s in sources], f"{r['calib_ppl']:.4f}",
                     f"{r['search_seconds']:.2f}", "" if work is None else f"{work:.2f}", ";".join(r["units"]),
-                    r.get("report", ""), ""])
+                    r.get("report", ""), "", *versus])
     return buf.getvalue()

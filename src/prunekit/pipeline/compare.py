@@ -50,8 +50,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-
 from prunekit.core.errors import PrunekitError, check_choice
 from prunekit.core.io import check_creatable, write_json_atomic
 from prunekit.data.calibration import CalibConfig, calibration_windows
@@ -59,7 +57,6 @@ from prunekit.data.windows import Windows, build_windows
 from prunekit.engine.ranks import current, rank_device
 from prunekit.engine.runner import Engine, default_cache_bytes
 from prunekit.evaluation.compare_report import write_outputs
-from prunekit.evaluation.perplexity import perplexity
 from prunekit.methods.depth.outcome import DepthOutcome, SearchClock, StopFn, clock_of
 from prunekit.methods.depth.planner import Budgets, calibration_record, search_engine, stop_rule
 from prunekit.methods.depth.units import make_units, unit_params
@@ -75,6 +72,7 @@ from prunekit.pipeline.compare_cells import (
     cell_report,
     collect_rows,
     evaluate_blocks,
+    held_out,
     write_cell,
     write_unreachable,
 )
@@ -108,11 +106,13 @@ class CompareRun:
     progress: ProgressFn | None
     say: LogFn
 
-    def measure(self, blocks: list[int]) -> tuple[dict, float, int]:
-        """Held-out perplexities, the in-sample calibration perplexity and the parameter count, ``blocks`` skipped."""
-        ppl, params = evaluate_blocks(self.loaded, blocks, self.evals | {CALIB: self.windows}, self.eval_batch_size)
+    def measure(self, blocks: list[int]) -> tuple[dict, float, int, dict]:
+        """Held-out perplexities, the in-sample calibration perplexity, the parameter count and the held-out
+        per-window NLLs (``source -> (nll, tokens)``), ``blocks`` skipped."""
+        ppl, params, windows = evaluate_blocks(self.loaded, blocks, self.evals | {CALIB: self.windows}, self.eval_batch_size)
         calib_ppl = ppl.pop(CALIB)
-        return ppl, calib_ppl, params
+        windows.pop(CALIB)
+        return ppl, calib_ppl, params, windows
 
 
 def _manifest(loaded: LoadedModel, windows: Windows, calib: CalibConfig, evals: dict, blocks_kind: str) -> dict:
@@ -197,9 +197,9 @@ def compare(
     )
     if not (out / "cells" / "dense.json").exists() and ranks.is_main:
         say("evaluating the dense model")
-        ppl, calib_ppl, params = run.measure([])
+        ppl, calib_ppl, params, per_window = run.measure([])
         write_cell(out, "dense", Cell("dense", "", 0.0, ppl=ppl, calib_ppl=calib_ppl, params_before=params,
-                                      params_after=params), None)
+                                      params_after=params, windows=per_window), None)
     failure: BaseException | None = None
     try:
         for i, spec in enumerate(methods):
@@ -234,9 +234,8 @@ def _method_cells(run: CompareRun, spec: MethodSpec, ratios: list[float]) -> Non
 def _llm_pruner_cells(run: CompareRun, spec: MethodSpec, todo: list[float]) -> None:
     """LLM-Pruner cells (see :mod:`prunekit.pipeline.compare_width`): one gradient pass, a pruned copy per ratio."""
 
-    def evaluate(pruned: LoadedModel) -> dict:
-        with torch.inference_mode():
-            return {src: perplexity(pruned, w, run.eval_batch_size) for src, w in (run.evals | {CALIB: run.windows}).items()}
+    def evaluate(pruned: LoadedModel) -> tuple[dict, dict]:
+        return held_out(pruned, run.evals | {CALIB: run.windows}, run.eval_batch_size)
 
     importance = check_variant(spec.search)
     blocked = unreachable_ratios(run.loaded, importance, todo, run.windows.n_windows)
@@ -245,12 +244,14 @@ def _llm_pruner_cells(run: CompareRun, spec: MethodSpec, todo: list[float]) -> N
     todo = [r for r in todo if r not in blocked]
     if not todo:
         return
-    for ratio, plan, ppl, params_after, seconds, removed in width_cells(
+    for ratio, plan, (ppl, per_window), params_after, seconds, removed in width_cells(
             run.loaded, importance, todo, run.calib, run.windows.n_windows, evaluate=evaluate, progress=run.progress):
         name = cell_name(spec, ratio)
         write_plan(run.out / "plans" / f"{name}.json", plan)
         calib_ppl = ppl.pop(CALIB)
+        per_window.pop(CALIB)
         cell = Cell(spec.method, spec.search, ratio, ppl=ppl, calib_ppl=calib_ppl, params_before=plan["params_before"],
+                    windows=per_window,
                     params_after=params_after, search_seconds=seconds, search_work=None, plan=name,
                     report=cell_report(run.loaded.spec, plan, run.out, name, seconds), criterion=importance,
                     extra={"importance": importance, "width_removed": removed})
@@ -336,10 +337,10 @@ def _write_depth_cell(run: CompareRun, spec: MethodSpec, ratio: float, level: tu
     name = cell_name(spec, ratio)
     write_plan(run.out / "plans" / f"{name}.json", plan)
     report = cell_report(run.loaded.spec, plan, run.out, name, seconds)
-    ppl, calib_ppl, params_after = run.measure(blocks)
+    ppl, calib_ppl, params_after, per_window = run.measure(blocks)
     if params_after != plan["params_after"]:
         raise AssertionError(f"parameter accounting differs for {name}: {params_after} vs {plan['params_after']}")
-    cell = Cell(spec.method, spec.search, ratio, ppl=ppl, calib_ppl=calib_ppl, blocks=blocks,
+    cell = Cell(spec.method, spec.search, ratio, ppl=ppl, calib_ppl=calib_ppl, blocks=blocks, windows=per_window,
                 units=[r["unit"] for r in plan["removed"]], params_before=params_before, params_after=params_after,
                 search_seconds=seconds, search_work=macs / unit_work, plan=name, report=report, search_macs=macs,
                 calib_value=recs[-1]["value"] if recs else None, criterion=criterion,

@@ -18,7 +18,7 @@ import torch
 from prunekit.core.io import write_json_atomic
 from prunekit.data.windows import Windows
 from prunekit.evaluation.compare_report import row_label
-from prunekit.evaluation.perplexity import perplexity
+from prunekit.evaluation.perplexity import window_nll
 from prunekit.evaluation.report import render_report
 from prunekit.models.adapter import Block
 from prunekit.models.loading import LoadedModel
@@ -53,6 +53,7 @@ class Cell:
     search_macs: float | None = None
     calib_value: float | None = None
     criterion: str | None = None
+    windows: dict[str, tuple[list[float], list[int]]] = field(default_factory=dict)  # held-out source -> (nll, tokens)
     extra: dict = field(default_factory=dict)
 
     def record(self) -> dict:
@@ -66,6 +67,9 @@ class Cell:
             "ppl": self.ppl, "blocks": list(self.blocks), "units": list(self.units), "search_seconds": self.search_seconds,
             "search_work": self.search_work, "calib_ppl": self.calib_ppl,
         }
+        if self.windows:  # per-window NLLs and scored tokens: the paired intervals of the tables
+            rec |= {"window_nll": {src: nll for src, (nll, _) in self.windows.items()},
+                    "window_tokens": {src: tokens for src, (_, tokens) in self.windows.items()}}
         if self.plan is not None:
             rec |= {"search_macs": self.search_macs, "calib_value": self.calib_value, "criterion": self.criterion,
                     "plan": f"plans/{self.plan}.json", "report": self.report}
@@ -94,13 +98,25 @@ def write_unreachable(out: Path, spec: MethodSpec, ratio: float, reason: str, sa
     write_cell(out, cell_name(spec, ratio), Cell(spec.method, spec.search, ratio, unreachable=reason, extra=extra), say)
 
 
-def evaluate_blocks(loaded: LoadedModel, blocks: list[int], evals: dict[str, Windows], batch_size: int) -> tuple[dict, int]:
-    """Perplexity per source (name -> windows) of the model with ``blocks`` skipped, and its parameter count."""
+def evaluate_blocks(loaded: LoadedModel, blocks: list[int], evals: dict[str, Windows], batch_size: int) -> tuple[dict, int, dict]:
+    """``(ppl, params, windows)`` of the model with ``blocks`` skipped: perplexity per source (name -> windows), the
+    parameter count, and per source its per-window summed NLLs and scored tokens (the paired intervals' input)."""
     adapter = loaded.adapter
-    with adapter.skipping([Block(b) for b in blocks]), torch.inference_mode():
+    with adapter.skipping([Block(b) for b in blocks]):
         params = adapter.total_params()
-        ppl = {src: perplexity(loaded, w, batch_size) for src, w in evals.items()}
-    return ppl, params
+        ppl, windows = held_out(loaded, evals, batch_size)
+    return ppl, params, windows
+
+
+def held_out(loaded: LoadedModel, evals: dict[str, Windows], batch_size: int) -> tuple[dict, dict]:
+    """``(ppl, windows)`` of the model as it is: perplexity per source and, per source, ``(nll, tokens)`` per window
+    (:func:`prunekit.evaluation.perplexity.window_nll`: its perplexity is :func:`~prunekit.evaluation.perplexity.perplexity`'s)."""
+    ppl, windows = {}, {}
+    with torch.inference_mode():
+        for src, w in evals.items():
+            ppl[src], nll, tokens = window_nll(loaded, w, batch_size)
+            windows[src] = (nll, tokens)
+    return ppl, windows
 
 
 def cell_report(model_spec: str, plan: dict, out: Path, name: str, seconds: float) -> str:

@@ -76,11 +76,12 @@ def unreachable_ratios(loaded: LoadedModel, importance: str, ratios: list[float]
 
 def width_cells(
     loaded: LoadedModel, importance: str, ratios: list[float], calib: CalibConfig, n_windows: int, *,
-    evaluate: Callable[[LoadedModel], dict], progress=None,
+    evaluate: Callable[[LoadedModel], object], progress=None,
 ):
-    """Yield ``(ratio, plan, ppl, params_after, seconds, removed)`` for each ratio; ``loaded`` is left unchanged.
+    """Yield ``(ratio, plan, measured, params_after, seconds, removed)`` for each ratio; ``loaded`` is left unchanged.
 
-    ``evaluate(pruned)`` returns the perplexity per source of a pruned copy; ``n_windows``: the
+    ``measured = evaluate(pruned)``: what the caller measures on a pruned copy (compare: the perplexity and the
+    per-window NLLs per source); ``n_windows``: the
     calibration windows the depth methods use (the gradient samples).
     """
     t0 = time.perf_counter()
@@ -92,6 +93,6 @@ def width_cells(
         res = prune_width(loaded, WidthConfig(ratio=ratio, importance=importance, samples=n_windows, at_least=True), calib,
                           progress=progress, gradients=grads)
         seconds = grad_seconds + time.perf_counter() - t1
-        ppl = evaluate(res.loaded)
-        yield ratio, res.plan, ppl, res.loaded.adapter.total_params(), seconds, width_removed(loaded.adapter, res.plan["width"])
+        removed = width_removed(loaded.adapter, res.plan["width"])
+        yield ratio, res.plan, evaluate(res.loaded), res.loaded.adapter.total_params(), seconds, removed
         del res
