@@ -51,12 +51,11 @@ from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
 
 from prunekit.core.errors import PrunekitError, check_choice
 from prunekit.core.io import check_disk_space
-from prunekit.core.paths import package_dir
 from prunekit.export.gguf_read import ARCH, SOURCE_KEY, ZERO_FFN_WIDTH, gguf_reader, read_gguf
 from prunekit.export.layout import ModelLayout, model_layout
 from prunekit.export.llama_layout import llama_config, llama_layout_model, llama_tensors
 from prunekit.export.rebuild import build_pruned_model, logits_gap, model_logits
-from prunekit.models.loading import EMBEDDED, LoadedModel
+from prunekit.models.loading import EMBEDDED, LoadedModel, embedded_gguf
 
 GGUF_TYPES = ("f32", "f16", "bf16", "q8_0")
 # max |logits| between the re-read file and the pruned model with its weights rounded as the file stores
@@ -102,10 +101,10 @@ def _source_gguf(loaded: LoadedModel) -> Path | None:
     specs = [loaded.spec, ((loaded.info.get("plan") or {}).get("model") or {}).get("spec")]
     for spec in specs:
         if spec in EMBEDDED:
-            pkg, filename = EMBEDDED[spec]
-            where = package_dir(pkg)
-            if where is not None and (where / filename).is_file():
-                return where / filename
+            try:
+                return embedded_gguf(spec)
+            except PrunekitError:
+                return None
         elif spec and str(spec).endswith(".gguf") and Path(spec).is_file():
             return Path(spec)
     return None

@@ -20,9 +20,8 @@ import yaml
 from huggingface_hub import try_to_load_from_cache
 
 from prunekit.core.errors import PrunekitError
-from prunekit.core.paths import package_dir
 from prunekit.export.layout import ModelLayout
-from prunekit.models.loading import EMBEDDED, EMBEDDED_HUB_IDS, LoadedModel, gguf_reader
+from prunekit.models.loading import EMBEDDED, EMBEDDED_HUB_IDS, LoadedModel, embedded_gguf, gguf_reader
 
 CARD = "README.md"
 HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
@@ -73,8 +72,10 @@ def base_license(spec: str | None) -> str | None:
         return None
     gguf_file = None
     if spec in EMBEDDED:
-        where = package_dir(EMBEDDED[spec][0])
-        gguf_file = where / EMBEDDED[spec][1] if where is not None else None
+        try:
+            gguf_file = embedded_gguf(spec)
+        except PrunekitError:
+            return None
     elif spec.endswith(".gguf"):
         gguf_file = Path(spec).expanduser()
     if gguf_file is not None:

