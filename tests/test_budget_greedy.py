@@ -28,11 +28,12 @@ def _total(adapter, windows, removed_blocks) -> float:
     return reference_nll(logits, windows.ids, None)
 
 
-def naive_budget_greedy(adapter, windows, units, target, landing=1):
+def naive_budget_greedy(adapter, windows, units, target, *, landing=1, cost=None):
     """The reference, from full forwards: per step, every candidate's total; if some candidate
     reaches ``target`` parameters, a landing option is the path so far plus the lowest total among
     those; after ``landing`` such steps the option of lowest total is the answer. The path takes the
-    lowest rise per parameter."""
+    lowest rise per parameter (per ``cost(unit)`` when given)."""
+    cost = cost or (lambda u: unit_params(adapter, u))
     removed, out, options = [], [], []
     current = _total(adapter, windows, [])
     while True:
@@ -46,7 +47,7 @@ def naive_budget_greedy(adapter, windows, units, target, landing=1):
             options.append((totals[u], len(out), out + [(u, totals[u])]))
             if len(options) == landing or len(cands) == 1:
                 return min(options, key=lambda o: (o[0], o[1]))[2]
-        u = min(cands, key=lambda v: ((totals[v] - current) / unit_params(adapter, v), v))
+        u = min(cands, key=lambda v: ((totals[v] - current) / cost(v), v))
         removed.append(u)
         out.append((u, totals[u]))
         current = totals[u]

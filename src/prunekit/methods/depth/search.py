@@ -14,7 +14,8 @@ Three savings, each leaving the choice exactly the one a full forward per candid
    ``p`` lies after ``u``, then ``p == q_u``, and at the next step ``u`` (the model without
    ``S | p | u``) resumes from that state and runs only the blocks after ``p``.
 3. **Early exit.** Windows are scored batch by batch; once a candidate's partial total exceeds the
-   best complete total of the step it cannot win (every term is >= 0) and is dropped.
+   best complete total of the step it cannot win (every term is >= 0) and is dropped; so is one whose
+   partial total equals it when the tie would go to the best (the lower unit wins a tie).
 
 Which candidate wins is a :class:`Selection`: by default the lowest total (BlockPruner, SLEB,
 FinerCut). A selection may rank by any key that does not decrease as the total grows (e.g. the
@@ -212,7 +213,7 @@ class GreedySearch:
                 for i, h in zip(alive, finals):
                     partial[i] += float(e.score(j, h).sum())
                 if self.early_exit and j < e.n_batches - 1:
-                    alive = [i for i in alive if not _beaten(sel.keys(group[i], partial[i]), best)]
+                    alive = [i for i in alive if not _beaten(group[i], sel.keys(group[i], partial[i]), best)]
             if ranks.spread:
                 partial, alive = self._share(group, index, partial, alive)
             for i, u in enumerate(group):
@@ -347,6 +348,9 @@ class GreedySearch:
         return results
 
 
-def _beaten(keys: tuple[float, ...], best: list[tuple[float, Unit | None, float]]) -> bool:
-    """True when no objective can still be won: each key is ineligible or above that objective's best."""
-    return all(not key < math.inf or key > b[0] for key, b in zip(keys, best))
+def _beaten(unit: Unit, keys: tuple[float, ...], best: list[tuple[float, Unit | None, float]]) -> bool:
+    """True when ``unit``, whose final keys are at least ``keys`` (a lower bound from its partial total),
+    can win no objective: each key is ineligible, above that objective's best, or equal to it with the
+    best's unit lower (a tie goes to the lower unit, and an objective's best only falls)."""
+    return all(not key < math.inf or key > b[0] or (key == b[0] and b[1] is not None and b[1] < unit)
+               for key, b in zip(keys, best))
