@@ -46,7 +46,6 @@ from prunekit.pipeline.prune import prune_width
 from prunekit.pipeline.recover import RecoverConfig, attach_lora, merge_lora
 from prunekit.plan.apply import apply_plan
 from prunekit.plan.slicing import apply_width
-
 from test_search import CONFIGS, _assert_same, _search
 
 IDS = torch.tensor([[5, 9, 17, 33, 65, 120, 7, 200, 44, 3]])

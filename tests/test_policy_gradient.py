@@ -257,6 +257,7 @@ def test_resume_refuses_other_options(one_thread, tmp_path):
         prune(str(model_dir), PolicyConfig(ratio=0.2, steps=30, lr=0.1, journal_every=5), cal, out=tmp_path / "k", resume=True)
 
 
+@pytest.mark.subprocess
 def test_sigkill_then_resume_gives_the_same_plan(tmp_path):
     """A real ``prunekit prune --method policy-gradient`` killed with SIGKILL after two journal points."""
     model_dir, calib = make_tiny_workspace(tmp_path, layers=6)

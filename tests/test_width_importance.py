@@ -102,9 +102,9 @@ def test_l1_mlp_scores_by_hand():
 def test_random_is_seeded():
     model = tiny_model("llama")
     fam = mlp_family(wrap_model(model).adapter, 0)
-    r1 = family_scores(fam, "random", "sum", None, torch.Generator().manual_seed(3))
-    r2 = family_scores(fam, "random", "sum", None, torch.Generator().manual_seed(3))
-    r3 = family_scores(fam, "random", "sum", None, torch.Generator().manual_seed(4))
+    r1 = family_scores(fam, "random", "sum", None, generator=torch.Generator().manual_seed(3))
+    r2 = family_scores(fam, "random", "sum", None, generator=torch.Generator().manual_seed(3))
+    r3 = family_scores(fam, "random", "sum", None, generator=torch.Generator().manual_seed(4))
     assert torch.equal(r1, r2) and not torch.equal(r1, r3)
 
 

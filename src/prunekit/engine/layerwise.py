@@ -166,7 +166,7 @@ def chunk_size(state_bytes: int, n_blocks: int, n_samples: int, state_budget: fl
 
 
 def layerwise_gradients(
-    onload: Onloader, samples: list[torch.Tensor], loss_fn: LossFn, names: set[str], accumulate: AccumulateFn,
+    onload: Onloader, samples: list[torch.Tensor], loss_fn: LossFn, names: set[str], accumulate: AccumulateFn, *,
     state_budget: float, on_chunk: Callable[[int], None] | None = None, first: int = 0,
 ) -> list[float]:
     """Each sample's loss; the gradients of the parameters named ``names`` go to ``accumulate``

@@ -215,7 +215,7 @@ def _taylor_layerwise(engine: Engine, units: list[Unit]) -> dict[Unit, float]:
             sums[name] = g.clone()
 
     wanted = {n for ps in params.values() for n, _ in ps}
-    layerwise_gradients(onload, list(engine.batches), _batch_nll(engine), wanted, add, engine.store.budget)
+    layerwise_gradients(onload, list(engine.batches), _batch_nll(engine), wanted, add, state_budget=engine.store.budget)
     tokens = engine.windows.n_tokens
     engine.counter.block_macs += 4 * sum(engine.macs) * tokens
     engine.counter.head_macs += 3 * engine.head_macs * tokens

@@ -71,7 +71,8 @@ def check_gradient_dtype(dtype: torch.dtype, device: torch.device) -> None:
     except (RuntimeError, TypeError, NotImplementedError) as e:
         name = str(dtype).removeprefix("torch.")
         raise PrunekitError(
-            f"`dtype` {name} has no gradient support on {device} ({str(e).splitlines()[0][:120]}); LLM-Pruner's Taylor importance needs gradients.",
+            f"`dtype` {name} has no gradient support on {device} ({str(e).splitlines()[0][:120]}); "
+            "LLM-Pruner's Taylor importance needs gradients.",
             "Use `dtype` float32, or a gradient-free `importance` (l1, l2, random).",
         ) from None
 
@@ -104,7 +105,7 @@ def _check_grad(name: str, g: torch.Tensor, dtype: torch.dtype) -> None:
 
 
 def collect_gradients(
-    model: nn.Module, ids: torch.Tensor, names: set[str], fisher: bool, ignore_index: int | None = None,
+    model: nn.Module, ids: torch.Tensor, names: set[str], fisher: bool, *, ignore_index: int | None = None,
     progress: ProgressFn | None = None, start: tuple[dict, dict | None, list[float]] | None = None,
     on_sample: Callable[[int, int, dict, dict | None, list[float]], None] | None = None, ranks: Ranks | None = None,
 ) -> GradStats:
@@ -167,7 +168,7 @@ def collect_gradients(
             if progress:
                 progress("gradients" + (f" · {ranks.world} ranks" if ranks.spread else ""), k + 1, len(mine))
         if ranks.spread:
-            losses = _reduce(ranks, grad, fish, mine, losses, n_rows)
+            losses = _reduce(ranks, grad, fish, mine, losses, n_rows=n_rows)
     finally:
         for n, p in model.named_parameters():
             p.requires_grad_(flags[n])
@@ -176,7 +177,7 @@ def collect_gradients(
     return GradStats(grad, fish, sum(losses) / len(losses), n_rows, int(ids.numel()), losses)
 
 
-def _reduce(ranks: Ranks, grad: dict, fish: dict | None, mine: list[int], losses: list[float], n_rows: int) -> list[float]:
+def _reduce(ranks: Ranks, grad: dict, fish: dict | None, mine: list[int], losses: list[float], *, n_rows: int) -> list[float]:
     """Sum every rank's accumulators in place; every window's loss, in window order."""
     for acc in (grad, fish or {}):
         for n, t in acc.items():
@@ -245,7 +246,7 @@ class _Sums:
 
 
 def collect_gradients_layerwise(
-    onload: Onloader, ids: torch.Tensor, names: set[str], fisher: bool, state_budget: float, ignore_index: int | None = None,
+    onload: Onloader, ids: torch.Tensor, names: set[str], fisher: bool, state_budget: float, *, ignore_index: int | None = None,
     progress: ProgressFn | None = None, start: tuple[dict, dict | None, list[float]] | None = None,
     on_sample: Callable[[int, int, dict, dict | None, list[float]], None] | None = None, ranks: Ranks | None = None,
 ) -> GradStats:
@@ -288,13 +289,14 @@ def collect_gradients_layerwise(
     try:
         model.eval()
         for group in ([[i] for i in mine] if shared else [mine] if mine else []):
-            layerwise_gradients(onload, [ids[i:i + 1].to(onload.device) for i in group], _window_loss(ignore_index, onload.dtype, losses),
-                                set(params), sums.add, state_budget, on_chunk=after_chunk)
+            layerwise_gradients(onload, [ids[i:i + 1].to(onload.device) for i in group],
+                                _window_loss(ignore_index, onload.dtype, losses), set(params), sums.add,
+                                state_budget=state_budget, on_chunk=after_chunk)
     finally:
         onload.release()
         model.train(was_training)
     if ranks.spread:
-        losses = _reduce(ranks, grad, fish, mine, losses[resumed:], n_rows)
+        losses = _reduce(ranks, grad, fish, mine, losses[resumed:], n_rows=n_rows)
     return GradStats(grad, fish, sum(losses) / len(losses), n_rows, int(ids.numel()), losses)
 
 
@@ -356,8 +358,8 @@ def aggregate(scores: torch.Tensor, how: str, importance: str) -> torch.Tensor:
     raise ValueError(how)
 
 
-def family_scores(family: Family, importance: str, how: str, stats: GradStats | None, generator: torch.Generator | None = None,
-                  dtype: torch.dtype | None = None) -> torch.Tensor:
+def family_scores(family: Family, importance: str, how: str, stats: GradStats | None, *,
+                  generator: torch.Generator | None = None, dtype: torch.dtype | None = None) -> torch.Tensor:
     """Group score per structure of ``family`` (float64 ``[n]``); lower = pruned first (``dtype``: see :func:`part_scores`)."""
     if importance == "random":
         return torch.rand(family.n, generator=generator, dtype=torch.float64)
@@ -375,6 +377,6 @@ def finite_or_raise(scores: torch.Tensor, where: str) -> None:
 
 
 __all__ = [
-    "GradStats", "aggregate", "check_gradient_dtype", "check_layerwise", "collect_gradients", "collect_gradients_layerwise", "element_scores", "family_scores",
-    "finite_or_raise", "needed_parameters", "part_scores",
+    "GradStats", "aggregate", "check_gradient_dtype", "check_layerwise", "collect_gradients", "collect_gradients_layerwise",
+    "element_scores", "family_scores", "finite_or_raise", "needed_parameters", "part_scores",
 ]

@@ -197,10 +197,10 @@ def width_gradients(
         start, on_sample = journal.start(), journal.after_sample
     if onload is not None:
         stats = collect_gradients_layerwise(onload, windows.ids, needed_parameters(families), need_f, default_cache_bytes(onload.device),
-                                            ignore, progress, start=start, on_sample=on_sample, ranks=ranks)
+                                            ignore_index=ignore, progress=progress, start=start, on_sample=on_sample, ranks=ranks)
     else:
-        stats = collect_gradients(loaded.model, windows.ids, needed_parameters(families), need_f, ignore, progress,
-                                  start=start, on_sample=on_sample, ranks=ranks)
+        stats = collect_gradients(loaded.model, windows.ids, needed_parameters(families), need_f, ignore_index=ignore,
+                                  progress=progress, start=start, on_sample=on_sample, ranks=ranks)
     return Gradients(stats, calibration, journal.path if journal else None, len(start[2]) if start else 0)
 
 
@@ -244,7 +244,7 @@ def plan_width(
         scores, fused = fusion_scores(loaded, families, stats, windows, aggregate=width.aggregate, budget=(target, total, width.ratio))
     for i, fam in enumerate(families):
         if fused is None:
-            scores.append(family_scores(fam, width.importance, width.aggregate, stats, gen, dtype))
+            scores.append(family_scores(fam, width.importance, width.aggregate, stats, generator=gen, dtype=dtype))
         finite_or_raise(scores[i], fam.key())
         if progress:
             progress("scores", i + 1, len(families))

@@ -110,7 +110,7 @@ def initial_theta(loaded: LoadedModel, engine: Engine, units: Units, config: Pol
     scores, dense_loss = wanda_scores(engine, units)
     if config.init == "taylor":
         stats = collect_gradients(loaded.model, windows_ids[:config.samples], needed_parameters(units.families), False,
-                                  loaded.model.config.pad_token_id)
+                                  ignore_index=loaded.model.config.pad_token_id)
         scores = [family_scores(f, "param_first", "sum", stats) for f in units.families]
     q = budget.keep_ratio()
     theta = torch.empty(units.n, dtype=torch.float64)
