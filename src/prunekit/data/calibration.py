@@ -45,3 +45,9 @@ def calibration_windows(loaded: LoadedModel, calib: CalibConfig) -> Windows:
         loaded.tokenizer, calib.source, calib.seq_len, calib.windows, sample=calib.sample, seed=calib.seed,
         max_positions=max_pos, rows=calib.rows,
     )
+
+
+def calibration_record(windows: Windows, batch_size: int, ignore_index: int | None) -> dict:
+    """The plan's record of the calibration: the windows' fingerprint, the batch size and the ignored label
+    (every method's plan and journal fingerprint use this one record)."""
+    return windows.fingerprint() | {"batch_size": batch_size, "ignore_index": ignore_index}

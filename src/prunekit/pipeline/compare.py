@@ -52,13 +52,13 @@ from pathlib import Path
 
 from prunekit.core.errors import PrunekitError, check_choice
 from prunekit.core.io import check_creatable, write_json_atomic
-from prunekit.data.calibration import CalibConfig, calibration_windows
+from prunekit.data.calibration import CalibConfig, calibration_record, calibration_windows
 from prunekit.data.windows import Windows, build_windows
 from prunekit.engine.ranks import current, rank_device
 from prunekit.engine.runner import Engine, default_cache_bytes
 from prunekit.evaluation.compare_report import write_outputs
 from prunekit.methods.depth.outcome import DepthOutcome, SearchClock, StopFn, clock_of
-from prunekit.methods.depth.planner import Budgets, calibration_record, search_engine, stop_rule
+from prunekit.methods.depth.planner import Budgets, search_engine, stop_rule
 from prunekit.methods.depth.units import make_units, unit_params
 from prunekit.methods.options import DepthConfig, parse_search
 from prunekit.methods.registry import get_method

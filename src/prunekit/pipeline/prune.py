@@ -20,14 +20,14 @@ import torch
 from prunekit.core.errors import PrunekitError
 from prunekit.core.io import check_output_dir
 from prunekit.core.journal import Journal
-from prunekit.data.calibration import CalibConfig, calibration_windows
+from prunekit.data.calibration import CalibConfig, calibration_record, calibration_windows
 from prunekit.data.windows import build_windows
 from prunekit.engine.onload import Onloader
 from prunekit.engine.ranks import Ranks, current, rank_device, requested_world
 from prunekit.engine.runner import default_cache_bytes
 from prunekit.evaluation.perplexity import perplexity
 from prunekit.evaluation.report import write_report
-from prunekit.methods.depth.planner import calibration_record, plan_depth, stop_rule
+from prunekit.methods.depth.planner import plan_depth, stop_rule
 from prunekit.methods.depth.units import make_units
 from prunekit.methods.options import DepthConfig
 from prunekit.methods.registry import method_for

@@ -2,7 +2,7 @@
 
 :func:`plan_depth` is what ``prunekit prune`` runs for every depth method (the pipeline adds the
 journal, the output directory and the report); ``prunekit compare`` builds the same engine
-(:func:`search_engine`) and the same calibration record (:func:`calibration_record`). :func:`stop_rule`
+(:func:`search_engine`) and the same calibration record (:func:`prunekit.data.calibration.calibration_record`). :func:`stop_rule`
 turns ``remove`` / ``ratio`` into the rule a search stops on: at least ``ratio`` of the model's total
 parameters removed; :class:`Budgets` passes several such rules to one search (one answer per budget).
 """
@@ -83,11 +83,6 @@ def stop_rule(loaded: LoadedModel, units: list[Unit], depth: DepthConfig, kind: 
             f"Use `ratio` {math.floor(reachable / total * 100) / 100} or less{widest}.",
         )
     return lambda removed: sum(unit_params(adapter, u) for u in removed) >= target
-
-
-def calibration_record(windows: Windows, batch_size: int, ignore_index: int | None) -> dict:
-    """The plan's record of the calibration: the windows' fingerprint, the batch size and the ignored label."""
-    return windows.fingerprint() | {"batch_size": batch_size, "ignore_index": ignore_index}
 
 
 def search_engine(

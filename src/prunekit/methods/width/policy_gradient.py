@@ -32,7 +32,7 @@ from pathlib import Path
 import torch
 
 from prunekit.core.errors import PrunekitError
-from prunekit.data.calibration import CalibConfig, calibration_windows
+from prunekit.data.calibration import CalibConfig, calibration_record, calibration_windows
 from prunekit.engine.onload import Onloader
 from prunekit.engine.ranks import Ranks
 from prunekit.engine.runner import Engine
@@ -237,7 +237,7 @@ def plan_policy_gradient(
     budget = Budget(units, total, config.ratio, config.units == "mixed")
     windows = calibration_windows(loaded, calib)
     ignore = loaded.model.config.pad_token_id
-    calibration = windows.fingerprint() | {"batch_size": calib.batch_size, "ignore_index": ignore}
+    calibration = calibration_record(windows, calib.batch_size, ignore)
     engine = Engine(adapter, windows, calib.batch_size, ignore_index=ignore, cache_bytes=0)
     record = model_record(loaded)
     fingerprint = {"model": record["weights_sha256"], "calibration": calibration, "options": config.as_dict()}
