@@ -12,6 +12,9 @@ import json
 import os
 from pathlib import Path
 
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+
 from prunekit.core.errors import PrunekitError
 
 JOURNAL_VERSION = 1
@@ -98,3 +101,24 @@ def _check_same_inputs(old: dict, new: dict) -> None:
                 f"`resume`: the journal was written for other inputs: {labels.get(key, f'the {key}')} differ{detail}.",
                 "Resume with the same inputs, or start again with `overwrite`.",
             )
+
+
+def write_state(path: Path, tensors: dict, metadata: dict[str, str] | None = None) -> None:
+    """A resumable point's tensors as safetensors at ``path``: written aside, fsynced, renamed into place. Append the
+    journal line that names it only after this returns, so the journal never claims more than the state holds."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    save_file(tensors, str(tmp), metadata=metadata)
+    with open(tmp, "rb") as f:
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def read_state(path: Path, *, what: str, fix: str) -> tuple[dict[str, str], dict]:
+    """``(metadata, tensors)`` of a state written by :func:`write_state`; a file that cannot be read is one
+    :class:`PrunekitError` naming ``what`` (e.g. "the gradient state") with the ``fix``."""
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return f.metadata() or {}, {k: f.get_tensor(k) for k in f.keys()}
+    except (OSError, SafetensorError, ValueError) as e:
+        raise PrunekitError(f"`resume`: {what} '{path}' cannot be read ({type(e).__name__}).", fix) from None
+

@@ -11,14 +11,14 @@ from ``(seed, step)`` (:mod:`prunekit.pipeline.recover_train`).
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from prunekit.core.errors import PrunekitError
 from prunekit.core.io import write_json_atomic
+from prunekit.core.journal import write_state
 
 CKPT = ".recover-ckpt"
 CKPT_STATE = "state.json"  # the commit record; it names the tensors file (state-<step>.safetensors)
@@ -60,11 +60,7 @@ def save_ckpt(ckpt_dir: Path, fingerprint: str, step: int, losses: list[float], 
     opt_tensors, opt_meta = flatten_optimizer(opt_state)
     tensors = {f"{prefix}{k}": v.detach().cpu().contiguous().clone() for k, v in weights.items()} | opt_tensors
     name = f"state-{step:09d}.safetensors"
-    tmp = ckpt_dir / f".{name}.{os.getpid()}.tmp"
-    save_file(tensors, str(tmp))
-    with open(tmp, "rb+") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, ckpt_dir / name)
+    write_state(ckpt_dir / name, tensors)
     write_json_atomic(ckpt_dir / CKPT_STATE, {"format": CKPT_FORMAT, "fingerprint": fingerprint, "step": step,
                                               "losses": list(losses), "tensors": name, "optimizer": opt_meta})
     for old in ckpt_dir.glob("state-*.safetensors"):

@@ -23,15 +23,11 @@ pass). Where the points fall changes nothing in the result.
 
 from __future__ import annotations
 
-import os
 import time
 from pathlib import Path
 
-from safetensors import SafetensorError, safe_open
-from safetensors.torch import save_file
-
 from prunekit.core.errors import PrunekitError
-from prunekit.core.journal import Journal
+from prunekit.core.journal import Journal, read_state, write_state
 
 STATE_NAME = ".gradients.partial.safetensors"
 WRITE_FACTOR = 10.0
@@ -58,15 +54,8 @@ class GradientJournal:
             return None
 
         want = recs[-1]["samples"]
-        try:
-            with safe_open(str(self.state_path), framework="pt") as f:
-                meta = f.metadata() or {}
-                tensors = {k: f.get_tensor(k) for k in f.keys()}
-        except (OSError, SafetensorError, ValueError) as e:
-            raise PrunekitError(
-                f"`resume`: the gradient state '{self.state_path}' cannot be read ({type(e).__name__}).",
-                "Run without `resume` (with `overwrite`) to start the gradient pass again.",
-            ) from None
+        meta, tensors = read_state(self.state_path, what="the gradient state",
+                                   fix="Run without `resume` (with `overwrite`) to start the gradient pass again.")
         if int(meta.get("samples", -1)) != want:
             raise PrunekitError(
                 f"`resume`: the gradient state holds {meta.get('samples')} windows, the journal says {want}.",
@@ -84,11 +73,7 @@ class GradientJournal:
 
         t0 = time.perf_counter()
         tensors = {f"g/{k}": v for k, v in grad.items()} | {f"f/{k}": v for k, v in (fisher or {}).items()}
-        tmp = self.state_path.with_name(f".{self.state_path.name}.tmp")
-        save_file(tensors, str(tmp), metadata={"samples": str(done)})
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, self.state_path)
+        write_state(self.state_path, tensors, {"samples": str(done)})
         self.journal.append({"stage": "gradients", "samples": done, "losses": list(losses)})
         self._last_write = time.perf_counter() - t0
         self._since = time.perf_counter()

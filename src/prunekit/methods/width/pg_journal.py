@@ -14,16 +14,13 @@ steps (and after the initialisation, step 0, and the last step) the state goes t
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError, safe_open
-from safetensors.torch import save_file
 
 from prunekit.core.errors import PrunekitError
-from prunekit.core.journal import Journal
+from prunekit.core.journal import Journal, read_state, write_state
 
 STATE_NAME = ".policy.partial.safetensors"
 
@@ -57,13 +54,8 @@ class PolicyJournal:
         if not recs:
             return None
         want = recs[-1]["step"]
-        try:
-            with safe_open(str(self.state_path), framework="pt") as f:
-                meta = f.metadata() or {}
-                tensors = {k: f.get_tensor(k) for k in f.keys()}
-        except (OSError, SafetensorError, ValueError) as e:
-            raise PrunekitError(f"`resume`: the policy state '{self.state_path}' cannot be read ({type(e).__name__}).",
-                                "Run without `resume` (with `overwrite`) to start again.") from None
+        meta, tensors = read_state(self.state_path, what="the policy state",
+                                   fix="Run without `resume` (with `overwrite`) to start again.")
         if int(meta.get("step", -1)) != want:
             raise PrunekitError(f"`resume`: the policy state holds step {meta.get('step')}, the journal says {want}.",
                                 "Run without `resume` (with `overwrite`) to start again.")
@@ -78,9 +70,5 @@ class PolicyJournal:
             "has_baseline": torch.tensor([state.baseline is not None], dtype=torch.uint8),
             "dense_loss": torch.tensor([state.dense_loss], dtype=torch.float64),
         }
-        tmp = self.state_path.with_name(f".{self.state_path.name}.tmp")
-        save_file(tensors, str(tmp), metadata={"step": str(state.step)})
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, self.state_path)
+        write_state(self.state_path, tensors, {"step": str(state.step)})
         self.journal.append({"stage": "policy-gradient", "step": state.step, "baseline": state.baseline, "loss": loss})
