@@ -4,11 +4,9 @@ For each ratio, the plans of: llm-pruner ``param_first`` per layer (the referenc
 policy-gradient (``--units width``, wanda init) after each of ``--pg-steps`` steps (0 = the initialisation's
 top-k); with ``--mixed``, policy-gradient ``--units mixed`` at the largest step count; with ``--fusion``,
 llm-pruner ``fusion``, ``vector`` (``param_first`` is the reference). Each plan's model is scored on the first
-``--windows`` windows of ``--seq-len`` tokens of each held-out source, and compared with the reference by
-
-    d = mean over windows of (NLL_A(w) - NLL_ref(w)) / tokens per window     (ppl_A / ppl_ref = exp(d))
-
-with a 95% paired-bootstrap interval over windows (as ``benchmarks/heldout_spread.py``). With
+``--windows`` windows of ``--seq-len`` tokens of each held-out source (``evaluation.perplexity.window_nll``), and
+compared with the reference by ``evaluation.intervals.paired_ppl_ratio``: ``ppl_A / ppl_ref`` and its 95%
+paired-bootstrap interval over windows (10,000 resamples, seed 0). With
 ``--recover-steps N`` each model is also recovered with N LoRA steps on ``wiki`` (prunekit's defaults otherwise)
 and scored again. Wall times of the searches are printed and saved.
 
@@ -24,12 +22,10 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-import torch
-
 from prunekit.data.calibration import CalibConfig
 from prunekit.data.windows import build_windows
-from prunekit.engine.runner import Engine
+from prunekit.evaluation.intervals import paired_ppl_ratio
+from prunekit.evaluation.perplexity import window_nll
 from prunekit.methods.width.options import WidthConfig
 from prunekit.methods.width.pg_options import PolicyConfig
 from prunekit.pipeline.load import load_model
@@ -38,20 +34,6 @@ from prunekit.pipeline.recover import RecoverConfig, recover
 
 HERE = Path(__file__).resolve().parent
 REF = "llm-pruner"
-
-
-def window_nll(loaded, windows) -> np.ndarray:
-    """Summed next-token NLL of each window (float64 ``[n_windows]``) of a (pruned) model."""
-    engine = Engine(loaded.adapter, windows, batch_size=4, ignore_index=loaded.model.config.pad_token_id, cache_bytes=0)
-    with torch.inference_mode():
-        return np.concatenate([engine.score(j, engine.run(j, engine.h0(j), 0, engine.num_blocks, frozenset())).double().cpu().numpy()
-                               for j in range(engine.n_batches)])
-
-
-def paired(a: np.ndarray, b: np.ndarray, tokens: int, resamples: int = 10000, seed: int = 0) -> tuple[float, float, float]:
-    diff = (a - b) / tokens
-    means = diff[np.random.default_rng(seed).integers(0, len(diff), size=(resamples, len(diff)))].mean(axis=1)
-    return math.exp(diff.mean()), math.exp(np.quantile(means, 0.025)), math.exp(np.quantile(means, 0.975))
 
 
 def configs(ratio: float, args) -> dict:
@@ -84,7 +66,6 @@ def main() -> None:
     args = ap.parse_args()
     base = load_model("smollm2-135m", device="cpu")
     sources = {s: build_windows(base.tokenizer, s, args.seq_len, args.windows) for s in args.sources.split(",")}
-    tokens = args.seq_len - 1
     results: dict = {"command": vars(args), "cells": {}}
     tmp = Path(tempfile.mkdtemp(prefix="pg-bench-"))
     for ratio in [float(r) for r in args.ratios.split(",")]:
@@ -103,18 +84,18 @@ def main() -> None:
                 continue
             cell = {"seconds": time.perf_counter() - t0, "ratio_removed": res.plan["ratio_removed"]}
             for src, w in sources.items():
-                nll[name, src, "before"] = window_nll(res.loaded, w)
+                nll[name, src, "before"] = window_nll(res.loaded, w)[1:]
             if args.recover_steps:
                 recover(out, RecoverConfig(data="wiki", max_steps=args.recover_steps), out.with_name(out.name + "_rec"))
                 rec = load_model(str(out.with_name(out.name + "_rec")), device="cpu")
                 for src, w in sources.items():
-                    nll[name, src, "after"] = window_nll(rec, w)
-            for (n, src, when), a in list(nll.items()):
+                    nll[name, src, "after"] = window_nll(rec, w)[1:]
+            for (n, src, when), (a, tok) in list(nll.items()):
                 if n != name:
                     continue
                 ref = nll.get((REF, src, when))
-                ppl = math.exp(a.sum() / (len(a) * tokens))
-                vs = {} if ref is None else dict(zip(("vs_ref", "ci_lo", "ci_hi"), paired(a, ref, tokens)))
+                ppl = math.exp(sum(a) / sum(tok))
+                vs = {} if ref is None else dict(zip(("vs_ref", "ci_lo", "ci_hi"), paired_ppl_ratio(a, ref[0], tok)))
                 cell[f"{src}/{when}"] = {"ppl": ppl} | vs
             results["cells"][f"{name}@{ratio:g}"] = cell
             print(f"{name} @ {ratio}: {json.dumps(cell)}", flush=True)

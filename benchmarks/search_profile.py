@@ -1,7 +1,8 @@
 """Where the time of the fastest exact search goes: blocks, LM head + loss, and everything else.
 
-Runs the engine's greedy search (prefix + trajectory caches, early exit) on the embedded SmolLM2
-with the same windows as ``search_speed.py``, timing the engine's two kernels by wrapping them:
+Runs the engine's greedy search (prefix + trajectory caches, early exit) on an embedded model
+(SmolLM2 by default; ``--model gemma3-270m`` for Gemma 3's 262k-vocabulary head) with the same windows
+as ``search_speed.py``, timing the engine's two kernels by wrapping them:
 ``Engine.run`` (decoder blocks on a residual state) and ``Engine.score`` (final norm, LM head and
 the chunked NLL). The rest is the search's own bookkeeping (state store, ordering, early exit).
 Beside each share it prints the counted MACs of that kernel, so seconds per GMAC can be compared:
@@ -19,6 +20,7 @@ import time
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default="smollm2-135m", help="an embedded model (smollm2-135m, gemma3-270m) or a path")
     ap.add_argument("--windows", type=int, default=8)
     ap.add_argument("--seq-len", type=int, default=128)
     ap.add_argument("--steps", type=int, default=3)
@@ -37,7 +39,7 @@ def main() -> None:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    lm = pk.load_model("smollm2-135m", device="cpu")
+    lm = pk.load_model(args.model, device="cpu")
     w = build_windows(lm.tokenizer, "wiki", args.seq_len, args.windows)
     e = Engine(lm.adapter, w, batch_size=args.batch_size, ignore_index=lm.model.config.pad_token_id, cache_bytes=4 * 2**30)
     spent = {"run": 0.0, "score": 0.0}
@@ -64,7 +66,7 @@ def main() -> None:
     rows = [("decoder blocks (Engine.run)", spent["run"], c.block_macs),
             ("LM head + loss (Engine.score)", spent["score"], c.head_macs),
             ("search bookkeeping (the rest)", total - spent["run"] - spent["score"], 0.0)]
-    print(f"SmolLM2-135M, {args.windows} x {args.seq_len} tokens, batch {args.batch_size}, {args.steps} greedy steps, "
+    print(f"{args.model}, {args.windows} x {args.seq_len} tokens, batch {args.batch_size}, {args.steps} greedy steps, "
           f"prefix + trajectory + early exit, torch threads {torch.get_num_threads()}: {total:.1f} s\n")
     print("| part | seconds | share of time | counted GMACs | share of MACs | s per GMAC |")
     print("|---|---:|---:|---:|---:|---:|")
