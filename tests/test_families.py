@@ -36,13 +36,15 @@ from prunekit.export import export
 from prunekit.export.hf import export_hf
 from prunekit.export.load_export import load_export
 from prunekit.methods.depth.units import make_units, unit_name
+from prunekit.methods.options import DepthConfig
+from prunekit.methods.registry import depth_methods
 from prunekit.methods.width.llm_pruner import families_for
 from prunekit.methods.width.options import WidthConfig
 from prunekit.models import ATTN, MLP, Block, Proj, get_adapter, supported_model_types
 from prunekit.models.groups import block_families, hidden_family
 from prunekit.models.loading import wrap_model
 from prunekit.models.tiny import FAMILY_OVERRIDES, TINY_TEXT, family_model, tiny_tokenizer
-from prunekit.pipeline.prune import prune_width
+from prunekit.pipeline.prune import prune, prune_width
 from prunekit.pipeline.recover import RecoverConfig, attach_lora, merge_lora
 from prunekit.plan.apply import apply_plan
 from prunekit.plan.slicing import apply_width
@@ -82,6 +84,8 @@ print(json.dumps(out))
 CASES = {"layers": [Block.of(0, ATTN), Block.of(0, MLP)], "blocks": [Block.of(0, ATTN), Block.of(1, ATTN), Block.of(2, MLP)],
          "width": [Block.of(3, MLP)]}
 EXPECTED_LAYOUT = {"layers": "stock", "blocks": "per-layer", "width": "per-layer"}
+# hybrid families: exported and reloaded with their own cases (HybridContract at the end of this file)
+HYBRID = {"qwen3_5_text", "qwen3_next", "nemotron_h"}
 # "width" also slices KV group 0 of layer 1 and every other MLP channel of layer 2 (8 channels of every expert
 # in a sparse MoE layer 2)
 WIDTH = {"strategy": "block", "hidden": None,
@@ -129,6 +133,8 @@ def reloaded(tmp_path_factory):
     torch.set_num_threads(1)
     try:
         for model_type in supported_model_types():
+            if model_type in HYBRID:  # their own cases (HybridContract.reloaded)
+                continue
             for case in CASES:
                 path = root / model_type / case
                 want.setdefault(model_type, {})[case] = _pruned_outputs(model_type, case, path)
@@ -563,3 +569,108 @@ def test_unknown_model_type_is_refused_with_the_supported_list():
     with pytest.raises(PrunekitError) as e:
         get_adapter(model)
     assert all(name in str(e.value) for name in supported_model_types())
+
+
+# --- hybrid families (issue 30): the mixer slot holds attention, a Gated DeltaNet or a Mamba2 mixer -----------------
+
+def _cached_step_logits(model: torch.nn.Module, ids: torch.Tensor) -> torch.Tensor:
+    """The last position's logits from a cached forward: the prompt but its last token, then that token alone
+    with the cache and no position ids (so the model numbers it from the cache's length, read from slot 0)."""
+    with torch.no_grad():
+        out = model(input_ids=ids[:, :-1], use_cache=True)
+        return model(input_ids=ids[:, -1:], cache=out.cache, use_cache=True).logits[:, -1]
+
+
+class HybridContract:
+    """What a hybrid family checks beyond (or instead of) the contract: every mixer kind in the mixer slot.
+
+    ``first_attention``: the layer of the first full-attention mixer; ``linear_layer``: a layer whose mixer is
+    linear; ``export_cases``: name -> (blocks removed, expected hf layout): the first mixer, the first
+    full-attention mixer, and a whole layer."""
+
+    first_attention = 1
+    linear_layer = 0
+    export_cases: dict = {}
+
+    def test_blocks_alternate_attn_mlp_layer_by_layer(self, model):
+        """Mixer blocks ``2i`` (each kind its own sub-layer, by the layer's type), feed-forward blocks ``2i + 1``."""
+        a = get_adapter(model)
+        blocks = a.blocks()
+        assert a.num_blocks == len(blocks) == 2 * a.num_layers == 2 * model.config.num_hidden_layers
+        kinds = [a.mixer_kind(i) for i in range(a.num_layers)]
+        assert kinds[self.first_attention] == "attention" and kinds[self.linear_layer] == "linear"
+        for b in blocks:
+            if a.is_absent(b):
+                assert a.is_removed(b) and a.block_params(b) == 0
+                continue
+            own = {id(m) for m in a.layers[b.layer].modules()}
+            assert all(id(m) in own for m in a.block_modules(b))
+
+    def test_projections_follow_the_config(self, model):
+        """Attention layers: the gated q rows (``[q_h | gate_h]`` per head); linear layers: their head counts."""
+        a, c = get_adapter(model), model.config
+        for layer in range(a.num_layers):
+            if a.mixer_kind(layer) == "attention":
+                att = a.attention(layer)
+                assert (att.num_heads, att.num_kv_heads, att.head_dim) == (c.num_attention_heads, c.num_key_value_heads, c.head_dim)
+                assert att.q.out_features == att.q_rows_per_head * att.num_heads * att.head_dim
+                assert att.o.in_features == att.num_heads * att.head_dim
+            elif a.mixer_kind(layer) == "linear":
+                assert a.head_counts(layer) == self.linear_counts(c)
+
+    def linear_counts(self, config) -> tuple[int, int]:
+        return config.linear_num_value_heads, config.linear_num_key_heads
+
+    @pytest.mark.parametrize("which", ["first", "attention"])
+    def test_cached_step_after_a_removed_mixer_equals_the_full_forward(self, model, ids, which):
+        """The first mixer (a linear one: its cache slot 0 numbers positions) or the first full-attention mixer
+        (its slot sizes the mask) removed: one decode step with the cache equals the full forward."""
+        block = Block.of(0 if which == "first" else self.first_attention, ATTN)
+        get_adapter(model).remove_block(block)
+        with torch.no_grad():
+            full = model(input_ids=ids).logits[:, -1]
+        torch.testing.assert_close(_cached_step_logits(model, ids), full, rtol=1e-5, atol=1e-5)
+
+    @pytest.mark.parametrize("cache", ["dynamic"])
+    @pytest.mark.parametrize("removed", [(0,), (0, 1)])
+    def test_left_padded_batch_with_attention_removed_generates_each_row_alone(self, model, ids, removed, cache):
+        """The contract's check with the first mixer, and with the first two mixers, removed (the dynamic hybrid
+        cache: one slot per layer type)."""
+        FamilyContract.test_left_padded_batch_with_attention_removed_generates_each_row_alone(self, model, ids, removed, cache)
+
+    def test_zeroed_linear_mixer_groups_are_removed_exactly(self, model, ids):
+        """Key-head group 0 of a linear mixer with its output columns zeroed, sliced away: the logits stay, and the
+        parameters fall by the family's count."""
+        a = get_adapter(model)
+        layer = self.linear_layer
+        fam = next(f for f in block_families(a, layer, layer + 1) if f.kind == ATTN)
+        out = next(p for p in fam.parts if p.role == "out")
+        heads, kv = a.head_counts(layer)
+        with torch.no_grad():
+            out.param[:, out.index[0]] = 0
+            before = model(input_ids=ids).logits
+        expected = a.total_params() - fam.params_per_structure
+        apply_width(a, {"strategy": "block", "hidden": None, "layers": [{"layer": layer, "kv_heads": list(range(1, kv))}]})
+        with torch.no_grad():
+            after = model(input_ids=ids).logits
+        assert a.head_counts(layer) == (heads - heads // kv, kv - 1) and a.total_params() == expected
+        torch.testing.assert_close(after, before, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(_cached_step_logits(model, ids), after[:, -1], rtol=1e-5, atol=1e-5)
+
+    def test_hidden_channels_keep_the_embedding_scale(self, model, ids, tmp_path):
+        """The hidden-channel strategy is refused in one line (the linear mixers' projections are not sliced)."""
+        with pytest.raises(PrunekitError, match="hidden"):
+            families_for(get_adapter(model), WidthConfig(strategy="channel"))
+
+    def test_depth_methods_plan_on_the_hybrid(self, calib_file):
+        """Every depth method of the registry plans on the family and its plan applies to the base model."""
+        for method in depth_methods():
+            base = family_model(self.model_type, vocab_size=300)
+            loaded = wrap_model(copy.deepcopy(base), tiny_tokenizer(300))
+            res = prune(loaded, DepthConfig(method=method, remove=2), CalibConfig(source=calib_file, seq_len=16, windows=2))
+            assert len(res.plan["removed"]) >= 1, method
+            assert apply_plan(base, res.plan).total_params() == res.plan["params_after"], method
+
+
+class TestQwen3_5Text(HybridContract, FamilyContract):
+    model_type = "qwen3_5_text"

@@ -12,13 +12,14 @@ from prunekit.models.families.llama import LlamaAdapter, MistralAdapter, Qwen2Ad
 from prunekit.models.families.mixtral import MixtralAdapter
 from prunekit.models.families.olmo2 import Olmo2Adapter
 from prunekit.models.families.phi3 import Phi3Adapter
+from prunekit.models.families.qwen3_5 import Qwen3_5TextAdapter
 from prunekit.models.families.qwen_moe import Qwen2MoeAdapter, Qwen3MoeAdapter
 
 ADAPTERS: dict[str, type[ModelAdapter]] = {
     cls.model_type: cls
     for cls in (
         LlamaAdapter, MistralAdapter, Qwen2Adapter, Qwen3Adapter, Gemma2Adapter, Gemma3TextAdapter, Phi3Adapter,
-        Olmo2Adapter, GraniteAdapter, MixtralAdapter, Qwen2MoeAdapter, Qwen3MoeAdapter,
+        Olmo2Adapter, GraniteAdapter, MixtralAdapter, Qwen2MoeAdapter, Qwen3MoeAdapter, Qwen3_5TextAdapter,
     )
 }
 

@@ -43,6 +43,9 @@ FAMILY_OVERRIDES: dict[str, dict] = {
                       mlp_only_layers=[1], decoder_sparse_step=1),
     "qwen3_moe": dict(num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32, mlp_only_layers=[1],
                       decoder_sparse_step=1, head_dim=16),
+    # hybrid: Gated DeltaNet layers 0 and 2 (2 key heads, each serving 2 value heads), gated attention in 1 and 3
+    "qwen3_5_text": dict(head_dim=16, linear_num_key_heads=2, linear_num_value_heads=4, linear_key_head_dim=8,
+                         linear_value_head_dim=8, layer_types=["linear_attention", "full_attention"] * 2),
 }
 
 
