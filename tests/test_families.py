@@ -591,6 +591,73 @@ class HybridContract:
     first_attention = 1
     linear_layer = 0
     export_cases: dict = {}
+    export_width: dict | None = None  # a width record exported as the "width" case (per-layer)
+
+    @pytest.fixture(scope="class")
+    def reloaded(self, request, tmp_path_factory):
+        """The family exported once per case (and width-pruned when ``export_width``), all reloaded in one fresh
+        interpreter (no prunekit): its logits, greedy tokens with the hybrid cache, and a left-padded batch."""
+        cls = request.cls
+        root = tmp_path_factory.mktemp(cls.model_type)
+        cases = {name: blocks for name, (blocks, _) in cls.export_cases.items()}
+        if cls.export_width is not None:
+            cases["width"] = []
+        want, paths = {}, {}
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            for case, blocks in cases.items():
+                loaded = wrap_model(family_model(cls.model_type), tiny_tokenizer())
+                for b in blocks:
+                    loaded.adapter.remove_block(Block(b))
+                if case == "width":
+                    apply_width(loaded.adapter, cls.export_width)
+                path = root / case.replace(" ", "_")
+                layout = export_hf(loaded, path, verify=False)["layout"]
+                with torch.no_grad():
+                    logits = loaded.model(input_ids=IDS).logits
+                    tokens = loaded.model.generate(IDS, max_new_tokens=NEW_TOKENS, min_new_tokens=NEW_TOKENS, do_sample=False)
+                    full = greedy_without_cache(loaded.model, IDS, NEW_TOKENS)
+                    alone = [greedy_without_cache(loaded.model, BATCH[:1], NEW_TOKENS),
+                             greedy_without_cache(loaded.model, BATCH[1:, PAD:], NEW_TOKENS)]
+                want[case] = (layout, logits, full[0].tolist(), tokens[0].tolist(), [a[0, -NEW_TOKENS:].tolist() for a in alone])
+                paths[str(path)] = case
+        finally:
+            torch.set_num_threads(threads)
+        inputs = {"ids": IDS.tolist(), "batch": BATCH.masked_fill(BATCH_MASK == 0, 0).tolist(), "mask": BATCH_MASK.tolist(),
+                  "new_tokens": NEW_TOKENS}
+        proc = subprocess.run([sys.executable, "-c", RELOAD, json.dumps(inputs), *paths], capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        got = json.loads(proc.stdout.strip().splitlines()[-1])
+        return {"want": want, "got": {paths[p]: v for p, v in got.items()}}
+
+    @pytest.mark.subprocess
+    def test_export_reloads_in_a_fresh_process(self, reloaded):
+        """The first mixer, the first full-attention mixer, or a whole layer removed (and widths sliced): reloaded by
+        transformers alone, the export computes the in-memory model's logits and its greedy tokens under the hybrid
+        cache, and a left-padded batch generates each prompt's greedy tokens alone."""
+        layouts = {name: layout for name, (_, layout) in self.export_cases.items()} | {"width": "per-layer"}
+        assert set(reloaded["want"]) == set(self.export_cases) | ({"width"} if self.export_width is not None else set())
+        for case, (layout, logits, tokens, cached, alone) in reloaded["want"].items():
+            assert layout == layouts[case], case
+            assert cached == tokens, case  # in memory: greedy with the hybrid cache == greedy without it
+            got = reloaded["got"][case]
+            torch.testing.assert_close(torch.tensor(got["logits"]), logits, rtol=1e-5, atol=1e-5)
+            assert got["tokens"] == tokens, case
+            assert got["padded"] == alone, case
+
+    def test_export_reads_back_through_prunekit(self, tmp_path):
+        """A per-layer export (the last layer's mixer removed, widths sliced) read back by prunekit's own reader: the
+        same logits and parameters."""
+        loaded = wrap_model(family_model(self.model_type), tiny_tokenizer())
+        loaded.adapter.remove_block(Block.of(loaded.adapter.num_layers - 1, ATTN))
+        if self.export_width is not None:
+            apply_width(loaded.adapter, self.export_width)
+        assert export_hf(loaded, tmp_path / "hf")["layout"] == "per-layer"
+        back = load_export(tmp_path / "hf")
+        with torch.no_grad():
+            torch.testing.assert_close(back.model(input_ids=IDS).logits, loaded.model(input_ids=IDS).logits, rtol=1e-5, atol=1e-5)
+        assert back.adapter.total_params() == loaded.adapter.total_params()
 
     def test_blocks_alternate_attn_mlp_layer_by_layer(self, model):
         """Mixer blocks ``2i`` (each kind its own sub-layer, by the layer's type), feed-forward blocks ``2i + 1``."""
@@ -673,4 +740,10 @@ class HybridContract:
 
 
 class TestQwen3_5Text(HybridContract, FamilyContract):
+    """Layers: Gated DeltaNet, attention, Gated DeltaNet, attention."""
+
     model_type = "qwen3_5_text"
+    export_cases = {"first mixer": ([0], "per-layer"), "first attention": ([2], "per-layer"), "layer": ([0, 1], "stock")}
+    # key-head group 1 of layer 0's Gated DeltaNet, KV group 1 of layer 1's gated attention, MLP channels of layer 2
+    export_width = {"strategy": "block", "hidden": None, "layers": [
+        {"layer": 0, "kv_heads": [0]}, {"layer": 1, "kv_heads": [0]}, {"layer": 2, "mlp_channels": list(range(0, 96, 3))}]}
