@@ -594,10 +594,10 @@ class HybridContract:
     export_width: dict | None = None  # a width record exported as the "width" case (per-layer)
 
     @pytest.fixture(scope="class")
-    def reloaded(self, request, tmp_path_factory):
+    @classmethod
+    def reloaded(cls, request, tmp_path_factory):
         """The family exported once per case (and width-pruned when ``export_width``), all reloaded in one fresh
         interpreter (no prunekit): its logits, greedy tokens with the hybrid cache, and a left-padded batch."""
-        cls = request.cls
         root = tmp_path_factory.mktemp(cls.model_type)
         cases = {name: blocks for name, (blocks, _) in cls.export_cases.items()}
         if cls.export_width is not None:
@@ -647,10 +647,11 @@ class HybridContract:
             assert got["padded"] == alone, case
 
     def test_export_reads_back_through_prunekit(self, tmp_path):
-        """A per-layer export (the last layer's mixer removed, widths sliced) read back by prunekit's own reader: the
-        same logits and parameters."""
+        """A per-layer export (the last layer's mixer removed and widths sliced, or else the first mixer removed) read
+        back by prunekit's own reader: the same logits and parameters."""
         loaded = wrap_model(family_model(self.model_type), tiny_tokenizer())
-        loaded.adapter.remove_block(Block.of(loaded.adapter.num_layers - 1, ATTN))
+        last = Block.of(loaded.adapter.num_layers - 1, ATTN)
+        loaded.adapter.remove_block(last if self.export_width is not None else Block(0))
         if self.export_width is not None:
             apply_width(loaded.adapter, self.export_width)
         assert export_hf(loaded, tmp_path / "hf")["layout"] == "per-layer"
@@ -672,6 +673,57 @@ class HybridContract:
                 continue
             own = {id(m) for m in a.layers[b.layer].modules()}
             assert all(id(m) in own for m in a.block_modules(b))
+
+    @staticmethod
+    def present(a, kind: str, start: int = 1) -> Block:
+        """The first block of ``kind`` at layer ``start`` or later that the layer holds (a one-block layer's other slot is absent)."""
+        return next(Block.of(i, kind) for i in range(start, a.num_layers) if not a.is_absent(Block.of(i, kind)))
+
+    def test_skipping_restores_the_model_exactly(self, model, ids):
+        a = get_adapter(model)
+        mlp, later = self.present(a, MLP, 2), self.present(a, MLP, 1)
+        a.remove_block(mlp)
+        with torch.no_grad():
+            ref = model(input_ids=ids).logits
+            with a.skipping([Block(0), later, mlp]):
+                assert a.removed_blocks() == sorted({Block(0), later, mlp})
+                changed = model(input_ids=ids).logits
+            after = model(input_ids=ids).logits
+        assert not torch.allclose(changed, ref)
+        torch.testing.assert_close(after, ref, rtol=0, atol=0)
+        assert a.removed_blocks() == [mlp]
+
+    @pytest.mark.parametrize("kind", [ATTN, MLP])
+    def test_skipping_or_removing_a_zeroed_block_leaves_logits_unchanged(self, model, ids, kind):
+        """A zeroed mixer (of the first layer past 0 that holds one) or feed-forward block, skipped or removed."""
+        a = get_adapter(model)
+        block = self.present(a, kind)
+        zero_(a.sublayer(block))
+        params = a.total_params()
+        with torch.no_grad():
+            before = model(input_ids=ids).logits
+            with a.skipping([block]):
+                skipped = model(input_ids=ids).logits
+            a.remove_block(block)
+            after = model(input_ids=ids).logits
+        torch.testing.assert_close(skipped, before, rtol=0, atol=1e-6)
+        torch.testing.assert_close(after, before, rtol=0, atol=1e-6)
+        assert a.total_params() < params and a.block_params(block) == 0
+
+    def test_removing_zeroed_heads_and_channels_leaves_logits_unchanged(self, model, ids):
+        a = get_adapter(model)
+        if a.width_refusal:  # refused in one line, naming why
+            with pytest.raises(PrunekitError, match=a.width_refusal.split(":")[0][:40]):
+                families_for(a, WidthConfig())
+            with pytest.raises(PrunekitError, match="depth plan"):
+                apply_width(a, {"strategy": "block", "hidden": None, "layers": []})
+            return
+        FamilyContract.test_removing_zeroed_heads_and_channels_leaves_logits_unchanged(self, model, ids)
+
+    def test_llm_pruner_plans_and_applies(self, calib_file):
+        if get_adapter(family_model(self.model_type)).width_refusal:
+            return  # test_removing_zeroed_heads_and_channels_leaves_logits_unchanged checks the refusal
+        FamilyContract.test_llm_pruner_plans_and_applies(self, calib_file)
 
     def test_projections_follow_the_config(self, model):
         """Attention layers: the gated q rows (``[q_h | gate_h]`` per head); linear layers: their head counts."""
@@ -709,6 +761,8 @@ class HybridContract:
         """Key-head group 0 of a linear mixer with its output columns zeroed, sliced away: the logits stay, and the
         parameters fall by the family's count."""
         a = get_adapter(model)
+        if a.width_refusal:
+            return  # test_removing_zeroed_heads_and_channels_leaves_logits_unchanged checks the refusal
         layer = self.linear_layer
         fam = next(f for f in block_families(a, layer, layer + 1) if f.kind == ATTN)
         out = next(p for p in fam.parts if p.role == "out")
@@ -726,8 +780,9 @@ class HybridContract:
 
     def test_hidden_channels_keep_the_embedding_scale(self, model, ids, tmp_path):
         """The hidden-channel strategy is refused in one line (the linear mixers' projections are not sliced)."""
-        with pytest.raises(PrunekitError, match="hidden"):
-            families_for(get_adapter(model), WidthConfig(strategy="channel"))
+        a = get_adapter(model)
+        with pytest.raises(PrunekitError, match="hidden" if not a.width_refusal else "no exact slice"):
+            families_for(a, WidthConfig(strategy="channel"))
 
     def test_depth_methods_plan_on_the_hybrid(self, calib_file):
         """Every depth method of the registry plans on the family and its plan applies to the base model."""
@@ -747,3 +802,21 @@ class TestQwen3_5Text(HybridContract, FamilyContract):
     # key-head group 1 of layer 0's Gated DeltaNet, KV group 1 of layer 1's gated attention, MLP channels of layer 2
     export_width = {"strategy": "block", "hidden": None, "layers": [
         {"layer": 0, "kv_heads": [0]}, {"layer": 1, "kv_heads": [0]}, {"layer": 2, "mlp_channels": list(range(0, 96, 3))}]}
+
+
+class TestNemotronH(HybridContract, FamilyContract):
+    """One block per layer: Mamba2, MoE, attention, MLP, Mamba2, MoE."""
+
+    model_type = "nemotron_h"
+    first_attention = 2
+    # the first mixer removed: the kept layers would start with the MoE layer, whose cache slot has no length, so the
+    # export writes layer 0 as a zero Mamba2; the only attention layer removed: written as a zero attention (the mask
+    # is sized from it); the first MoE layer removed: a stock config with layers_block_type renumbered
+    export_cases = {"first mixer": ([0], "per-layer"), "first attention": ([4], "per-layer"), "layer": ([3], "stock")}
+
+    def linear_counts(self, config) -> tuple[int, int]:
+        return config.mamba_num_heads, config.n_groups
+
+    @pytest.mark.parametrize("tied", [False])  # NemotronH declares no tied weights: tie_word_embeddings ties nothing
+    def test_blocks_embedding_head_and_final_norm_add_up_to_total_params(self, tied):
+        FamilyContract.test_blocks_embedding_head_and_final_norm_add_up_to_total_params(self, tied)

@@ -86,6 +86,9 @@ def model_layout(adapter: ModelAdapter) -> ModelLayout:
         whole = not any(adapter.is_removed(b) and not adapter.is_absent(b) for b in (Block.of(i, ATTN), Block.of(i, MLP)))
         if heads or inter:
             layers.append(LayerGeometry(i, heads, kv, inter, mixer, whole))
+    for i in adapter.cache_layers([g.source for g in layers]):  # removed layers kept as zero mixers for the cache
+        layers.append(LayerGeometry(i, 0, 0, 0, adapter.mixer_kind(i), whole=False))
+    layers.sort(key=lambda g: g.source)
     if len(head_dims) > 1:  # pragma: no cover - no pruning changes head_dim
         raise ValueError(f"layers disagree on head_dim: {sorted(head_dims)}")
     head_dim = head_dims.pop() if head_dims else int(

@@ -487,6 +487,21 @@ class ModelAdapter:
         written as; the family's own for families that are Llama's layout already."""
         return config
 
+    def cache_layers(self, sources: list[int]) -> list[int]:
+        """Removed base layers that an export of the kept layers ``sources`` still writes, as zero mixers, for the
+        hybrid cache's sake (plain families: none): layer 0 when the kept layers would start with a feed-forward
+        layer, whose cache slot has no length for ``generate`` to read (Nemotron-H); and the first full-attention
+        layer when no kept layer has attention, since the model sizes its causal mask from one."""
+        if not self.facts.get("mixers") or not sources:
+            return []
+        keep = []
+        if self.mixer_kind(sources[0]) == MLP and self.mixer_kind(0) != MLP and 0 not in sources:
+            keep.append(0)
+        attention = [i for i in range(self.num_layers) if self.mixer_kind(i) == SOFTMAX]
+        if attention and not any(self.mixer_kind(i) == SOFTMAX for i in sources) and attention[0] not in keep:
+            keep.append(attention[0])
+        return sorted(keep)
+
     def kept_layers_config(self, sources: list[int]) -> dict:
         """Config entries that follow the layer index, for a model that keeps base layers ``sources``
         (in order) as its layers ``0..K-1``: e.g. the per-layer attention types."""
@@ -524,8 +539,10 @@ class ModelAdapter:
         return h0, kwargs
 
     def run_block(self, block: Block, h: torch.Tensor, layer_kwargs: dict) -> torch.Tensor:
-        """One block on the residual stream, as :class:`BlockSpec` says."""
+        """One block on the residual stream, as :class:`BlockSpec` says (an absent slot passes it unchanged)."""
         spec = self.block_spec(block)
+        if not spec.sublayer:
+            return h
         inp, outp = self.norms(block)
         sub = self.sublayer(block)
         x = inp(h) if inp is not None else h
@@ -608,7 +625,8 @@ class ModelAdapter:
                 self._swap(b, old)
 
     def removed_blocks(self) -> list[Block]:
-        return [b for b in self.blocks() if self.is_removed(b)]
+        """Blocks removed from the model (an absent slot was never a block)."""
+        return [b for b in self.blocks() if self.is_removed(b) and not self.is_absent(b)]
 
     def describe(self) -> dict:
         """A JSON-able summary of the model's geometry."""

@@ -50,6 +50,8 @@ from transformers.models.mistral.configuration_mistral import MistralConfig
 from transformers.models.mistral.modeling_mistral import MistralForCausalLM
 from transformers.models.mixtral.configuration_mixtral import MixtralConfig
 from transformers.models.mixtral.modeling_mixtral import MixtralForCausalLM
+from transformers.models.nemotron_h.configuration_nemotron_h import NemotronHConfig
+from transformers.models.nemotron_h.modeling_nemotron_h import NemotronHForCausalLM
 from transformers.models.olmo2.configuration_olmo2 import Olmo2Config
 from transformers.models.olmo2.modeling_olmo2 import Olmo2ForCausalLM
 from transformers.models.phi3.configuration_phi3 import Phi3Config
@@ -139,7 +141,8 @@ def apply_per_layer_geometry(model: nn.Module, heads: list[int], kv_heads: list[
     experts = facts["routed_experts"]
     for i, layer in enumerate(layers):
         if facts.get("mixers"):
-            _hybrid_mixer(model, layer, i, facts, heads=heads[i], kv_heads=kv_heads[i], head_dim=head_dim)
+            if not _hybrid_mixer(model, layer, i, facts, heads=heads[i], kv_heads=kv_heads[i], head_dim=head_dim, inter=inter[i]):
+                continue
         elif heads[i] == 0:
             setattr(layer, facts["attention_sublayer"], ZeroAttention(i))
             for name in filter(None, facts["attention_norms"]):
@@ -160,14 +163,22 @@ def apply_per_layer_geometry(model: nn.Module, heads: list[int], kv_heads: list[
             _resize_mlp(mlp, facts, hidden, inter[i])
 
 
-def _hybrid_mixer(model: nn.Module, layer: nn.Module, i: int, facts: dict, *, heads: int, kv_heads: int, head_dim: int) -> None:
+def _hybrid_mixer(model: nn.Module, layer: nn.Module, i: int, facts: dict, *, heads: int, kv_heads: int, head_dim: int,
+                  inter: int) -> bool:
     """The mixer slot of a hybrid family's layer ``i``, of the kind its layer type names: removed (``heads``
     0: the zero module that keeps its cache slot, identity norms), a linear mixer with its own head counts
-    (rebuilt by its class from the config with them), or an attention resized like any other."""
+    (rebuilt by its class from the config with them), or an attention resized like any other. Returns whether
+    the layer's feed-forward slot is left to size; a layer of one block (Nemotron-H) has none, and its one
+    feed-forward block is either kept as built (such families are not width-pruned) or removed (``inter`` 0)."""
     config = model.config
     mixer = facts["mixers"][getattr(config, facts["layer_types_key"])[i]]
+    one_block = facts.get("one_block_per_layer", False)
     if mixer["slot"] != "attn":
-        return
+        if one_block and inter == 0:
+            setattr(layer, mixer["sublayer"], ZeroMLP())
+            for name in filter(None, mixer["norms"]):
+                setattr(layer, name, IdentityNorm(getattr(layer, name).weight.dtype))
+        return not one_block
     if heads == 0:
         setattr(layer, mixer["sublayer"], ZeroAttention(i) if mixer["stub"] == "attention" else ZeroLinearMixer(i))
         for name in filter(None, mixer["norms"]):
@@ -182,6 +193,7 @@ def _hybrid_mixer(model: nn.Module, layer: nn.Module, i: int, facts: dict, *, he
         old = getattr(layer, mixer["sublayer"])
         w = next(old.parameters())
         setattr(layer, mixer["sublayer"], type(old)(own, layer_idx=i).to(device=w.device, dtype=w.dtype))
+    return not one_block
 
 
 class _PerLayerMixin:
@@ -210,7 +222,7 @@ _BASES = {
     "phi3": (Phi3Config, Phi3ForCausalLM), "olmo2": (Olmo2Config, Olmo2ForCausalLM),
     "granite": (GraniteConfig, GraniteForCausalLM), "mixtral": (MixtralConfig, MixtralForCausalLM),
     "qwen2_moe": (Qwen2MoeConfig, Qwen2MoeForCausalLM), "qwen3_moe": (Qwen3MoeConfig, Qwen3MoeForCausalLM),
-    "qwen3_5_text": (Qwen3_5TextConfig, Qwen3_5ForCausalLM),
+    "qwen3_5_text": (Qwen3_5TextConfig, Qwen3_5ForCausalLM), "nemotron_h": (NemotronHConfig, NemotronHForCausalLM),
 }
 FAMILIES = {family: _pruned_classes(family, *bases) for family, bases in _BASES.items()}
 globals().update({cls.__name__: cls for pair in FAMILIES.values() for cls in pair})

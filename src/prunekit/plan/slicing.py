@@ -164,6 +164,9 @@ def apply_width(adapter: ModelAdapter, width: dict) -> None:
     if not isinstance(width, dict) or not isinstance(width.get("layers", []), list):
         raise PrunekitError("the plan's width record is not an object with a 'layers' list.", "Use a plan.json written by prunekit.")
     model = adapter.model
+    if adapter.width_refusal:
+        raise PrunekitError(f"the plan slices widths, and {adapter.width_refusal} (model_type '{adapter.model_type}').",
+                            "Use a depth plan for this family.")
     if getattr(model.config, "prunekit_width", None):
         raise PrunekitError("this model is already width-pruned; a width plan applies to the base model.",
                             "Apply the plan to the model it was made from.")
