@@ -180,6 +180,7 @@ class FamilyContract:
     model_type = "llama"
     moe = False
     llama_layout: tuple[str, ...] = ()  # formats in Llama's per-layer layout that write this family
+    merge_tol = 1e-4  # LoRA merged vs unmerged logits (a Gated DeltaNet's chunked scan rounds more: 1e-3)
 
     @pytest.fixture(autouse=True)
     def _one_thread(self, one_thread):
@@ -453,7 +454,7 @@ class FamilyContract:
             tuned = peft_model(input_ids=ids).logits
         merged = merge_lora(peft_model)
         with torch.no_grad():
-            torch.testing.assert_close(merged(input_ids=ids).logits, tuned, rtol=1e-4, atol=1e-4)
+            torch.testing.assert_close(merged(input_ids=ids).logits, tuned, rtol=self.merge_tol, atol=self.merge_tol)
         assert get_adapter(merged).total_params() == params
 
     def test_llama_layout_exports_or_a_refusal_naming_hf(self, tmp_path):
@@ -718,6 +719,8 @@ class HybridContract:
             with pytest.raises(PrunekitError, match="depth plan"):
                 apply_width(a, {"strategy": "block", "hidden": None, "layers": []})
             return
+        if self.moe:  # routed experts' channels (the linear mixers' groups: test_zeroed_linear_mixer_groups_are_removed_exactly)
+            return self._zeroed_experts(a, ids)
         FamilyContract.test_removing_zeroed_heads_and_channels_leaves_logits_unchanged(self, model, ids)
 
     def test_llm_pruner_plans_and_applies(self, calib_file):
@@ -743,12 +746,14 @@ class HybridContract:
     @pytest.mark.parametrize("which", ["first", "attention"])
     def test_cached_step_after_a_removed_mixer_equals_the_full_forward(self, model, ids, which):
         """The first mixer (a linear one: its cache slot 0 numbers positions) or the first full-attention mixer
-        (its slot sizes the mask) removed: one decode step with the cache equals the full forward."""
+        (its slot sizes the mask) removed: one decode step with the cache equals the full forward (to 1e-3: the decode
+        step runs the recurrent form of a linear mixer, the full forward its chunked form; a position numbered from 0
+        again moves the logits by about 1)."""
         block = Block.of(0 if which == "first" else self.first_attention, ATTN)
         get_adapter(model).remove_block(block)
         with torch.no_grad():
             full = model(input_ids=ids).logits[:, -1]
-        torch.testing.assert_close(_cached_step_logits(model, ids), full, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(_cached_step_logits(model, ids), full, rtol=1e-3, atol=1e-3)
 
     @pytest.mark.parametrize("cache", ["dynamic"])
     @pytest.mark.parametrize("removed", [(0,), (0, 1)])
@@ -776,7 +781,7 @@ class HybridContract:
             after = model(input_ids=ids).logits
         assert a.head_counts(layer) == (heads - heads // kv, kv - 1) and a.total_params() == expected
         torch.testing.assert_close(after, before, rtol=1e-5, atol=1e-5)
-        torch.testing.assert_close(_cached_step_logits(model, ids), after[:, -1], rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(_cached_step_logits(model, ids), after[:, -1], rtol=1e-3, atol=1e-3)
 
     def test_hidden_channels_keep_the_embedding_scale(self, model, ids, tmp_path):
         """The hidden-channel strategy is refused in one line (the linear mixers' projections are not sliced)."""
@@ -820,3 +825,17 @@ class TestNemotronH(HybridContract, FamilyContract):
     @pytest.mark.parametrize("tied", [False])  # NemotronH declares no tied weights: tie_word_embeddings ties nothing
     def test_blocks_embedding_head_and_final_norm_add_up_to_total_params(self, tied):
         FamilyContract.test_blocks_embedding_head_and_final_norm_add_up_to_total_params(self, tied)
+
+
+class TestQwen3Next(HybridContract, FamilyContract):
+    """Layers: Gated DeltaNet + MoE, attention + dense MLP, Gated DeltaNet + MoE, attention + MoE."""
+
+    model_type = "qwen3_next"
+    moe = True
+    merge_tol = 1e-3
+    export_cases = {"first mixer": ([0], "per-layer"), "first attention": ([2], "per-layer"), "layer": ([0, 1], "stock")}
+    # key-head group 1 of layer 0's Gated DeltaNet (fused per key head), KV group 1 and MLP channels of layer 1,
+    # channels 16.. of every routed expert of layer 2
+    export_width = {"strategy": "block", "hidden": None, "layers": [
+        {"layer": 0, "kv_heads": [0]}, {"layer": 1, "kv_heads": [0], "mlp_channels": list(range(0, 96, 3))},
+        {"layer": 2, "expert_channels": [list(range(16))] * 4}]}

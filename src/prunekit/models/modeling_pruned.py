@@ -66,6 +66,8 @@ from transformers.models.qwen3_5.configuration_qwen3_5 import Qwen3_5TextConfig
 from transformers.models.qwen3_5.modeling_qwen3_5 import Qwen3_5ForCausalLM
 from transformers.models.qwen3_moe.configuration_qwen3_moe import Qwen3MoeConfig
 from transformers.models.qwen3_moe.modeling_qwen3_moe import Qwen3MoeForCausalLM
+from transformers.models.qwen3_next.configuration_qwen3_next import Qwen3NextConfig
+from transformers.models.qwen3_next.modeling_qwen3_next import Qwen3NextForCausalLM
 
 from .zero_blocks import IdentityNorm, ZeroAttention, ZeroLinearMixer, ZeroMLP
 
@@ -223,6 +225,7 @@ _BASES = {
     "granite": (GraniteConfig, GraniteForCausalLM), "mixtral": (MixtralConfig, MixtralForCausalLM),
     "qwen2_moe": (Qwen2MoeConfig, Qwen2MoeForCausalLM), "qwen3_moe": (Qwen3MoeConfig, Qwen3MoeForCausalLM),
     "qwen3_5_text": (Qwen3_5TextConfig, Qwen3_5ForCausalLM), "nemotron_h": (NemotronHConfig, NemotronHForCausalLM),
+    "qwen3_next": (Qwen3NextConfig, Qwen3NextForCausalLM),
 }
 FAMILIES = {family: _pruned_classes(family, *bases) for family, bases in _BASES.items()}
 globals().update({cls.__name__: cls for pair in FAMILIES.values() for cls in pair})
