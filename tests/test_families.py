@@ -39,6 +39,7 @@ from prunekit.methods.depth.units import make_units, unit_name
 from prunekit.methods.options import DepthConfig
 from prunekit.methods.registry import depth_methods
 from prunekit.methods.width.llm_pruner import families_for
+from prunekit.methods.width.masks import build_units
 from prunekit.methods.width.options import WidthConfig
 from prunekit.models import ATTN, MLP, Block, Proj, get_adapter, supported_model_types
 from prunekit.models.groups import block_families, hidden_family
@@ -839,3 +840,11 @@ class TestQwen3Next(HybridContract, FamilyContract):
     export_width = {"strategy": "block", "hidden": None, "layers": [
         {"layer": 0, "kv_heads": [0]}, {"layer": 1, "kv_heads": [0], "mlp_channels": list(range(0, 96, 3))},
         {"layer": 2, "expert_channels": [list(range(16))] * 4}]}
+
+
+@pytest.mark.parametrize("model_type", sorted(HYBRID))
+def test_policy_gradient_refuses_a_hybrid_in_one_line(model_type):
+    """policy-gradient masks o_proj's query-head inputs: a linear mixer (or a family refused in width) is refused."""
+    a = get_adapter(family_model(model_type))
+    with pytest.raises(PrunekitError, match="llm-pruner|depth method"):
+        build_units(a, 0, a.num_layers, mixed=False)
