@@ -36,13 +36,16 @@ from prunekit.export import export
 from prunekit.export.hf import export_hf
 from prunekit.export.load_export import load_export
 from prunekit.methods.depth.units import make_units, unit_name
+from prunekit.methods.options import DepthConfig
+from prunekit.methods.registry import depth_methods
 from prunekit.methods.width.llm_pruner import families_for
+from prunekit.methods.width.masks import build_units
 from prunekit.methods.width.options import WidthConfig
 from prunekit.models import ATTN, MLP, Block, Proj, get_adapter, supported_model_types
 from prunekit.models.groups import block_families, hidden_family
 from prunekit.models.loading import wrap_model
 from prunekit.models.tiny import FAMILY_OVERRIDES, TINY_TEXT, family_model, tiny_tokenizer
-from prunekit.pipeline.prune import prune_width
+from prunekit.pipeline.prune import prune, prune_width
 from prunekit.pipeline.recover import RecoverConfig, attach_lora, merge_lora
 from prunekit.plan.apply import apply_plan
 from prunekit.plan.slicing import apply_width
@@ -82,6 +85,8 @@ print(json.dumps(out))
 CASES = {"layers": [Block.of(0, ATTN), Block.of(0, MLP)], "blocks": [Block.of(0, ATTN), Block.of(1, ATTN), Block.of(2, MLP)],
          "width": [Block.of(3, MLP)]}
 EXPECTED_LAYOUT = {"layers": "stock", "blocks": "per-layer", "width": "per-layer"}
+# hybrid families: exported and reloaded with their own cases (HybridContract at the end of this file)
+HYBRID = {"qwen3_5_text", "qwen3_next", "nemotron_h"}
 # "width" also slices KV group 0 of layer 1 and every other MLP channel of layer 2 (8 channels of every expert
 # in a sparse MoE layer 2)
 WIDTH = {"strategy": "block", "hidden": None,
@@ -129,6 +134,8 @@ def reloaded(tmp_path_factory):
     torch.set_num_threads(1)
     try:
         for model_type in supported_model_types():
+            if model_type in HYBRID:  # their own cases (HybridContract.reloaded)
+                continue
             for case in CASES:
                 path = root / model_type / case
                 want.setdefault(model_type, {})[case] = _pruned_outputs(model_type, case, path)
@@ -174,6 +181,7 @@ class FamilyContract:
     model_type = "llama"
     moe = False
     llama_layout: tuple[str, ...] = ()  # formats in Llama's per-layer layout that write this family
+    merge_tol = 1e-4  # LoRA merged vs unmerged logits (a Gated DeltaNet's chunked scan rounds more: 1e-3)
 
     @pytest.fixture(autouse=True)
     def _one_thread(self, one_thread):
@@ -447,7 +455,7 @@ class FamilyContract:
             tuned = peft_model(input_ids=ids).logits
         merged = merge_lora(peft_model)
         with torch.no_grad():
-            torch.testing.assert_close(merged(input_ids=ids).logits, tuned, rtol=1e-4, atol=1e-4)
+            torch.testing.assert_close(merged(input_ids=ids).logits, tuned, rtol=self.merge_tol, atol=self.merge_tol)
         assert get_adapter(merged).total_params() == params
 
     def test_llama_layout_exports_or_a_refusal_naming_hf(self, tmp_path):
@@ -563,3 +571,280 @@ def test_unknown_model_type_is_refused_with_the_supported_list():
     with pytest.raises(PrunekitError) as e:
         get_adapter(model)
     assert all(name in str(e.value) for name in supported_model_types())
+
+
+# --- hybrid families (issue 30): the mixer slot holds attention, a Gated DeltaNet or a Mamba2 mixer -----------------
+
+def _cached_step_logits(model: torch.nn.Module, ids: torch.Tensor) -> torch.Tensor:
+    """The last position's logits from a cached forward: the prompt but its last token, then that token alone
+    with the cache and no position ids (so the model numbers it from the cache's length, read from slot 0)."""
+    with torch.no_grad():
+        out = model(input_ids=ids[:, :-1], use_cache=True)
+        return model(input_ids=ids[:, -1:], cache=out.cache, use_cache=True).logits[:, -1]
+
+
+class HybridContract:
+    """What a hybrid family checks beyond (or instead of) the contract: every mixer kind in the mixer slot.
+
+    ``first_attention``: the layer of the first full-attention mixer; ``linear_layer``: a layer whose mixer is
+    linear; ``export_cases``: name -> (blocks removed, expected hf layout): the first mixer, the first
+    full-attention mixer, and a whole layer."""
+
+    first_attention = 1
+    linear_layer = 0
+    export_cases: dict = {}
+    export_width: dict | None = None  # a width record exported as the "width" case (per-layer)
+
+    @pytest.fixture(scope="class")
+    @classmethod
+    def reloaded(cls, request, tmp_path_factory):
+        """The family exported once per case (and width-pruned when ``export_width``), all reloaded in one fresh
+        interpreter (no prunekit): its logits, greedy tokens with the hybrid cache, and a left-padded batch."""
+        root = tmp_path_factory.mktemp(cls.model_type)
+        cases = {name: blocks for name, (blocks, _) in cls.export_cases.items()}
+        if cls.export_width is not None:
+            cases["width"] = []
+        want, paths = {}, {}
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            for case, blocks in cases.items():
+                loaded = wrap_model(family_model(cls.model_type), tiny_tokenizer())
+                for b in blocks:
+                    loaded.adapter.remove_block(Block(b))
+                if case == "width":
+                    apply_width(loaded.adapter, cls.export_width)
+                path = root / case.replace(" ", "_")
+                layout = export_hf(loaded, path, verify=False)["layout"]
+                with torch.no_grad():
+                    logits = loaded.model(input_ids=IDS).logits
+                    tokens = loaded.model.generate(IDS, max_new_tokens=NEW_TOKENS, min_new_tokens=NEW_TOKENS, do_sample=False)
+                    full = greedy_without_cache(loaded.model, IDS, NEW_TOKENS)
+                    alone = [greedy_without_cache(loaded.model, BATCH[:1], NEW_TOKENS),
+                             greedy_without_cache(loaded.model, BATCH[1:, PAD:], NEW_TOKENS)]
+                want[case] = (layout, logits, full[0].tolist(), tokens[0].tolist(), [a[0, -NEW_TOKENS:].tolist() for a in alone])
+                paths[str(path)] = case
+        finally:
+            torch.set_num_threads(threads)
+        inputs = {"ids": IDS.tolist(), "batch": BATCH.masked_fill(BATCH_MASK == 0, 0).tolist(), "mask": BATCH_MASK.tolist(),
+                  "new_tokens": NEW_TOKENS}
+        proc = subprocess.run([sys.executable, "-c", RELOAD, json.dumps(inputs), *paths], capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        got = json.loads(proc.stdout.strip().splitlines()[-1])
+        return {"want": want, "got": {paths[p]: v for p, v in got.items()}}
+
+    @pytest.mark.subprocess
+    def test_export_reloads_in_a_fresh_process(self, reloaded):
+        """The first mixer, the first full-attention mixer, or a whole layer removed (and widths sliced): reloaded by
+        transformers alone, the export computes the in-memory model's logits and its greedy tokens under the hybrid
+        cache, and a left-padded batch generates each prompt's greedy tokens alone."""
+        layouts = {name: layout for name, (_, layout) in self.export_cases.items()} | {"width": "per-layer"}
+        assert set(reloaded["want"]) == set(self.export_cases) | ({"width"} if self.export_width is not None else set())
+        for case, (layout, logits, tokens, cached, alone) in reloaded["want"].items():
+            assert layout == layouts[case], case
+            assert cached == tokens, case  # in memory: greedy with the hybrid cache == greedy without it
+            got = reloaded["got"][case]
+            torch.testing.assert_close(torch.tensor(got["logits"]), logits, rtol=1e-5, atol=1e-5)
+            assert got["tokens"] == tokens, case
+            assert got["padded"] == alone, case
+
+    def test_export_reads_back_through_prunekit(self, tmp_path):
+        """A per-layer export (the last layer's mixer removed and widths sliced, or else the first mixer removed) read
+        back by prunekit's own reader: the same logits and parameters."""
+        loaded = wrap_model(family_model(self.model_type), tiny_tokenizer())
+        last = Block.of(loaded.adapter.num_layers - 1, ATTN)
+        loaded.adapter.remove_block(last if self.export_width is not None else Block(0))
+        if self.export_width is not None:
+            apply_width(loaded.adapter, self.export_width)
+        assert export_hf(loaded, tmp_path / "hf")["layout"] == "per-layer"
+        back = load_export(tmp_path / "hf")
+        with torch.no_grad():
+            torch.testing.assert_close(back.model(input_ids=IDS).logits, loaded.model(input_ids=IDS).logits, rtol=1e-5, atol=1e-5)
+        assert back.adapter.total_params() == loaded.adapter.total_params()
+
+    def test_blocks_alternate_attn_mlp_layer_by_layer(self, model):
+        """Mixer blocks ``2i`` (each kind its own sub-layer, by the layer's type), feed-forward blocks ``2i + 1``."""
+        a = get_adapter(model)
+        blocks = a.blocks()
+        assert a.num_blocks == len(blocks) == 2 * a.num_layers == 2 * model.config.num_hidden_layers
+        kinds = [a.mixer_kind(i) for i in range(a.num_layers)]
+        assert kinds[self.first_attention] == "attention" and kinds[self.linear_layer] == "linear"
+        for b in blocks:
+            if a.is_absent(b):
+                assert a.is_removed(b) and a.block_params(b) == 0
+                continue
+            own = {id(m) for m in a.layers[b.layer].modules()}
+            assert all(id(m) in own for m in a.block_modules(b))
+
+    @staticmethod
+    def present(a, kind: str, start: int = 1) -> Block:
+        """The first block of ``kind`` at layer ``start`` or later that the layer holds (a one-block layer's other slot is absent)."""
+        return next(Block.of(i, kind) for i in range(start, a.num_layers) if not a.is_absent(Block.of(i, kind)))
+
+    def test_skipping_restores_the_model_exactly(self, model, ids):
+        a = get_adapter(model)
+        mlp, later = self.present(a, MLP, 2), self.present(a, MLP, 1)
+        a.remove_block(mlp)
+        with torch.no_grad():
+            ref = model(input_ids=ids).logits
+            with a.skipping([Block(0), later, mlp]):
+                assert a.removed_blocks() == sorted({Block(0), later, mlp})
+                changed = model(input_ids=ids).logits
+            after = model(input_ids=ids).logits
+        assert not torch.allclose(changed, ref)
+        torch.testing.assert_close(after, ref, rtol=0, atol=0)
+        assert a.removed_blocks() == [mlp]
+
+    @pytest.mark.parametrize("kind", [ATTN, MLP])
+    def test_skipping_or_removing_a_zeroed_block_leaves_logits_unchanged(self, model, ids, kind):
+        """A zeroed mixer (of the first layer past 0 that holds one) or feed-forward block, skipped or removed."""
+        a = get_adapter(model)
+        block = self.present(a, kind)
+        zero_(a.sublayer(block))
+        params = a.total_params()
+        with torch.no_grad():
+            before = model(input_ids=ids).logits
+            with a.skipping([block]):
+                skipped = model(input_ids=ids).logits
+            a.remove_block(block)
+            after = model(input_ids=ids).logits
+        torch.testing.assert_close(skipped, before, rtol=0, atol=1e-6)
+        torch.testing.assert_close(after, before, rtol=0, atol=1e-6)
+        assert a.total_params() < params and a.block_params(block) == 0
+
+    def test_removing_zeroed_heads_and_channels_leaves_logits_unchanged(self, model, ids):
+        a = get_adapter(model)
+        if a.width_refusal:  # refused in one line, naming why
+            with pytest.raises(PrunekitError, match=a.width_refusal.split(":")[0][:40]):
+                families_for(a, WidthConfig())
+            with pytest.raises(PrunekitError, match="depth plan"):
+                apply_width(a, {"strategy": "block", "hidden": None, "layers": []})
+            return
+        if self.moe:  # routed experts' channels (the linear mixers' groups: test_zeroed_linear_mixer_groups_are_removed_exactly)
+            return self._zeroed_experts(a, ids)
+        FamilyContract.test_removing_zeroed_heads_and_channels_leaves_logits_unchanged(self, model, ids)
+
+    def test_llm_pruner_plans_and_applies(self, calib_file):
+        if get_adapter(family_model(self.model_type)).width_refusal:
+            return  # test_removing_zeroed_heads_and_channels_leaves_logits_unchanged checks the refusal
+        FamilyContract.test_llm_pruner_plans_and_applies(self, calib_file)
+
+    def test_projections_follow_the_config(self, model):
+        """Attention layers: the gated q rows (``[q_h | gate_h]`` per head); linear layers: their head counts."""
+        a, c = get_adapter(model), model.config
+        for layer in range(a.num_layers):
+            if a.mixer_kind(layer) == "attention":
+                att = a.attention(layer)
+                assert (att.num_heads, att.num_kv_heads, att.head_dim) == (c.num_attention_heads, c.num_key_value_heads, c.head_dim)
+                assert att.q.out_features == att.q_rows_per_head * att.num_heads * att.head_dim
+                assert att.o.in_features == att.num_heads * att.head_dim
+            elif a.mixer_kind(layer) == "linear":
+                assert a.head_counts(layer) == self.linear_counts(c)
+
+    def linear_counts(self, config) -> tuple[int, int]:
+        return config.linear_num_value_heads, config.linear_num_key_heads
+
+    @pytest.mark.parametrize("which", ["first", "attention"])
+    def test_cached_step_after_a_removed_mixer_equals_the_full_forward(self, model, ids, which):
+        """The first mixer (a linear one: its cache slot 0 numbers positions) or the first full-attention mixer
+        (its slot sizes the mask) removed: one decode step with the cache equals the full forward (to 1e-3: the decode
+        step runs the recurrent form of a linear mixer, the full forward its chunked form; a position numbered from 0
+        again moves the logits by about 1)."""
+        block = Block.of(0 if which == "first" else self.first_attention, ATTN)
+        get_adapter(model).remove_block(block)
+        with torch.no_grad():
+            full = model(input_ids=ids).logits[:, -1]
+        torch.testing.assert_close(_cached_step_logits(model, ids), full, rtol=1e-3, atol=1e-3)
+
+    @pytest.mark.parametrize("cache", ["dynamic"])
+    @pytest.mark.parametrize("removed", [(0,), (0, 1)])
+    def test_left_padded_batch_with_attention_removed_generates_each_row_alone(self, model, ids, removed, cache):
+        """The contract's check with the first mixer, and with the first two mixers, removed (the dynamic hybrid
+        cache: one slot per layer type)."""
+        FamilyContract.test_left_padded_batch_with_attention_removed_generates_each_row_alone(self, model, ids, removed, cache)
+
+    def test_zeroed_linear_mixer_groups_are_removed_exactly(self, model, ids):
+        """Key-head group 0 of a linear mixer with its output columns zeroed, sliced away: the logits stay, and the
+        parameters fall by the family's count."""
+        a = get_adapter(model)
+        if a.width_refusal:
+            return  # test_removing_zeroed_heads_and_channels_leaves_logits_unchanged checks the refusal
+        layer = self.linear_layer
+        fam = next(f for f in block_families(a, layer, layer + 1) if f.kind == ATTN)
+        out = next(p for p in fam.parts if p.role == "out")
+        heads, kv = a.head_counts(layer)
+        with torch.no_grad():
+            out.param[:, out.index[0]] = 0
+            before = model(input_ids=ids).logits
+        expected = a.total_params() - fam.params_per_structure
+        apply_width(a, {"strategy": "block", "hidden": None, "layers": [{"layer": layer, "kv_heads": list(range(1, kv))}]})
+        with torch.no_grad():
+            after = model(input_ids=ids).logits
+        assert a.head_counts(layer) == (heads - heads // kv, kv - 1) and a.total_params() == expected
+        torch.testing.assert_close(after, before, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(_cached_step_logits(model, ids), after[:, -1], rtol=1e-3, atol=1e-3)
+
+    def test_hidden_channels_keep_the_embedding_scale(self, model, ids, tmp_path):
+        """The hidden-channel strategy is refused in one line (the linear mixers' projections are not sliced)."""
+        a = get_adapter(model)
+        with pytest.raises(PrunekitError, match="hidden" if not a.width_refusal else "no exact slice"):
+            families_for(a, WidthConfig(strategy="channel"))
+
+    def test_depth_methods_plan_on_the_hybrid(self, calib_file):
+        """Every depth method of the registry plans on the family and its plan applies to the base model."""
+        for method in depth_methods():
+            base = family_model(self.model_type, vocab_size=300)
+            loaded = wrap_model(copy.deepcopy(base), tiny_tokenizer(300))
+            res = prune(loaded, DepthConfig(method=method, remove=2), CalibConfig(source=calib_file, seq_len=16, windows=2))
+            assert len(res.plan["removed"]) >= 1, method
+            assert apply_plan(base, res.plan).total_params() == res.plan["params_after"], method
+
+
+class TestQwen3_5Text(HybridContract, FamilyContract):
+    """Layers: Gated DeltaNet, attention, Gated DeltaNet, attention."""
+
+    model_type = "qwen3_5_text"
+    export_cases = {"first mixer": ([0], "per-layer"), "first attention": ([2], "per-layer"), "layer": ([0, 1], "stock")}
+    # key-head group 1 of layer 0's Gated DeltaNet, KV group 1 of layer 1's gated attention, MLP channels of layer 2
+    export_width = {"strategy": "block", "hidden": None, "layers": [
+        {"layer": 0, "kv_heads": [0]}, {"layer": 1, "kv_heads": [0]}, {"layer": 2, "mlp_channels": list(range(0, 96, 3))}]}
+
+
+class TestNemotronH(HybridContract, FamilyContract):
+    """One block per layer: Mamba2, MoE, attention, MLP, Mamba2, MoE."""
+
+    model_type = "nemotron_h"
+    first_attention = 2
+    # the first mixer removed: the kept layers would start with the MoE layer, whose cache slot has no length, so the
+    # export writes layer 0 as a zero Mamba2; the only attention layer removed: written as a zero attention (the mask
+    # is sized from it); the first MoE layer removed: a stock config with layers_block_type renumbered
+    export_cases = {"first mixer": ([0], "per-layer"), "first attention": ([4], "per-layer"), "layer": ([3], "stock")}
+
+    def linear_counts(self, config) -> tuple[int, int]:
+        return config.mamba_num_heads, config.n_groups
+
+    @pytest.mark.parametrize("tied", [False])  # NemotronH declares no tied weights: tie_word_embeddings ties nothing
+    def test_blocks_embedding_head_and_final_norm_add_up_to_total_params(self, tied):
+        FamilyContract.test_blocks_embedding_head_and_final_norm_add_up_to_total_params(self, tied)
+
+
+class TestQwen3Next(HybridContract, FamilyContract):
+    """Layers: Gated DeltaNet + MoE, attention + dense MLP, Gated DeltaNet + MoE, attention + MoE."""
+
+    model_type = "qwen3_next"
+    moe = True
+    merge_tol = 1e-3
+    export_cases = {"first mixer": ([0], "per-layer"), "first attention": ([2], "per-layer"), "layer": ([0, 1], "stock")}
+    # key-head group 1 of layer 0's Gated DeltaNet (fused per key head), KV group 1 and MLP channels of layer 1,
+    # channels 16.. of every routed expert of layer 2
+    export_width = {"strategy": "block", "hidden": None, "layers": [
+        {"layer": 0, "kv_heads": [0]}, {"layer": 1, "kv_heads": [0], "mlp_channels": list(range(0, 96, 3))},
+        {"layer": 2, "expert_channels": [list(range(16))] * 4}]}
+
+
+@pytest.mark.parametrize("model_type", sorted(HYBRID))
+def test_policy_gradient_refuses_a_hybrid_in_one_line(model_type):
+    """policy-gradient masks o_proj's query-head inputs: a linear mixer (or a family refused in width) is refused."""
+    a = get_adapter(family_model(model_type))
+    with pytest.raises(PrunekitError, match="llm-pruner|depth method"):
+        build_units(a, 0, a.num_layers, mixed=False)

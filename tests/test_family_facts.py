@@ -17,7 +17,7 @@ from torch import nn
 from export_helpers import pruned_tiny
 from prunekit.export.hf import build_export_model
 from prunekit.models import modeling_pruned
-from prunekit.models.adapter import ATTN, LLAMA_FACTS, MLP, Block, family_facts
+from prunekit.models.adapter import ATTN, HYBRID_FACTS, LLAMA_FACTS, MLP, SOFTMAX, Block, family_facts
 from prunekit.models.modeling_pruned import FACTS_KEY
 from prunekit.models.registry import ADAPTERS, get_adapter
 from prunekit.models.tiny import FAMILY_OVERRIDES, family_model
@@ -36,9 +36,27 @@ def test_every_family_has_tiny_settings():
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_facts_are_plain_data_with_llamas_keys(family):
+    """Llama's keys, and a hybrid family's keys besides (every layer type it meets named in ``mixers``)."""
     facts = ADAPTERS[family].facts
     assert json.loads(json.dumps(facts)) == facts
-    assert set(facts) == set(LLAMA_FACTS)
+    assert set(LLAMA_FACTS) <= set(facts) <= set(LLAMA_FACTS) | set(HYBRID_FACTS)
+    if set(facts) != set(LLAMA_FACTS):
+        types = getattr(family_model(family).config, facts["layer_types_key"])
+        assert set(types) <= set(facts["mixers"])
+
+
+def _spec(facts: dict, adapter, layer: int, kind: str) -> tuple:
+    """(input norm, sub-layer, output norm) of a block as the facts say: a hybrid layer's mixer by its type, its
+    feed-forward slot by Llama's keys (or absent, ``(None, '', None)``, when each layer holds one block)."""
+    mixers = facts.get("mixers")
+    if mixers:
+        m = mixers[adapter.layer_type(layer)]
+        if m["slot"] == kind:
+            return m["norms"][0], m["sublayer"], m["norms"][1]
+        if facts.get("one_block_per_layer"):
+            return None, "", None
+    sub, norms = ("attention_sublayer", "attention_norms") if kind == ATTN else ("mlp_sublayer", "mlp_norms")
+    return facts[norms][0], facts[sub], facts[norms][1]
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -49,17 +67,22 @@ def test_block_norms_are_every_norm_of_the_layer(models, family):
     adapter = get_adapter(model)
     facts, hidden = adapter.facts, model.config.hidden_size
     for i, layer in enumerate(adapter.layers):
-        named = set()
-        for kind, sub, norms in ((ATTN, "attention_sublayer", "attention_norms"), (MLP, "mlp_sublayer", "mlp_norms")):
+        named, subs = set(), set()
+        for kind in (ATTN, MLP):
+            inp, sub, outp = _spec(facts, adapter, i, kind)
             spec = adapter.block_spec(Block.of(i, kind))
-            assert (spec.input_norm, spec.sublayer, spec.output_norm) == (facts[norms][0], facts[sub], facts[norms][1])
-            assert adapter.sublayer(Block.of(i, kind)) is getattr(layer, facts[sub])
-            for name, module in zip(facts[norms], adapter.norms(Block.of(i, kind))):
+            assert (spec.input_norm, spec.sublayer, spec.output_norm) == (inp, sub, outp)
+            if not sub:  # an absent slot
+                assert adapter.is_absent(Block.of(i, kind)) and adapter.norms(Block.of(i, kind)) == (None, None)
+                continue
+            subs.add(sub)
+            assert adapter.sublayer(Block.of(i, kind)) is getattr(layer, sub)
+            for name, module in zip((inp, outp), adapter.norms(Block.of(i, kind))):
                 assert (name is None) == (module is None)
                 if name is not None:
                     assert module is getattr(layer, name) and tuple(module.weight.shape) == (hidden,)
                     named.add(name)
-        subs = (facts["attention_sublayer"], facts["mlp_sublayer"])
+        subs = tuple(subs)
         own = {n.split(".")[0] for n, p in layer.named_parameters() if not n.startswith(subs)}
         assert own == named, (family, i, own, named)
 
@@ -70,17 +93,21 @@ def test_projections_are_every_linear_of_a_dense_block(models, family):
     adapter = get_adapter(model)
     facts, cfg = adapter.facts, model.config
     for i, layer in enumerate(adapter.layers):
-        attn = getattr(layer, facts["attention_sublayer"])
-        a = adapter.attention(i)
-        names = facts["attention_projections"]
-        assert {id(p.module) for p in (a.q, a.k, a.v, a.o)} == {id(getattr(attn, n)) for n in names.values()}
-        assert {id(m) for m in attn.modules() if isinstance(m, nn.Linear)} == {id(getattr(attn, n)) for n in names.values()}
-        assert (a.num_heads, a.num_kv_heads) == (cfg.num_attention_heads, cfg.num_key_value_heads)
-        assert (a.q.out_features, a.k.out_features, a.v.out_features) == (a.num_heads * a.head_dim, *(2 * [a.num_kv_heads * a.head_dim]))
-        assert {which: id(norm) for norm, which in a.head_norms} == {w: id(getattr(attn, n)) for w, n in facts["head_norms"].items()}
-        for norm, which in a.head_norms:  # norms over all heads' rows
-            assert norm.weight.shape[0] == (a.num_heads if which == "q" else a.num_kv_heads) * a.head_dim
-        mlp = getattr(layer, facts["mlp_sublayer"])
+        if adapter.mixer_kind(i) == SOFTMAX:
+            attn = adapter.sublayer(Block.of(i, ATTN))
+            a = adapter.attention(i)
+            names = facts["attention_projections"]
+            assert {id(p.module) for p in (a.q, a.k, a.v, a.o)} == {id(getattr(attn, n)) for n in names.values()}
+            assert {id(m) for m in attn.modules() if isinstance(m, nn.Linear)} == {id(getattr(attn, n)) for n in names.values()}
+            assert (a.num_heads, a.num_kv_heads) == (cfg.num_attention_heads, cfg.num_key_value_heads)
+            q_rows = a.num_heads * a.head_dim * (2 if facts.get("query_gate") else 1)  # [q_h | gate_h] per head
+            assert (a.q.out_features, a.k.out_features, a.v.out_features) == (q_rows, *(2 * [a.num_kv_heads * a.head_dim]))
+            assert {which: id(norm) for norm, which in a.head_norms} == {w: id(getattr(attn, n)) for w, n in facts["head_norms"].items()}
+            for norm, which in a.head_norms:  # norms over all heads' rows
+                assert norm.weight.shape[0] == (a.num_heads if which == "q" else a.num_kv_heads) * a.head_dim
+        if adapter.is_absent(Block.of(i, MLP)) or adapter.width_refusal:  # a family not pruned in width names no MLP rows
+            continue
+        mlp = adapter.sublayer(Block.of(i, MLP))
         ex = adapter.experts(i)
         if ex is not None:
             names = facts["routed_experts"]
@@ -100,7 +127,30 @@ def test_family_facts_refuses_an_unknown_key():
         family_facts(qkv="qkv_proj")
 
 
-@pytest.mark.parametrize("family", ["phi3", "olmo2", "gemma2", "qwen3_moe"])
+@pytest.mark.parametrize("family", FAMILIES)
+def test_linear_mixer_groups_own_every_parameter_but_the_shared_norm(models, family):
+    """A linear mixer's width family (one structure per key-head group) owns every entry of every parameter of
+    the mixer once, except the gated norm's weight, which every head shares (per head dimension)."""
+    adapter = get_adapter(models[family])
+    layers = [i for i in range(adapter.num_layers) if adapter.mixer_kind(i) == "linear"]
+    if not adapter.facts.get("mixers") or adapter.width_refusal:
+        assert not layers or all(adapter.linear_family(i, {}) is None for i in layers)
+        return
+    for i in layers:
+        fam = adapter.linear_family(i, {})
+        mixer = adapter.sublayer(Block.of(i, ATTN))
+        owned: dict[tuple[int, str], list] = {}
+        for part in fam.parts:
+            owned.setdefault((id(part.module), part.attr), [part.param, part.dim, []])[2].append(part.index.reshape(-1))
+        names = {(id(m), n): (m, n) for m in mixer.modules() for n, _ in m.named_parameters(recurse=False)}
+        shared = {(id(m), n) for (m, n) in names.values() if "norm" in type(m).__name__.lower()}
+        assert set(owned) == set(names) - shared
+        for param, dim, idx in owned.values():
+            assert torch.cat(idx).sort().values.tolist() == list(range(param.shape[dim]))
+        assert fam.n == adapter.head_counts(i)[1]
+
+
+@pytest.mark.parametrize("family", ["phi3", "olmo2", "gemma2", "qwen3_moe", "qwen3_5_text"])
 def test_a_per_layer_export_carries_the_adapters_facts(family):
     loaded = pruned_tiny(family, "blocks", **FAMILY_OVERRIDES[family])
     model, kind = build_export_model(loaded)
@@ -116,17 +166,21 @@ def test_modeling_pruned_names_no_familys_modules():
     transformers classes it subclasses are imported by name, which is what it is)."""
     source = Path(modeling_pruned.__file__).read_text()
     strings = {n.value for n in ast.walk(ast.parse(source)) if isinstance(n, ast.Constant) and isinstance(n.value, str)}
-    module_names = {v for f in ADAPTERS.values() for v in _names(f.facts)}
+    module_names = {v for f in ADAPTERS.values() for v in _names(f.facts)}  # a hybrid's kinds and config keys left out
     assert module_names, "the facts name modules"
     assert not strings & module_names, strings & module_names
+
+
+NOT_MODULES = ("layer_types_key", "slot", "stub", "heads_config")  # hybrid facts: kinds and config fields, not module names
 
 
 def _names(value):
     if isinstance(value, str):
         yield value
     elif isinstance(value, dict):
-        for v in value.values():
-            yield from _names(v)
+        for k, v in value.items():
+            if k not in NOT_MODULES:
+                yield from _names(v)
     elif isinstance(value, list):
         for v in value:
             yield from _names(v)

@@ -48,15 +48,15 @@ def block_macs_per_token(adapter: ModelAdapter, block: Block, seq_len: int) -> f
     """MACs per token of one block on ``seq_len``-token windows.
 
     Weights: one MAC per weight (``adapter.weight_macs``: a sparse MoE block counts its active experts).
-    Attention adds ``Q K^T`` and ``A V``: ``2 * n_heads * head_dim`` MACs per attended key,
-    ``(seq_len + 1) / 2`` keys on average under the causal mask.
+    A mixer adds ``adapter.mixing_macs``: for attention ``Q K^T`` and ``A V``, ``2 * n_heads * head_dim``
+    MACs per attended key, ``(seq_len + 1) / 2`` keys on average under the causal mask; for a linear
+    mixer its state update and read-out per token.
     """
     if adapter.is_removed(block):
         return 0.0
     macs = adapter.weight_macs(block)
     if block.kind == ATTN:
-        a = adapter.attention(block.layer)
-        macs += 2.0 * a.num_heads * a.head_dim * (seq_len + 1) / 2.0
+        macs += adapter.mixing_macs(block.layer, seq_len)
     return macs
 
 

@@ -2,8 +2,9 @@
 
 Every exporter starts here, so it works for any pruning without knowing how it was made: a block is
 present or removed (``adapter.is_removed``), an attention block has its head counts from the weight
-shapes (``adapter.attention``), an MLP its width (``adapter.mlp_width``). Layers whose two blocks are both
-removed are dropped and the kept layers renumbered ``0..K-1``.
+shapes (``adapter.attention``; a hybrid family's linear mixer its own counts, ``adapter.head_counts``), an
+MLP its width (``adapter.mlp_width``). Layers whose blocks are all removed are dropped and the kept layers
+renumbered ``0..K-1`` (each keeps its own type: ``adapter.kept_layers_config``).
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ class LayerGeometry:
     num_heads: int
     num_kv_heads: int
     intermediate_size: int
+    mixer: str = "attention"  # what the mixer slot holds (adapter.mixer_kind): attention, linear, or mlp (none)
+    whole: bool = True  # every block the layer had is present
 
     @property
     def has_attention(self) -> bool:
@@ -49,10 +52,10 @@ class ModelLayout:
     def uniform(self) -> bool:
         """True when every kept layer has both blocks and (after width pruning) one and the same geometry:
         the stock config can say it."""
-        if not all(g.has_attention and g.has_mlp for g in self.layers):
+        if not all(g.whole for g in self.layers):
             return False
-        shapes = {(g.num_heads, g.num_kv_heads, g.intermediate_size) for g in self.layers}
-        return len(shapes) == 1 or not self.width_pruned
+        shapes = {(g.mixer, g.num_heads, g.num_kv_heads, g.intermediate_size) for g in self.layers}
+        return len(shapes) == len({g.mixer for g in self.layers}) or not self.width_pruned
 
     def lists(self) -> dict[str, list[int]]:
         """The per-layer lists of a per-layer hf config (``modeling_pruned.PER_LAYER_KEYS``)."""
@@ -71,14 +74,21 @@ def model_layout(adapter: ModelAdapter) -> ModelLayout:
     layers = []
     for i in range(adapter.num_layers):
         heads = kv = inter = 0
-        if not adapter.is_removed(Block.of(i, ATTN)):
+        mixer = adapter.mixer_kind(i)
+        if adapter.has_attention(i):
             a = adapter.attention(i)
             heads, kv = a.num_heads, a.num_kv_heads
             head_dims.add(a.head_dim)
+        elif not adapter.is_removed(Block.of(i, ATTN)):  # a linear mixer
+            heads, kv = adapter.head_counts(i)
         if not adapter.is_removed(Block.of(i, MLP)):
             inter = adapter.mlp_width(i)
+        whole = not any(adapter.is_removed(b) and not adapter.is_absent(b) for b in (Block.of(i, ATTN), Block.of(i, MLP)))
         if heads or inter:
-            layers.append(LayerGeometry(i, heads, kv, inter))
+            layers.append(LayerGeometry(i, heads, kv, inter, mixer, whole))
+    for i in adapter.cache_layers([g.source for g in layers]):  # removed layers kept as zero mixers for the cache
+        layers.append(LayerGeometry(i, 0, 0, 0, adapter.mixer_kind(i), whole=False))
+    layers.sort(key=lambda g: g.source)
     if len(head_dims) > 1:  # pragma: no cover - no pruning changes head_dim
         raise ValueError(f"layers disagree on head_dim: {sorted(head_dims)}")
     head_dim = head_dims.pop() if head_dims else int(

@@ -13,7 +13,7 @@ import json
 from pathlib import Path
 
 import torch
-from transformers import AutoTokenizer
+from transformers import AutoTokenizer, PretrainedConfig
 from transformers.utils import logging as hf_logging
 
 from prunekit.core.errors import PrunekitError
@@ -54,7 +54,7 @@ def load_export(path: str | Path, dtype: str | torch.dtype = "float32", device: 
     if kind == "gguf":
         family, config, geometry, state = read_gguf(path)
     elif kind in ("hf-per-layer", "nemotron-nas"):
-        config = json.loads((path / "config.json").read_text())
+        config = PretrainedConfig._decode_special_floats(json.loads((path / "config.json").read_text()))  # e.g. Infinity
         if kind == "nemotron-nas":
             family = "llama"
             geometry = nas_geometry(config)

@@ -5,7 +5,10 @@ for the decoder layers, the blocks, the projections and the head geometry, and l
 remove blocks.
 
 Blocks. Decoder layer ``i`` holds two blocks, numbered in forward order:
-``2*i`` = the attention block and ``2*i + 1`` = the MLP (or sparse MoE) block. Each family
+``2*i`` = the mixer block (softmax attention; in hybrid families a linear-attention / Gated DeltaNet
+or Mamba2 mixer, by the layer's type) and ``2*i + 1`` = the feed-forward block (MLP or sparse MoE).
+A family whose layers hold one block each (Nemotron-H) leaves the other slot *absent*: it holds
+nothing and counts as removed from the start, so no method can choose it. Each family
 describes how a block is built (:class:`BlockSpec`: optional input norm, sub-layer, optional
 output norm, residual scale), so running block ``b`` on the residual stream ``h`` (shape
 ``[batch, seq, hidden]``) computes ``h + s_b * out_b(f_b(in_b(h)))``; removing it removes its
@@ -24,7 +27,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from prunekit.models.zero_blocks import ZeroAttention, ZeroMLP
+from prunekit.models.zero_blocks import IdentityNorm, ZeroAttention, ZeroLinearMixer, ZeroMLP
 
 ATTN, MLP = "attn", "mlp"
 
@@ -46,9 +49,24 @@ LLAMA_FACTS: dict = {
 }
 
 
+#: Facts only a hybrid family declares (the others' facts, and so their exports' configs, stay without them):
+#: ``layer_types_key``: the config list naming each layer's type (``layer_types``, ``layers_block_type``);
+#: ``mixers``: per layer type, the block it fills (``slot``: ``attn`` = the mixer slot, ``mlp`` = the
+#: feed-forward slot), its ``sublayer`` and ``norms``, the ``stub`` that stands in for it once removed
+#: (``attention``: keeps a KV cache layer's length; ``linear``: keeps a linear-attention cache layer's
+#: token count; ``mlp``: nothing to keep) and, for a linear mixer, ``heads_config``: the config fields of its
+#: head counts ``[heads, kv_heads]`` (Gated DeltaNet: value and key heads; Mamba2: heads and groups);
+#: ``one_block_per_layer``: each layer holds only the block its type names (Nemotron-H);
+#: ``query_gate``: the attention's q projection holds ``[q_h | gate_h]`` rows per head (Qwen3.5, Qwen3-Next).
+HYBRID_FACTS: dict = {"layer_types_key": None, "mixers": None, "one_block_per_layer": False, "query_gate": False}
+
+#: Mixer kinds (:meth:`ModelAdapter.mixer_kind`): softmax attention, or a linear (recurrent) mixer.
+SOFTMAX, LINEAR = "attention", "linear"
+
+
 def family_facts(**changes: Any) -> dict:
-    """Llama's facts (:data:`LLAMA_FACTS`) with ``changes``: a new dict, JSON-able."""
-    unknown = set(changes) - set(LLAMA_FACTS)
+    """Llama's facts (:data:`LLAMA_FACTS`) with ``changes`` (which may add :data:`HYBRID_FACTS` keys): a new dict, JSON-able."""
+    unknown = set(changes) - set(LLAMA_FACTS) - set(HYBRID_FACTS)
     if unknown:
         raise KeyError(f"unknown family facts: {sorted(unknown)}")
     return copy.deepcopy(LLAMA_FACTS) | copy.deepcopy(changes)
@@ -171,6 +189,7 @@ class AttentionProjections:
     num_kv_heads: int
     head_dim: int
     head_norms: tuple = ()
+    q_rows_per_head: int = 1  # in units of head_dim: 2 when q holds [q_h | gate_h] per head (Qwen3.5's gated attention)
 
 
 @dataclass(frozen=True)
@@ -195,16 +214,33 @@ class MlpProjections:
     down: Proj
 
 
+class Absent(nn.Module):
+    """The sub-layer of an absent block slot (a Nemotron-H layer holds one block): no weights, removed from the start."""
+
+    removed = True
+
+    def forward(self, hidden_states: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:  # pragma: no cover - never run
+        return torch.zeros_like(hidden_states)
+
+
+_ABSENT = Absent()
+
+
 class _StopForward(Exception):
     pass
 
 
 class _Catcher(nn.Module):
-    """Replaces a decoder layer for one forward: records the layer's inputs and passes ``h`` on."""
+    """Replaces a decoder layer for one forward: records the layer's inputs and passes ``h`` on.
 
-    def __init__(self, record: list, stop: bool) -> None:
+    ``copied``: attributes of the replaced layer that the model's own loop reads (Nemotron-H picks each
+    layer's mask by ``layer.block_type``)."""
+
+    def __init__(self, record: list, stop: bool, copied: dict | None = None) -> None:
         super().__init__()
         self.record, self.stop = record, stop
+        for name, value in (copied or {}).items():
+            setattr(self, name, value)
 
     def forward(self, hidden_states: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
         self.record.append((hidden_states, kwargs))
@@ -235,6 +271,8 @@ class ModelAdapter:
     hidden_resize_refusal: str | None = None
     #: None when the model can be written in Llama's per-layer layout (gguf ``deci``, nemotron-nas), else why not.
     llama_layout_refusal: str | None = None
+    #: Attributes of a decoder layer that the model's forward loop reads (copied onto the input catchers).
+    layer_attributes: tuple[str, ...] = ()
 
     def __init__(self, model: nn.Module) -> None:
         self.model = model
@@ -277,14 +315,75 @@ class ModelAdapter:
         out = [Block(i) for i in range(self.num_blocks)]
         return out if kind == "mix" else [b for b in out if b.kind == kind]
 
+    def layer_type(self, layer: int) -> str | None:
+        """The type the config gives decoder layer ``layer`` (hybrid families: which mixer it holds), else None."""
+        key = self.facts.get("layer_types_key")
+        return getattr(self.config, key)[layer] if key else None
+
+    def _mixer_facts(self, block: Block) -> dict | None:
+        """The hybrid facts of the sub-layer in ``block``'s slot; None for a plain family's or an absent slot
+        (``{}`` for the feed-forward slot a hybrid layer always has)."""
+        mixers = self.facts.get("mixers")
+        if not mixers:
+            return None
+        m = mixers[self.layer_type(block.layer)]
+        if m["slot"] == block.kind:
+            return m
+        return None if self.facts.get("one_block_per_layer") else {}
+
     def block_spec(self, block: Block) -> BlockSpec:
-        """How ``block`` is built (attribute names on its decoder layer, from :attr:`facts`)."""
+        """How ``block`` is built (attribute names on its decoder layer, from :attr:`facts`); an absent slot
+        has no sub-layer name."""
         f = self.facts
+        m = self._mixer_facts(block)
+        if m:
+            return BlockSpec(m["norms"][0], m["sublayer"], m["norms"][1])
+        if m is None and f.get("mixers"):
+            return BlockSpec(None, "", None)
         inp, out = f["attention_norms"] if block.kind == ATTN else f["mlp_norms"]
         return BlockSpec(inp, f["attention_sublayer"] if block.kind == ATTN else f["mlp_sublayer"], out)
 
     def sublayer(self, block: Block) -> nn.Module:
-        return getattr(self.layers[block.layer], self.block_spec(block).sublayer)
+        name = self.block_spec(block).sublayer
+        return getattr(self.layers[block.layer], name) if name else _ABSENT
+
+    def is_absent(self, block: Block) -> bool:
+        """True for the empty slot of a layer that holds one block (never a block of the model)."""
+        return not self.block_spec(block).sublayer
+
+    def mixer_kind(self, layer: int) -> str:
+        """What the mixer slot of ``layer`` holds: :data:`SOFTMAX` attention, a :data:`LINEAR` mixer (Gated
+        DeltaNet, Mamba2), or ``mlp`` (a Nemotron-H feed-forward layer, whose mixer slot is absent)."""
+        m = self.facts.get("mixers")
+        return m[self.layer_type(layer)]["stub"] if m else SOFTMAX
+
+    def has_attention(self, layer: int) -> bool:
+        """True when ``layer`` holds a softmax attention block that is not removed."""
+        return self.mixer_kind(layer) == SOFTMAX and not self.is_removed(Block.of(layer, ATTN))
+
+    def head_counts(self, layer: int) -> tuple[int, int]:
+        """(heads, KV heads) of ``layer``'s present mixer: query and KV heads of an attention; a linear
+        mixer's (value heads, key heads) or (heads, groups) (see :meth:`linear_heads`)."""
+        if self.mixer_kind(layer) == SOFTMAX:
+            a = self.attention(layer)
+            return a.num_heads, a.num_kv_heads
+        return self.linear_heads(layer)
+
+    def linear_heads(self, layer: int) -> tuple[int, int]:
+        """(heads, heads sharing one key) of a linear mixer: hybrid families override it."""
+        raise NotImplementedError
+
+    def linear_family(self, layer: int, names: dict[int, str]):
+        """The width family (``models.groups.Family``) of ``layer``'s linear mixer: one structure per key-head
+        group, with every row and column it owns (hybrid families override it; None: not pruned in width)."""
+        return None
+
+    def mixing_macs(self, layer: int, seq_len: int) -> float:
+        """MACs per token of the mixer of ``layer`` beyond its weights, on ``seq_len``-token windows: softmax
+        attention's ``Q K^T`` and ``A V``, ``2 * n_heads * head_dim`` per attended key, ``(seq_len + 1) / 2``
+        keys on average under the causal mask (hybrid families add their linear mixers' state updates)."""
+        a = self.attention(layer)
+        return 2.0 * a.num_heads * a.head_dim * (seq_len + 1) / 2.0
 
     def norms(self, block: Block) -> tuple[nn.Module | None, nn.Module | None]:
         """(input norm, output norm) of a block; None where the family has none (or it is removed)."""
@@ -336,6 +435,8 @@ class ModelAdapter:
             q, k, v = (Proj(getattr(attn, names[x])) for x in ("q", "k", "v"))
             n_q, n_kv = q.out_features // hd, k.out_features // hd
         head_norms = tuple((getattr(attn, name), which) for which, name in self.facts["head_norms"].items())
+        if self.facts.get("query_gate"):  # q rows [q_h | gate_h] per head
+            return AttentionProjections(q, k, v, Proj(o), n_q // 2, n_kv, hd, head_norms=head_norms, q_rows_per_head=2)
         return AttentionProjections(q, k, v, Proj(o), n_q, n_kv, hd, head_norms=head_norms)
 
     def mlp(self, layer: int) -> MlpProjections:
@@ -386,6 +487,21 @@ class ModelAdapter:
         written as; the family's own for families that are Llama's layout already."""
         return config
 
+    def cache_layers(self, sources: list[int]) -> list[int]:
+        """Removed base layers that an export of the kept layers ``sources`` still writes, as zero mixers, for the
+        hybrid cache's sake (plain families: none): layer 0 when the kept layers would start with a feed-forward
+        layer, whose cache slot has no length for ``generate`` to read (Nemotron-H); and the first full-attention
+        layer when no kept layer has attention, since the model sizes its causal mask from one."""
+        if not self.facts.get("mixers") or not sources:
+            return []
+        keep = []
+        if self.mixer_kind(sources[0]) == MLP and self.mixer_kind(0) != MLP and 0 not in sources:
+            keep.append(0)
+        attention = [i for i in range(self.num_layers) if self.mixer_kind(i) == SOFTMAX]
+        if attention and not any(self.mixer_kind(i) == SOFTMAX for i in sources) and attention[0] not in keep:
+            keep.append(attention[0])
+        return sorted(keep)
+
     def kept_layers_config(self, sources: list[int]) -> dict:
         """Config entries that follow the layer index, for a model that keeps base layers ``sources``
         (in order) as its layers ``0..K-1``: e.g. the per-layer attention types."""
@@ -407,7 +523,8 @@ class ModelAdapter:
         originals = list(self.layers)
         n = len(originals)
         for i in range(n):
-            self.layers[i] = _Catcher(record, stop=(i == n - 1))
+            copied = {name: getattr(originals[i], name) for name in self.layer_attributes}
+            self.layers[i] = _Catcher(record, stop=(i == n - 1), copied=copied)
         try:
             with torch.inference_mode():
                 self.model(input_ids=input_ids, use_cache=False)
@@ -422,15 +539,27 @@ class ModelAdapter:
         return h0, kwargs
 
     def run_block(self, block: Block, h: torch.Tensor, layer_kwargs: dict) -> torch.Tensor:
-        """One block on the residual stream, as :class:`BlockSpec` says."""
+        """One block on the residual stream, as :class:`BlockSpec` says (an absent slot passes it unchanged)."""
         spec = self.block_spec(block)
+        if not spec.sublayer:
+            return h
         inp, outp = self.norms(block)
         sub = self.sublayer(block)
         x = inp(h) if inp is not None else h
-        y = sub(hidden_states=x, **layer_kwargs)[0] if block.kind == ATTN else sub(x)
+        y = self.call_sublayer(block, sub, x, layer_kwargs)
         if outp is not None:
             y = outp(y)
         return h + (y * spec.residual_scale if spec.residual_scale != 1.0 else y)
+
+    def call_sublayer(self, block: Block, sub: nn.Module, x: torch.Tensor, layer_kwargs: dict) -> torch.Tensor:
+        """``block``'s sub-layer on its normed input ``x``: an attention gets the layer's keyword inputs and
+        returns ``(out, weights)``; a linear mixer gets the layer's mask and returns a tensor; a feed-forward
+        block gets ``x`` alone."""
+        if block.kind != ATTN:
+            return sub(x)
+        if self.mixer_kind(block.layer) == LINEAR:
+            return sub(x, attention_mask=layer_kwargs.get("attention_mask"))
+        return sub(hidden_states=x, **layer_kwargs)[0]
 
     def tile_inputs(self, layer_kwargs: dict, k: int, batch: int) -> dict:
         """A layer's keyword inputs for ``k`` copies of a ``batch``-window batch stacked along dim 0
@@ -467,11 +596,14 @@ class ModelAdapter:
 
     def _zero(self, block: Block) -> dict[str, nn.Module]:
         spec = self.block_spec(block)
-        zero = ZeroAttention(block.layer) if block.kind == ATTN else ZeroMLP()
+        m = self._mixer_facts(block)
+        stub = m.get("stub", MLP) if m else (SOFTMAX if block.kind == ATTN else MLP)
+        layer = self.layers[block.layer]
+        zero = {SOFTMAX: lambda: ZeroAttention(block.layer), LINEAR: lambda: ZeroLinearMixer(block.layer)}.get(stub, ZeroMLP)()
         mods = {spec.sublayer: zero}
         for name in (spec.input_norm, spec.output_norm):
-            if name:
-                mods[name] = nn.Identity()
+            if name:  # a hybrid layer may read its norm's weight dtype (Nemotron-H): an identity that has one
+                mods[name] = IdentityNorm(getattr(layer, name).weight.dtype) if m is not None else nn.Identity()
         return mods
 
     def remove_block(self, block: Block) -> None:
@@ -493,11 +625,13 @@ class ModelAdapter:
                 self._swap(b, old)
 
     def removed_blocks(self) -> list[Block]:
-        return [b for b in self.blocks() if self.is_removed(b)]
+        """Blocks removed from the model (an absent slot was never a block)."""
+        return [b for b in self.blocks() if self.is_removed(b) and not self.is_absent(b)]
 
     def describe(self) -> dict:
         """A JSON-able summary of the model's geometry."""
-        a = self.attention(0) if not self.is_removed(Block.of(0, ATTN)) else None
+        first = 0 if not self.facts.get("mixers") else next((i for i in range(self.num_layers) if self.mixer_kind(i) == SOFTMAX), 0)
+        a = self.attention(first) if self.has_attention(first) else None
         return {
             "model_type": self.model_type,
             "layers": self.num_layers,

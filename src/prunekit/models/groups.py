@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from prunekit.models.adapter import ATTN, MLP, Block, ModelAdapter, Proj
+from prunekit.models.adapter import ATTN, MLP, SOFTMAX, Block, ModelAdapter, Proj
 
 
 @dataclass
@@ -130,17 +130,20 @@ def attention_family(adapter: ModelAdapter, layer: int, names: dict[int, str] | 
     if adapter.is_removed(Block.of(layer, ATTN)):
         return None
     names = names if names is not None else parameter_names(adapter.model)
+    if adapter.mixer_kind(layer) != SOFTMAX:  # a linear mixer: its groups are the family's own (adapter.linear_family)
+        return adapter.linear_family(layer, names)
     a = adapter.attention(layer)
     if a.num_heads % a.num_kv_heads:
         raise ValueError(f"layer {layer}: {a.num_heads} query heads do not divide into {a.num_kv_heads} KV heads")
     n_rep, hd = a.num_heads // a.num_kv_heads, a.head_dim
-    q_rows = _blocks(a.num_kv_heads, n_rep * hd)
+    q_rows = _blocks(a.num_kv_heads, n_rep * hd * a.q_rows_per_head)
+    o_cols = q_rows if a.q_rows_per_head == 1 else _blocks(a.num_kv_heads, n_rep * hd)
     kv_rows = _blocks(a.num_kv_heads, hd)
     parts = [
         _part(a.q, "weight", 0, q_rows, "q", names=names), _part(a.q, "bias", 0, q_rows, "q", names=names),
         _part(a.k, "weight", 0, kv_rows, "k", names=names), _part(a.k, "bias", 0, kv_rows, "k", names=names),
         _part(a.v, "weight", 0, kv_rows, "v", names=names), _part(a.v, "bias", 0, kv_rows, "v", names=names),
-        _part(a.o, "weight", 1, q_rows, "o", names=names),
+        _part(a.o, "weight", 1, o_cols, "o", names=names),
     ]
     for norm, which in a.head_norms:  # norms spanning all heads (OLMo 2): sliced with their heads' rows
         rows = q_rows if which == "q" else kv_rows

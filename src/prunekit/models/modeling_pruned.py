@@ -18,6 +18,12 @@ three per-layer lists, one entry per decoder layer:
 - ``layer_intermediate_size[i]``: MLP width of layer ``i`` (0 = its MLP block is absent; for a sparse
   MoE block, the width of each routed expert).
 
+For a hybrid family (Qwen3.5) the mixer of layer ``i`` is the one its config's layer type names
+(``layer_types``, rewritten for the kept layers), and for a linear mixer (Gated DeltaNet) the two
+first lists hold its own counts (value heads, key heads); a mixer whose counts differ from the config's
+is rebuilt by its own class from a copy of the config with its counts. A removed linear mixer is a
+zero module that still counts its cache slot's tokens, and a removed block's norms are identities.
+
 ``head_dim`` is explicit and shared by all layers. What the family's layer is made of comes from the
 config too, as plain data (``prunekit_family_facts``, written by prunekit from the same declaration its
 own adapter reads): the names of each block's sub-layer and norms, its projections (separate or fused),
@@ -44,6 +50,8 @@ from transformers.models.mistral.configuration_mistral import MistralConfig
 from transformers.models.mistral.modeling_mistral import MistralForCausalLM
 from transformers.models.mixtral.configuration_mixtral import MixtralConfig
 from transformers.models.mixtral.modeling_mixtral import MixtralForCausalLM
+from transformers.models.nemotron_h.configuration_nemotron_h import NemotronHConfig
+from transformers.models.nemotron_h.modeling_nemotron_h import NemotronHForCausalLM
 from transformers.models.olmo2.configuration_olmo2 import Olmo2Config
 from transformers.models.olmo2.modeling_olmo2 import Olmo2ForCausalLM
 from transformers.models.phi3.configuration_phi3 import Phi3Config
@@ -54,10 +62,14 @@ from transformers.models.qwen2_moe.configuration_qwen2_moe import Qwen2MoeConfig
 from transformers.models.qwen2_moe.modeling_qwen2_moe import Qwen2MoeForCausalLM
 from transformers.models.qwen3.configuration_qwen3 import Qwen3Config
 from transformers.models.qwen3.modeling_qwen3 import Qwen3ForCausalLM
+from transformers.models.qwen3_5.configuration_qwen3_5 import Qwen3_5TextConfig
+from transformers.models.qwen3_5.modeling_qwen3_5 import Qwen3_5ForCausalLM
 from transformers.models.qwen3_moe.configuration_qwen3_moe import Qwen3MoeConfig
 from transformers.models.qwen3_moe.modeling_qwen3_moe import Qwen3MoeForCausalLM
+from transformers.models.qwen3_next.configuration_qwen3_next import Qwen3NextConfig
+from transformers.models.qwen3_next.modeling_qwen3_next import Qwen3NextForCausalLM
 
-from .zero_blocks import ZeroAttention, ZeroMLP
+from .zero_blocks import IdentityNorm, ZeroAttention, ZeroLinearMixer, ZeroMLP
 
 PER_LAYER_KEYS = ("layer_num_attention_heads", "layer_num_key_value_heads", "layer_intermediate_size")
 FACTS_KEY = "prunekit_family_facts"
@@ -77,7 +89,8 @@ def _resize_attention(attn: nn.Module, facts: dict, *, config, hidden: int, head
     if "qkv" in names:  # fused [Q | K | V] rows
         setattr(attn, names["qkv"], _resized(getattr(attn, names["qkv"]), hidden, q + 2 * kv))
     else:
-        for which, size in (("q", q), ("k", kv), ("v", kv)):
+        gate = 2 if facts.get("query_gate") else 1  # q rows [q_h | gate_h] per head
+        for which, size in (("q", gate * q), ("k", kv), ("v", kv)):
             setattr(attn, names[which], _resized(getattr(attn, names[which]), hidden, size))
     if facts["heads_from_config"] and (heads != config.num_attention_heads or kv_heads != config.num_key_value_heads):
         attn.config = copy.copy(config)  # the module slices its fused rows with its config's head counts
@@ -129,7 +142,10 @@ def apply_per_layer_geometry(model: nn.Module, heads: list[int], kv_heads: list[
     hidden = model.config.hidden_size
     experts = facts["routed_experts"]
     for i, layer in enumerate(layers):
-        if heads[i] == 0:
+        if facts.get("mixers"):
+            if not _hybrid_mixer(model, layer, i, facts, heads=heads[i], kv_heads=kv_heads[i], head_dim=head_dim, inter=inter[i]):
+                continue
+        elif heads[i] == 0:
             setattr(layer, facts["attention_sublayer"], ZeroAttention(i))
             for name in filter(None, facts["attention_norms"]):
                 setattr(layer, name, nn.Identity())
@@ -147,6 +163,39 @@ def apply_per_layer_geometry(model: nn.Module, heads: list[int], kv_heads: list[
             _resize_experts(getattr(mlp, experts["module"]), experts, inter[i])
         else:
             _resize_mlp(mlp, facts, hidden, inter[i])
+
+
+def _hybrid_mixer(model: nn.Module, layer: nn.Module, i: int, facts: dict, *, heads: int, kv_heads: int, head_dim: int,
+                  inter: int) -> bool:
+    """The mixer slot of a hybrid family's layer ``i``, of the kind its layer type names: removed (``heads``
+    0: the zero module that keeps its cache slot, identity norms), a linear mixer with its own head counts
+    (rebuilt by its class from the config with them), or an attention resized like any other. Returns whether
+    the layer's feed-forward slot is left to size; a layer of one block (Nemotron-H) has none, and its one
+    feed-forward block is either kept as built (such families are not width-pruned) or removed (``inter`` 0)."""
+    config = model.config
+    mixer = facts["mixers"][getattr(config, facts["layer_types_key"])[i]]
+    one_block = facts.get("one_block_per_layer", False)
+    if mixer["slot"] != "attn":
+        if one_block and inter == 0:
+            setattr(layer, mixer["sublayer"], ZeroMLP())
+            for name in filter(None, mixer["norms"]):
+                setattr(layer, name, IdentityNorm(getattr(layer, name).weight.dtype))
+        return not one_block
+    if heads == 0:
+        setattr(layer, mixer["sublayer"], ZeroAttention(i) if mixer["stub"] == "attention" else ZeroLinearMixer(i))
+        for name in filter(None, mixer["norms"]):
+            setattr(layer, name, IdentityNorm(getattr(layer, name).weight.dtype))
+    elif mixer["stub"] == "attention":
+        _resize_attention(getattr(layer, mixer["sublayer"]), facts, config=config, hidden=config.hidden_size,
+                          heads=heads, kv_heads=kv_heads, head_dim=head_dim)
+    elif [getattr(config, f) for f in mixer["heads_config"]] != [heads, kv_heads]:
+        own = copy.copy(config)
+        for field, value in zip(mixer["heads_config"], (heads, kv_heads)):
+            setattr(own, field, value)
+        old = getattr(layer, mixer["sublayer"])
+        w = next(old.parameters())
+        setattr(layer, mixer["sublayer"], type(old)(own, layer_idx=i).to(device=w.device, dtype=w.dtype))
+    return not one_block
 
 
 class _PerLayerMixin:
@@ -175,6 +224,8 @@ _BASES = {
     "phi3": (Phi3Config, Phi3ForCausalLM), "olmo2": (Olmo2Config, Olmo2ForCausalLM),
     "granite": (GraniteConfig, GraniteForCausalLM), "mixtral": (MixtralConfig, MixtralForCausalLM),
     "qwen2_moe": (Qwen2MoeConfig, Qwen2MoeForCausalLM), "qwen3_moe": (Qwen3MoeConfig, Qwen3MoeForCausalLM),
+    "qwen3_5_text": (Qwen3_5TextConfig, Qwen3_5ForCausalLM), "nemotron_h": (NemotronHConfig, NemotronHForCausalLM),
+    "qwen3_next": (Qwen3NextConfig, Qwen3NextForCausalLM),
 }
 FAMILIES = {family: _pruned_classes(family, *bases) for family, bases in _BASES.items()}
 globals().update({cls.__name__: cls for pair in FAMILIES.values() for cls in pair})

@@ -10,15 +10,19 @@ from prunekit.models.families.gemma import Gemma2Adapter, Gemma3TextAdapter
 from prunekit.models.families.granite import GraniteAdapter
 from prunekit.models.families.llama import LlamaAdapter, MistralAdapter, Qwen2Adapter, Qwen3Adapter
 from prunekit.models.families.mixtral import MixtralAdapter
+from prunekit.models.families.nemotron_h import NemotronHAdapter
 from prunekit.models.families.olmo2 import Olmo2Adapter
 from prunekit.models.families.phi3 import Phi3Adapter
+from prunekit.models.families.qwen3_5 import Qwen3_5TextAdapter
+from prunekit.models.families.qwen3_next import Qwen3NextAdapter
 from prunekit.models.families.qwen_moe import Qwen2MoeAdapter, Qwen3MoeAdapter
 
 ADAPTERS: dict[str, type[ModelAdapter]] = {
     cls.model_type: cls
     for cls in (
         LlamaAdapter, MistralAdapter, Qwen2Adapter, Qwen3Adapter, Gemma2Adapter, Gemma3TextAdapter, Phi3Adapter,
-        Olmo2Adapter, GraniteAdapter, MixtralAdapter, Qwen2MoeAdapter, Qwen3MoeAdapter,
+        Olmo2Adapter, GraniteAdapter, MixtralAdapter, Qwen2MoeAdapter, Qwen3MoeAdapter, Qwen3_5TextAdapter,
+        NemotronHAdapter, Qwen3NextAdapter,
     )
 }
 

@@ -43,6 +43,19 @@ FAMILY_OVERRIDES: dict[str, dict] = {
                       mlp_only_layers=[1], decoder_sparse_step=1),
     "qwen3_moe": dict(num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32, mlp_only_layers=[1],
                       decoder_sparse_step=1, head_dim=16),
+    # hybrid: Gated DeltaNet layers 0 and 2 (2 key heads, each serving 2 value heads), gated attention in 1 and 3
+    "qwen3_5_text": dict(head_dim=16, linear_num_key_heads=2, linear_num_value_heads=4, linear_key_head_dim=8,
+                         linear_value_head_dim=8, layer_types=["linear_attention", "full_attention"] * 2),
+    # Qwen3-Next: as Qwen3.5's mixers (fused per key head); sparse MoE layers but layer 1 (dense), a gated shared expert
+    "qwen3_next": dict(head_dim=16, linear_num_key_heads=2, linear_num_value_heads=4, linear_key_head_dim=8,
+                       linear_value_head_dim=8, layer_types=["linear_attention", "full_attention"] * 2, num_experts=4,
+                       num_experts_per_tok=2, moe_intermediate_size=32, shared_expert_intermediate_size=48,
+                       mlp_only_layers=[1], decoder_sparse_step=1),
+    # one mixer per layer: Mamba2 (4 heads of 8 in 2 groups), MoE (4 experts, top 2, a shared expert), attention, MLP
+    "nemotron_h": dict(layers_block_type=["linear_attention", "moe", "full_attention", "mlp", "linear_attention", "moe"],
+                       head_dim=16, mamba_num_heads=4, mamba_head_dim=8, n_groups=2, ssm_state_size=8, chunk_size=8,
+                       n_routed_experts=4, num_experts_per_tok=2, moe_intermediate_size=32,
+                       moe_shared_expert_intermediate_size=48, pad_token_id=None),
 }
 
 

@@ -49,11 +49,11 @@ def width_removed(adapter, width: dict) -> dict:
     attn_layers, mlp_layers = [], []
     for entry in width["layers"]:
         layer = entry["layer"]
-        if "num_heads" in entry and entry["num_heads"] < adapter.attention(layer).num_heads:
-            heads += adapter.attention(layer).num_heads - entry["num_heads"]
+        if "num_heads" in entry and entry["num_heads"] < adapter.head_counts(layer)[0]:
+            heads += adapter.head_counts(layer)[0] - entry["num_heads"]
             attn_layers.append(layer)
-        if "intermediate_size" in entry and entry["intermediate_size"] < adapter.mlp(layer).up.out_features:
-            channels += adapter.mlp(layer).up.out_features - entry["intermediate_size"]
+        if "intermediate_size" in entry and entry["intermediate_size"] < adapter.mlp_width(layer):
+            channels += adapter.mlp_width(layer) - entry["intermediate_size"]
             mlp_layers.append(layer)
     return {"heads": heads, "mlp_channels": channels, "attn_layers": attn_layers, "mlp_layers": mlp_layers}
 

@@ -55,8 +55,10 @@ def _slice_param(module: nn.Module, attr: str, dim: int, idx: torch.Tensor) -> N
 
 
 def _fix_module(module: nn.Module) -> None:
-    """Keep a module's size attributes true to its sliced weight."""
-    w = module.weight
+    """Keep a module's size attributes true to its sliced weight (a module without one: its adapter syncs it)."""
+    w = getattr(module, "weight", None)
+    if w is None:
+        return
     if isinstance(module, nn.Linear):
         module.out_features, module.in_features = w.shape
     elif isinstance(module, nn.Embedding):
@@ -138,9 +140,8 @@ def _slice_layer(adapter: ModelAdapter, entry: dict, names: dict[int, str]) -> N
         if fam is None:
             raise PrunekitError(f"the plan slices the heads of layer {layer}, whose attention is removed.",
                                 "Use a plan.json written by prunekit.")
-        a = adapter.attention(layer)
         kept = _check_kept(entry["kv_heads"], fam.n, f"KV heads of layer {layer}")
-        readers = kv_readers(a.num_heads, a.num_kv_heads)
+        readers = kv_readers(*adapter.head_counts(layer))
         heads = sorted(h for g in kept for h in readers[g])
         if entry.get("heads") is not None and entry["heads"] != heads:
             raise PrunekitError(
@@ -163,6 +164,9 @@ def apply_width(adapter: ModelAdapter, width: dict) -> None:
     if not isinstance(width, dict) or not isinstance(width.get("layers", []), list):
         raise PrunekitError("the plan's width record is not an object with a 'layers' list.", "Use a plan.json written by prunekit.")
     model = adapter.model
+    if adapter.width_refusal:
+        raise PrunekitError(f"the plan slices widths, and {adapter.width_refusal} (model_type '{adapter.model_type}').",
+                            "Use a depth plan for this family.")
     if getattr(model.config, "prunekit_width", None):
         raise PrunekitError("this model is already width-pruned; a width plan applies to the base model.",
                             "Apply the plan to the model it was made from.")
@@ -190,9 +194,9 @@ def layer_sizes(adapter: ModelAdapter) -> dict:
             heads.append(None)
             kv.append(None)
         else:
-            a = adapter.attention(layer)
-            heads.append(a.num_heads)
-            kv.append(a.num_kv_heads)
+            n_heads, n_kv = adapter.head_counts(layer)
+            heads.append(n_heads)
+            kv.append(n_kv)
         inter.append(None if adapter.is_removed(Block.of(layer, MLP)) else adapter.mlp_width(layer))
     return {
         "hidden_size": int(adapter.embed.weight.shape[1]), "num_attention_heads": heads,

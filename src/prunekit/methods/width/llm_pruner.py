@@ -39,7 +39,7 @@ from prunekit.methods.width.importance import (
 from prunekit.methods.width.journal import GradientJournal
 from prunekit.methods.width.options import WidthConfig, parse_layers
 from prunekit.methods.width.select import Choice, count_for, global_rank, uniform
-from prunekit.models.adapter import ATTN, Block
+from prunekit.models.adapter import ATTN, SOFTMAX, Block
 from prunekit.models.groups import Family, block_families, hidden_family, kv_readers, trace_kv_readers
 from prunekit.models.loading import LoadedModel
 from prunekit.plan.schema import Plan, build_plan, model_record
@@ -61,7 +61,7 @@ def check_groups(loaded: LoadedModel, families: list[Family], onload: Onloader |
     """Compare the adapter's KV groups with the readers traced on the model (a short random input).
     ``onload``: the model is held under a memory cap; the embedding and each traced attention are
     brought in (the trace perturbs the resident copy), and given back after."""
-    fams = [f for f in families if f.kind == "attn"]
+    fams = [f for f in families if f.kind == "attn" and loaded.adapter.mixer_kind(f.layer) == SOFTMAX]
     if not fams or loaded.device.type == "meta":
         return
     adapter = loaded.adapter
@@ -102,9 +102,8 @@ def width_record(families: list[Family], choice: Choice, strategy: str, adapter)
                                        [list(range(f.n)) for f in families if f.layer == fam.layer and f.expert is not None])
             experts[fam.expert] = kept
             entry["moe_intermediate_size"] = len(kept)
-        elif fam.kind == "attn":
-            a = adapter.attention(fam.layer)
-            readers = kv_readers(a.num_heads, a.num_kv_heads)
+        elif fam.kind == "attn":  # a linear mixer's groups: key heads, each with its value heads
+            readers = kv_readers(*adapter.head_counts(fam.layer))
             entry["kv_heads"] = kept
             entry["heads"] = sorted(h for g in kept for h in readers[g])
             entry["num_kv_heads"] = len(kept)

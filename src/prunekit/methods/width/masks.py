@@ -33,7 +33,7 @@ import torch
 from prunekit.core.errors import PrunekitError
 from prunekit.engine.loss import counted_targets, window_nll
 from prunekit.engine.runner import Engine
-from prunekit.models.adapter import ATTN, MLP, Block, ModelAdapter
+from prunekit.models.adapter import ATTN, MLP, SOFTMAX, Block, ModelAdapter
 from prunekit.models.groups import Family, attention_family, mlp_family, parameter_names
 
 HEAD, CHANNEL, BLOCK = 0, 1, 2
@@ -64,7 +64,16 @@ class Units:
 
 
 def refuse_experts(adapter: ModelAdapter, start: int, end: int) -> None:
-    """Refuse a model whose MLPs in ``start..end`` are sparse MoE blocks (no Linear input to mask)."""
+    """Refuse a model whose MLPs in ``start..end`` are sparse MoE blocks (no Linear input to mask), or whose mixers
+    there are not all softmax attention (a hybrid family's linear mixers have no o_proj over query heads)."""
+    if adapter.width_refusal:
+        raise PrunekitError(f"{adapter.width_refusal} (model_type '{adapter.model_type}').", "Use a depth method.")
+    for layer in range(start, end):
+        if adapter.mixer_kind(layer) != SOFTMAX:
+            raise PrunekitError(
+                f"policy-gradient masks the query heads' input of o_proj; layer {layer}'s mixer (model_type "
+                f"'{adapter.model_type}') is a linear mixer, whose key-head groups it does not mask.",
+                "Use `method` llm-pruner for hybrid models.")
     for layer in range(start, end):
         if adapter.experts(layer) is not None:
             raise PrunekitError(
