@@ -62,15 +62,27 @@ def main() -> None:
     ap.add_argument("--windows", type=int, default=64)
     ap.add_argument("--seq-len", type=int, default=256)
     ap.add_argument("--recover-steps", type=int, default=0)
+    ap.add_argument("--only", help="comma-separated cell names to run (the reference always runs), e.g. "
+                    "'llm-pruner --global,policy-gradient 150 steps,llm-pruner fusion,llm-pruner vector'")
+    ap.add_argument("--resume", action="store_true", help="reuse the cells (with their per-window NLLs) already in --json")
     ap.add_argument("--json", default=str(HERE / "results" / "policy_gradient.json"))
     args = ap.parse_args()
     base = load_model("smollm2-135m", device="cpu")
     sources = {s: build_windows(base.tokenizer, s, args.seq_len, args.windows) for s in args.sources.split(",")}
     results: dict = {"command": vars(args), "cells": {}}
+    done = json.loads(Path(args.json).read_text())["cells"] if args.resume and Path(args.json).exists() else {}
+    only = None if args.only is None else {REF, *args.only.split(",")}
     tmp = Path(tempfile.mkdtemp(prefix="pg-bench-"))
     for ratio in [float(r) for r in args.ratios.split(",")]:
         nll: dict = {}
         for name, cfg in configs(ratio, args).items():
+            key = f"{name}@{ratio:g}"
+            if only is not None and name not in only:
+                continue
+            if "nll" in done.get(key, {}):  # --resume: the cell's figures and per-window NLLs as saved
+                results["cells"][key] = done[key]
+                nll.update({(name, *k.split("/")): tuple(v) for k, v in done[key]["nll"].items()})
+                continue
             pg = isinstance(cfg, PolicyConfig)
             cal = CalibConfig(source="wiki", seq_len=128 if pg else 64, batch_size=args.pg_batch if pg else 2,
                               windows=args.pg_windows if pg else None)
@@ -97,8 +109,9 @@ def main() -> None:
                 ppl = math.exp(sum(a) / sum(tok))
                 vs = {} if ref is None else dict(zip(("vs_ref", "ci_lo", "ci_hi"), paired_ppl_ratio(a, ref[0], tok)))
                 cell[f"{src}/{when}"] = {"ppl": ppl} | vs
-            results["cells"][f"{name}@{ratio:g}"] = cell
-            print(f"{name} @ {ratio}: {json.dumps(cell)}", flush=True)
+            cell["nll"] = {f"{src}/{when}": [a, tok] for (n, src, when), (a, tok) in nll.items() if n == name}
+            results["cells"][key] = cell
+            print(f"{name} @ {ratio}: {json.dumps({k: v for k, v in cell.items() if k != 'nll'})}", flush=True)
             Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
     whens = ("before", "after")[:1 + bool(args.recover_steps)]
     print("| cell | removed | search s | " + " | ".join(f"{s} {w}" for s in sources for w in whens) + " |")
