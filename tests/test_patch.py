@@ -167,6 +167,7 @@ def test_patched_plan_reapplies_and_exports(tmp_path):
     model_dir, calib = make_tiny_workspace(tmp_path, "llama", layers=4)
     res = _prune(model_dir, calib, tmp_path / "out")
     assert res.plan["patch"]["runs"] and res.timing["patch"]["work"]["block_runs"] > 0
+    assert "| linear patch | ridge 0.0001, 256 tokens; blocks" in (tmp_path / "out" / "report.md").read_text()
     with torch.no_grad():
         pruned = res.loaded.model(input_ids=IDS).logits
         unpatched = pk.load_model(str(model_dir), device="cpu")
