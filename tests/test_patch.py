@@ -273,3 +273,12 @@ def test_compare_adds_patched_cells_and_resumes(tmp_path):
     again = run()
     assert plan.read_bytes() == plan_bytes and json.loads(cell.read_bytes())["ppl"] == before["ppl"]
     assert [r for r in again if r.get("plan") != before["plan"]] == [r for r in rows if r.get("plan") != before["plan"]]
+
+
+def test_patch_under_a_memory_cap_is_the_same(tmp_path):
+    """With the weights brought in under `max_memory`, the fit runs block-major on the onloading engine: the same matrices."""
+    model_dir, calib = make_tiny_workspace(tmp_path, "llama", layers=4)
+    cal = pk.CalibConfig(source=str(calib), seq_len=16, windows=4, batch_size=2)
+    runs = [pk.prune(str(model_dir), pk.DepthConfig(method="blockpruner", remove=2, max_memory=cap), cal, device="cpu",
+                     patch=PatchConfig(tokens=256)).plan["patch"] for cap in (None, 0.0005)]
+    assert runs[0]["runs"] and runs[0] == runs[1]

@@ -75,7 +75,7 @@ def apply_plan(model: torch.nn.Module, plan: dict, check: bool = True, dtype: to
     if plan.get("patch"):
         if patch is None:
             raise PrunekitError(f"the plan carries a linear patch ({plan['patch']['file']}) whose matrices were not given.",
-                                "Pass `patch` = read_patch(the plan's path, plan), or load the output directory prune wrote.")
+                                "Pass its matrices, read_patch(the plan's path, plan), as patch; or load the output directory prune wrote.")
         fold_patch(adapter, plan["patch"], patch)
     return adapter
 

@@ -191,7 +191,7 @@ def _fit(engine: Engine, runs: list[list[int]], removed: frozenset[int], ridge: 
             eye = torch.eye(d, dtype=torch.float64, device=t64.device)
             fit = {"mse_identity": _residual(run.rr, run.gram, run.cross, eye) / run.tokens,
                    "mse": _residual(run.rr, run.gram, run.cross, t.to(torch.float64)) / run.tokens}
-            pruned = [pruned[j] + (ms[j] @ t.to(ms[j].device)).to(pruned[j].dtype) for j in range(n)]
+            pruned = [pruned[j] + (ms[j] @ t.to(ms[j].device)).to(pruned[j].device, pruned[j].dtype) for j in range(n)]
             out.append((run, t.cpu(), fit))
             open_run = None
         if b == engine.num_blocks:
