@@ -9,6 +9,7 @@ from typing import Optional
 import typer
 
 from prunekit.cli.console import console, out_console, progress_bar
+from prunekit.cli.prune import PATCH_HELP, RIDGE_HELP, TOKENS_HELP, patch_config
 from prunekit.data.calibration import CalibConfig
 from prunekit.engine import ranks
 from prunekit.pipeline.compare import compare as run_compare
@@ -39,18 +40,23 @@ def compare(
     dtype: str = typer.Option("float32", "--dtype", help="float32, bfloat16 or float16."),
     device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda, cuda:N... (default: cuda if available)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Discard the finished cells in --out and start again."),
+    patch: str = typer.Option("none", "--patch", help=PATCH_HELP + " linear: a patched cell beside each depth cell."),
+    patch_ridge: float = typer.Option(1e-4, "--patch-ridge", help=RIDGE_HELP),
+    patch_tokens: Optional[int] = typer.Option(None, "--patch-tokens", help=TOKENS_HELP),
 ) -> None:
     """Run several pruning methods at several ratios and compare held-out perplexity, size and search time.
 
     One search per method serves every ratio; finished cells are kept, so a re-run continues where it stopped.
     """
 
+    patch_cfg = patch_config(patch, patch_ridge, patch_tokens)
     cal = CalibConfig(source=calib, seq_len=seq_len, windows=windows, sample=sample, seed=seed, batch_size=batch_size)
     sources = [s.strip() for s in eval_.split(",") if s.strip()]
     with progress_bar() as update:
         run_compare(model, methods, ratios, cal, sources, out=out, eval_windows=eval_windows, eval_seq_len=eval_seq_len,
                     blocks_kind=blocks_kind, cache_gb=cache_gb, overwrite=overwrite, progress=update,
-                    log=lambda msg: console.print(msg, highlight=False), dtype=dtype, device=device)
+                    log=lambda msg: console.print(msg, highlight=False), dtype=dtype, device=device,
+                    patch=patch_cfg)
     if ranks.requested_world() > 1 and not ranks.current().is_main:  # under torchrun, rank 0 writes and reports
         return
 

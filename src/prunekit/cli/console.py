@@ -104,6 +104,13 @@ def print_plan(plan: dict, timing: dict | None = None) -> None:
             out_console.print(f"ranks: {timing['ranks']}; counted work per rank {min(macs) / 1e9:.1f}-{max(macs) / 1e9:.1f} GMAC"
                               f" (balance {min(macs) / max(max(macs), 1):.2f})")
         print_weights(timing)
+    if plan.get("patch"):
+        p = plan["patch"]
+        fits = "; ".join(f"{r['module']} (runs {r['blocks'][0]}-{r['blocks'][-1]}): fit MSE {r['fit']['mse_identity']:.4g} -> "
+                         f"{r['fit']['mse']:.4g}" for r in p["runs"])
+        secs = f" in {timing['patch']['seconds']:.1f} s" if timing and timing.get("patch") else ""
+        out_console.print(f"linear patch ({p['tokens']} tokens, ridge {p['ridge']:g}){secs}: {fits or 'nothing to patch'}"
+                          + "".join(f"; blocks {r['blocks'][0]}-{r['blocks'][-1]} skipped ({r['reason']})" for r in p["skipped"]))
 
 
 def print_weights(timing: dict) -> None:

@@ -24,6 +24,7 @@ from prunekit.models.loading import EMBEDDED
 from prunekit.pipeline.load import as_loaded, load_model
 from prunekit.pipeline.memory_probe import peak_memory
 from prunekit.plan.apply import apply_plan
+from prunekit.plan.patch import read_patch
 from prunekit.plan.schema import read_plan
 
 
@@ -52,7 +53,8 @@ def run_zero_shot(model: str, tasks: str, *, limit: Optional[int], task_dir: Opt
     prepared = prepare_tasks(names, task_dir, limit)  # refuse bad names / unreachable data before loading the model
     loaded = as_loaded(model, dtype, device)
     if plan:
-        apply_plan(loaded.model, read_plan(plan))
+        p = read_plan(plan)
+        apply_plan(loaded.model, p, patch=read_patch(plan, p))
     res = zero_shot(loaded, names, limit=limit, batch_size=batch_size, task_dir=task_dir, prepared=prepared)
     t = Table(title=f"{loaded.spec}: zero-shot (lm-eval), {loaded.adapter.total_params():,} parameters"
                     + (f", --limit {limit}" if limit else ""))

@@ -14,6 +14,7 @@ from prunekit.core.errors import PrunekitError, check_choice
 from prunekit.data.calibration import CalibConfig
 from prunekit.engine import ranks
 from prunekit.export import FORMATS
+from prunekit.methods.depth.patch import PATCHES, PatchConfig
 from prunekit.methods.options import DepthConfig
 from prunekit.methods.registry import METHODS, get_method
 from prunekit.methods.width.options import WidthConfig
@@ -21,11 +22,23 @@ from prunekit.methods.width.pg_options import PolicyConfig
 from prunekit.models.adapter import Block
 from prunekit.pipeline import prune as pipeline
 from prunekit.pipeline.load import load_model
+from prunekit.plan.patch import read_patch
 from prunekit.plan.schema import read_plan
 
 
 def _calib(calib, seq_len, windows, *, sample, seed, batch_size) -> CalibConfig:
     return CalibConfig(source=calib, seq_len=seq_len, windows=windows, sample=sample, seed=seed, batch_size=batch_size)
+
+
+PATCH_HELP = "none, or linear: a least-squares map per run of removed blocks, folded into the block before it (depth methods)."
+RIDGE_HELP = "--patch linear: ridge toward the identity, relative to the mean diagonal of M^T M (0: plain least squares)."
+TOKENS_HELP = "--patch linear: tokens the map is fitted on, from --calib in --seq-len windows (default: 32 x hidden size)."
+
+
+def patch_config(patch: str, ridge: float, tokens: int | None) -> PatchConfig | None:
+    """``--patch``, ``--patch-ridge``, ``--patch-tokens`` as a :class:`PatchConfig` (None for ``--patch none``)."""
+    check_choice("--patch", patch, PATCHES)
+    return None if patch == "none" else PatchConfig(kind=patch, ridge=ridge, tokens=tokens)
 
 
 def prune(
@@ -86,11 +99,17 @@ def prune(
     export: Optional[str] = typer.Option(None, "--export",
                                          help="Also export the pruned model: hf, nemotron-nas or gguf (to OUT/export-FORMAT, "
                                          "OUT/export.gguf)."),
+    patch: str = typer.Option("none", "--patch", help=PATCH_HELP),
+    patch_ridge: float = typer.Option(1e-4, "--patch-ridge", help=RIDGE_HELP),
+    patch_tokens: Optional[int] = typer.Option(None, "--patch-tokens", help=TOKENS_HELP),
 ) -> None:
     """Prune a model and write OUT/plan.json, the pruned weights, timings and OUT/report.md."""
     if export is not None:
         check_choice("`export`", export, FORMATS)
+    patch_cfg = patch_config(patch, patch_ridge, patch_tokens)
     if get_method(method).kind == "width":
+        if patch_cfg is not None:
+            raise PrunekitError(f"--patch linear applies to the depth methods; {method} is a width method.", "Drop --patch.")
         if remove is not None:
             raise PrunekitError("--remove counts blocks; llm-pruner takes --ratio (a fraction of the parameters).", "Use e.g. --ratio 0.2.")
         if device_map is not None:
@@ -112,7 +131,7 @@ def prune(
         cal = _calib(calib or "alpaca", seq_len or 2048, windows, sample=sample, seed=seed, batch_size=batch_size or 2)
     with progress_bar() as update:
         result = pipeline.prune(model, config, cal, out=out, overwrite=overwrite, resume=resume, progress=update,
-                                on_step=print_step, dtype=dtype, device=device)
+                                on_step=print_step, dtype=dtype, device=device, patch=patch_cfg)
     if ranks.requested_world() > 1 and not ranks.current().is_main:  # under torchrun, rank 0 reports and exports
         return
     if isinstance(config, WidthConfig):
@@ -161,7 +180,7 @@ def eval_(
         return
     p = read_plan(plan) if plan else None
     res = pipeline.evaluate(model, [s for s in data.split(",") if s], seq_len, windows, batch_size, plan=p, dtype=dtype, device=device,
-                            max_memory=max_memory, device_map=device_map)
+                            max_memory=max_memory, device_map=device_map, patch_tensors=read_patch(plan, p) if p else None)
     t = Table(title=f"{res['model']}: {res['parameters']:,} parameters")
     t.add_column("data")
     t.add_column("perplexity", justify="right")

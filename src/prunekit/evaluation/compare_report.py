@@ -40,7 +40,8 @@ def _atomic_text(path: Path, text: str) -> None:
 
 
 def row_label(row: dict) -> str:
-    return row["method"] if row["search"] in ("", "greedy") else f"{row['method']} ({row['search']})"
+    label = row["method"] if row["search"] in ("", "greedy") else f"{row['method']} ({row['search']})"
+    return label + (f" + {row['patch']['kind']} patch" if row.get("patch") else "")
 
 
 def removed_text(row: dict) -> str:
@@ -283,15 +284,20 @@ def write_outputs(out: Path, rows: list[dict], sources: list[str], num_layers: i
         os.replace(tmp, out / name)
 
 
+def _patch(row: dict) -> str:
+    return row["patch"]["kind"] if row.get("patch") else ""
+
+
 def rows_csv(rows: list[dict], sources: list[str]) -> str:
-    """CSV text: one line per row; perplexities as ``ppl_<source>``; blocks as ``attn 3;mlp 7``; width
+    """CSV text: one line per row (``patch``: the linear patch's kind on a patched cell, else empty); perplexities as
+    ``ppl_<source>``; blocks as ``attn 3;mlp 7``; width
     cells (llm-pruner) count their removed heads and MLP channels instead; ``report``: the cell's run report;
     ``unreachable``: why the method cannot reach that ratio (every measured field of that line is empty);
     ``vs_best_<source>``: the cell's perplexity over the best other cell's at its ratio (``_other``), with the 95%
     paired-bootstrap interval (``_low``, ``_high``; :mod:`prunekit.evaluation.intervals`), empty where not measured."""
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
-    w.writerow(["method", "search", "target_ratio", "ratio_removed", "params_removed", "params_after",
+    w.writerow(["method", "search", "patch", "target_ratio", "ratio_removed", "params_removed", "params_after",
                 "attn_removed", "mlp_removed", "heads_removed", "mlp_channels_removed", *[f"ppl_{s}" for s in sources],
                 "calib_ppl", "search_seconds", "search_work", "removed", "report", "unreachable",
                 *[f"vs_best_{s}{part}" for s in sources for part in ("", "_low", "_high", "_other")]])
@@ -303,13 +309,13 @@ def rows_csv(rows: list[dict], sources: list[str]) -> str:
             versus += ["", "", "", ""] if v is None else [f"{v['ratio']:.4f}", f"{v['low']:.4f}", f"{v['high']:.4f}",
                                                           row_label(rows[v["other"]])]
         if r.get("unreachable"):
-            w.writerow([r["method"], r["search"], f"{r['target_ratio']:g}", *[""] * (12 + len(sources)), r["unreachable"],
+            w.writerow([r["method"], r["search"], _patch(r), f"{r['target_ratio']:g}", *[""] * (12 + len(sources)), r["unreachable"],
                         *versus])
             continue
         kinds = [Block(b).kind for b in r["blocks"]]
         width = r.get("width_removed") or {}
         work = r.get("search_work")
-        w.writerow([r["method"], r["search"], f"{r['target_ratio']:g}", f"{r['ratio_removed']:.6f}", r["params_removed"],
+        w.writerow([r["method"], r["search"], _patch(r), f"{r['target_ratio']:g}", f"{r['ratio_removed']:.6f}", r["params_removed"],
                     r["params_after"], kinds.count(ATTN), len(kinds) - kinds.count(ATTN), width.get("heads", 0),
                     width.get("mlp_channels", 0), *[f"{r['ppl'][s]:.4f}" for s in sources], f"{r['calib_ppl']:.4f}",
                     f"{r['search_seconds']:.2f}", "" if work is None else f"{work:.2f}", ";".join(r["units"]),

@@ -159,6 +159,11 @@ def markdown(plan: dict, timing: dict | None, figures: dict[str, bool], out_name
     if plan.get("dense_value") is not None:
         final = traj[-1][2] if len(traj) > 1 else None
         lines.append(f"| {_criterion(plan)} | dense {_fmt(plan.get('dense_value'))} -> pruned {_fmt(final)} |")
+    if plan.get("patch"):
+        p = plan["patch"]
+        runs = ", ".join(f"blocks {r['blocks'][0]}-{r['blocks'][-1]} into {r['module']}" for r in p["runs"]) or "none"
+        lines.append(f"| linear patch | ridge {p['ridge']:g}, {p['tokens']:,} tokens; {runs}"
+                     + (f"; {len(p['skipped'])} run(s) at block 0 left unpatched" if p["skipped"] else "") + " |")
     if timing:
         t = f"{timing.get('search_seconds', 0):.1f} s"
         if timing.get("counted_ratio"):

@@ -454,6 +454,27 @@ class ModelAdapter:
         """The routed experts of ``layer``'s MLP block when it is a sparse MoE block, else None."""
         return None
 
+    def output_projection(self, block: Block) -> Proj:
+        """The Linear whose output is what ``block`` writes to the residual stream (attention's o, the MLP's
+        down): linearly, times the residual scale, when :meth:`output_fold_refusal` is None."""
+        return self.attention(block.layer).o if block.kind == ATTN else self.mlp(block.layer).down
+
+    def output_fold_refusal(self, block: Block) -> str | None:
+        """Why a linear map on what ``block`` writes to the residual cannot be folded exactly into its
+        :meth:`output_projection` (None when it can): an output norm between the projection and the residual,
+        a sparse MoE block (no single projection), a projection that is part of a fused Linear, a hybrid family's
+        linear mixer (Gated DeltaNet, Mamba2: not described for a fold yet)."""
+        spec = self.block_spec(block)
+        if block.kind == ATTN and self.mixer_kind(block.layer) != SOFTMAX:
+            return f"{block} is a {self.layer_type(block.layer)} mixer, whose output projection no fold describes yet"
+        if self.norms(block)[1] is not None:
+            return f"{block}'s output norm ({spec.output_norm}) normalises its projection's output before the residual"
+        if block.kind == MLP and self.experts(block.layer) is not None:
+            return f"{block} is a sparse mixture-of-experts block, with no single output projection"
+        if not self.output_projection(block).whole:
+            return f"{block}'s output projection is part of a fused Linear"
+        return None
+
     def sync_experts(self, layer: int) -> None:
         """Make ``layer``'s experts module agree with its sliced weights (MoE families override it)."""
 

@@ -11,7 +11,8 @@ torchrun, method ``i`` runs on rank ``i mod W`` (each rank writes its own cells;
 must be one filesystem for all ranks) and rank 0 writes the dense cell and the outputs.
 
 ``llm-pruner`` (or ``llm-pruner/IMPORTANCE``) adds width-pruned cells on the same calibration and
-evaluation windows (:mod:`prunekit.pipeline.compare_width`).
+evaluation windows (:mod:`prunekit.pipeline.compare_width`). ``patch`` (``--patch linear``) adds, beside each
+depth cell, the cell of its plan with a linear patch (:mod:`prunekit.pipeline.compare_patch`).
 
 Outputs in ``DIR``: ``results.csv``, ``results.md``, ``ppl_vs_ratio.png``, ``layer_map.png``,
 ``plans/<cell>.json`` (a plan per cell, appliable with ``prunekit eval --plan``),
@@ -58,6 +59,7 @@ from prunekit.engine.ranks import current, rank_device
 from prunekit.engine.runner import Engine, default_cache_bytes
 from prunekit.evaluation.compare_report import write_outputs
 from prunekit.methods.depth.outcome import DepthOutcome, SearchClock, StopFn, clock_of
+from prunekit.methods.depth.patch import PatchConfig, check_patchable, patch_windows
 from prunekit.methods.depth.planner import Budgets, search_engine, stop_rule
 from prunekit.methods.depth.units import make_units, unit_params
 from prunekit.methods.options import DepthConfig, parse_search
@@ -77,6 +79,7 @@ from prunekit.pipeline.compare_cells import (
     write_unreachable,
 )
 from prunekit.pipeline.compare_journal import drop_journal, search_fingerprint, search_journal, stamper
+from prunekit.pipeline.compare_patch import PatchRun, patched_cells
 from prunekit.pipeline.compare_ranks import all_finished, on_main
 from prunekit.pipeline.compare_width import check_variant, unreachable_ratios, width_cells
 from prunekit.pipeline.load import as_loaded
@@ -105,6 +108,7 @@ class CompareRun:
     out: Path
     progress: ProgressFn | None
     say: LogFn
+    patch: PatchRun | None = None  # --patch: a patched cell beside each depth cell
 
     def measure(self, blocks: list[int]) -> tuple[dict, float, int, dict]:
         """Held-out perplexities, the in-sample calibration perplexity, the parameter count and the held-out
@@ -115,14 +119,15 @@ class CompareRun:
         return ppl, calib_ppl, params, windows
 
 
-def _manifest(loaded: LoadedModel, windows: Windows, calib: CalibConfig, evals: dict, blocks_kind: str) -> dict:
+def _manifest(loaded: LoadedModel, windows: Windows, calib: CalibConfig, evals: dict, blocks_kind: str, *,
+              patch: PatchConfig | None = None) -> dict:
     rec = model_record(loaded)
     return {
         "model": {"spec": rec["spec"], "weights_sha256": rec["weights_sha256"], "parameters": rec["parameters"]},
         "calibration": windows.fingerprint() | {"batch_size": calib.batch_size},
         "evaluation": {src: w.fingerprint() for src, w in evals.items()},
         "blocks_kind": blocks_kind,
-    }
+    } | ({"patch": patch.as_dict()} if patch is not None else {})
 
 
 def _check_manifest(out: Path, manifest: dict, overwrite: bool) -> None:
@@ -136,7 +141,7 @@ def _check_manifest(out: Path, manifest: dict, overwrite: bool) -> None:
                 "Use another `out`, or pass `overwrite` to start it again.",
             )
     if overwrite:
-        for p in list((out / "cells").glob("*.json")) + list((out / "plans").glob("*.json")):
+        for p in [*(out / "cells").glob("*.json"), *(out / "plans").glob("*.json"), *(out / "plans").glob("*.patch.safetensors")]:
             p.unlink()
         shutil.rmtree(out / "searches", ignore_errors=True)
     write_json_atomic(path, manifest)
@@ -161,8 +166,11 @@ def compare(
     eval_sources: list[str] | tuple[str, ...], *, out: str | Path, eval_windows: int | None = 8, eval_seq_len: int = 256,
     eval_batch_size: int = 4, blocks_kind: str = "mix", cache_gb: float | None = None, overwrite: bool = False,
     progress: ProgressFn | None = None, log: LogFn | None = None, dtype: str = "float32", device: str | None = None,
+    patch: PatchConfig | None = None,
 ) -> list[dict]:
-    """Run every method at every ratio, evaluate, write the results (see the module docstring). Returns the rows."""
+    """Run every method at every ratio, evaluate, write the results (see the module docstring). Returns the rows.
+
+    ``patch``: also evaluate each depth cell's plan with a linear patch fitted (:mod:`prunekit.pipeline.compare_patch`)."""
 
     methods = parse_methods(methods) if isinstance(methods, str) else list(methods)
     ratios = parse_ratios(ratios) if isinstance(ratios, str) else sorted(set(ratios))
@@ -178,7 +186,11 @@ def compare(
     say = log or (lambda _msg: None)
     if ranks.spread:
         say, progress = (lambda msg, say=say: say(f"rank {ranks.rank}: {msg}")), (progress if ranks.is_main else None)
+    if patch is not None and not any(get_method(s.method).kind == "depth" for s in methods):
+        raise PrunekitError("`patch` linear applies to the depth methods; `methods` names none.", "Add a depth method, or drop `patch`.")
     loaded = as_loaded(model, dtype, rank_device(device, ranks))
+    if patch is not None:
+        check_patchable(loaded.adapter)
     windows = calibration_windows(loaded, calib)
     max_pos = getattr(loaded.model.config, "max_position_embeddings", None)
     evals = {src: build_windows(loaded.tokenizer, src, eval_seq_len, eval_windows, max_positions=max_pos) for src in eval_sources}
@@ -186,7 +198,7 @@ def compare(
     def prepare() -> None:
         (out / "cells").mkdir(parents=True, exist_ok=True)
         (out / "plans").mkdir(parents=True, exist_ok=True)
-        _check_manifest(out, _manifest(loaded, windows, calib, evals, blocks_kind), overwrite)
+        _check_manifest(out, _manifest(loaded, windows, calib, evals, blocks_kind, patch=patch), overwrite)
 
     on_main(ranks, prepare)
     run = CompareRun(
@@ -194,6 +206,7 @@ def compare(
         cache_gb=cache_gb, cache_bytes=cache_gb * 2**30 if cache_gb else default_cache_bytes(loaded.device), record=model_record(loaded),
         calibration=calibration_record(windows, calib.batch_size, loaded.model.config.pad_token_id), out=out,
         progress=progress, say=say,
+        patch=None if patch is None else PatchRun(patch, patch_windows(loaded, calib, patch), windows, calib.batch_size),
     )
     if not (out / "cells" / "dense.json").exists() and ranks.is_main:
         say("evaluating the dense model")
@@ -205,13 +218,16 @@ def compare(
         for i, spec in enumerate(methods):
             if ranks.owner(i) == ranks.rank:  # under torchrun, method i on rank i mod W
                 _method_cells(run, spec, ratios)
+                if run.patch is not None and get_method(spec.method).kind == "depth":
+                    patched_cells(spec, ratios, run.patch, loaded=loaded, out=out, measure=run.measure, progress=progress, say=say)
     except Exception as e:  # every rank learns that one failed, instead of waiting for it
         failure = e
     all_finished(ranks, failure)
+    rows_of = [x for s in methods for x in (run.patch.specs(s) if run.patch and get_method(s.method).kind == "depth" else [s])]
     if ranks.is_main:
-        backfill(out, ["dense"] + [cell_name(s, r) for s in methods for r in ratios], loaded, windows, eval_batch_size)
+        backfill(out, ["dense"] + [cell_name(s, r) for s in rows_of for r in ratios], loaded, windows, eval_batch_size)
     ranks.broadcast(None)  # every rank reads the cells once rank 0 has completed them
-    rows = collect_rows(out, methods, ratios)
+    rows = collect_rows(out, rows_of, ratios)
     if ranks.is_main:
         write_outputs(out, rows, list(eval_sources), loaded.adapter.num_layers, _describe(loaded, calib, windows, evals))
     return rows

@@ -12,18 +12,22 @@ from prunekit.pipeline.compare_width import check_variant
 
 @dataclass(frozen=True)
 class MethodSpec:
-    """A method and the search it runs: ``blockpruner``, ``blockpruner/beam:3``, ``sleb/greedy+swap``."""
+    """A method and the search it runs: ``blockpruner``, ``blockpruner/beam:3``, ``sleb/greedy+swap``; ``patch``: the
+    cells of that method's plans with a linear patch fitted (``compare --patch linear``)."""
 
     method: str
     search: str = "greedy"
+    patch: str | None = None
 
     @property
     def name(self) -> str:
-        return self.method if self.search == "greedy" else f"{self.method}/{self.search}"
+        name = self.method if self.search == "greedy" else f"{self.method}/{self.search}"
+        return name if self.patch is None else f"{name} + {self.patch} patch"
 
     @property
     def slug(self) -> str:
-        return self.name.replace("/", "__").replace(":", "-").replace("+", "-")
+        base = self.method if self.search == "greedy" else f"{self.method}/{self.search}"
+        return base.replace("/", "__").replace(":", "-").replace("+", "-") + ("" if self.patch is None else f"__patch-{self.patch}")
 
 
 def parse_methods(text: str) -> list[MethodSpec]:

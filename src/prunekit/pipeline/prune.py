@@ -5,12 +5,15 @@ plan (:func:`~prunekit.methods.depth.planner.plan_depth` or
 :func:`~prunekit.methods.width.llm_pruner.plan_width`), applies the plan with
 :func:`~prunekit.plan.apply.apply_plan` and, given ``out``, writes the pruned model, the journal,
 ``timing.json`` and the run report. The caller's model is never changed: the plan is applied to a
-copy (``loaded`` given as a :class:`LoadedModel`) or to the model loaded here (a spec).
+copy (``loaded`` given as a :class:`LoadedModel`) or to the model loaded here (a spec). With a
+:class:`~prunekit.methods.depth.patch.PatchConfig`, a depth plan gets its linear patch fitted after the
+search (:func:`~prunekit.methods.depth.patch.fit_linear_patch`) and written beside it.
 """
 
 from __future__ import annotations
 
 import copy
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +30,7 @@ from prunekit.engine.ranks import Ranks, current, rank_device, requested_world
 from prunekit.engine.runner import default_cache_bytes
 from prunekit.evaluation.perplexity import perplexity
 from prunekit.evaluation.report import write_report
+from prunekit.methods.depth.patch import PatchConfig, check_patchable, fit_linear_patch, patch_windows
 from prunekit.methods.depth.planner import plan_depth, stop_rule
 from prunekit.methods.depth.units import make_units
 from prunekit.methods.options import DepthConfig
@@ -52,13 +56,15 @@ class PruneResult:
     timing: dict = field(default_factory=dict)
 
 
-def with_plan(loaded: LoadedModel, plan: Plan, owned: bool, check: bool = False) -> LoadedModel:
+def with_plan(loaded: LoadedModel, plan: Plan, owned: bool, check: bool = False, patch_tensors: dict | None = None) -> LoadedModel:
     """``loaded`` with ``plan`` applied: in place when this call loaded the model itself (``owned``),
-    else on a copy, so a caller's model is never changed."""
+    else on a copy, so a caller's model is never changed. ``patch_tensors``: the matrices of the plan's linear patch."""
     if not owned:
         model = copy.deepcopy(loaded.model)
         loaded = LoadedModel(model, loaded.tokenizer, get_adapter(model), loaded.spec, dict(loaded.info))
-    apply_plan(loaded.model, plan, check=check, dtype=loaded.info.get("compute_dtype"))  # a stored model: hashed as computed
+    apply_plan(loaded.model, plan, check=check, dtype=loaded.info.get("compute_dtype"), patch=patch_tensors)  # stored: hashed as computed
+    if patch_tensors is not None:
+        loaded.info["patch"] = patch_tensors
     return loaded
 
 
@@ -66,15 +72,20 @@ def prune(
     model: str | LoadedModel, config: DepthConfig | WidthConfig, calib: CalibConfig, *, out: str | Path | None = None,
     overwrite: bool = False, resume: bool = False, progress: ProgressFn | None = None,
     on_step: Callable[[dict], None] | None = None, dtype: str = "float32", device: str | None = None,
+    patch: PatchConfig | None = None,
 ) -> PruneResult:
     """Plan what to remove with ``config.method``, remove it, and write ``out`` when given.
 
     ``config``: a :class:`DepthConfig` for the depth methods, a :class:`WidthConfig` for
     llm-pruner. With ``out``, every finished step (depth) or gradient point (width) is journaled in
     ``out``; ``resume=True`` continues a killed run from there (same inputs required). The output
-    directory is assembled aside and renamed into place.
+    directory is assembled aside and renamed into place. ``patch``: fit a linear patch of the depth plan
+    (``OUT/patch.safetensors``; ``timing['patch']``: its seconds and counted work).
     """
     method = method_for(config)
+    if patch is not None and method.kind == "width":
+        raise PrunekitError(f"`patch` linear applies to the depth methods; '{config.method}' is a width method.",
+                            "Drop `patch`, or use a depth method (e.g. sleb, blockpruner, budget-greedy).")
     if method.kind == "width":
         return prune_width(model, config, calib, progress=progress, out=out, overwrite=overwrite, resume=resume,
                            dtype=dtype, device=device)
@@ -84,6 +95,8 @@ def prune(
     if out is not None and not resume and ranks.is_main:
         check_output_dir(Path(out), overwrite)
     loaded = as_loaded(model, dtype, rank_device(device, ranks), stored=bool(config.max_memory), device_map=config.device_map)
+    if patch is not None:
+        check_patchable(loaded.adapter)  # before a search is spent
     onload = None
     if config.max_memory:  # weights stay stored; blocks come in, converted, under the cap
         onload = Onloader(loaded.adapter, loaded.info.get("compute_device", loaded.device),
@@ -92,6 +105,7 @@ def prune(
     kind = method.unit_kind(config.blocks_kind)
     stop_rule(loaded, make_units(loaded.adapter, kind), config, kind)  # an unreachable budget is refused before OUT is touched
     windows = calibration_windows(loaded, calib)
+    fit_windows = patch_windows(loaded, calib, patch) if patch is not None else None  # a short source refused before the search
     calibration = calibration_record(windows, calib.batch_size, loaded.model.config.pad_token_id)
     journal, start = None, None
     if out is not None:
@@ -111,14 +125,21 @@ def prune(
         res = plan_depth(loaded, method.run, kind, config, windows, cache_bytes=cache_bytes, calibration=calibration,
                          progress=progress if main else None, start=start, on_record=on_record if main else None,
                          ranks=ranks, onload=onload)
+        tensors = None
+        if patch is not None:
+            t0 = time.perf_counter()
+            res.plan, tensors, engine = fit_linear_patch(loaded, res.plan, fit_windows, patch, batch_size=calib.batch_size,
+                                                         progress=progress if main else None, onload=onload)
+            res.timing["patch"] = {"seconds": time.perf_counter() - t0, "work": engine.counter.as_dict()}
     finally:
         if onload is not None:
             onload.release()  # the model holds its stored weights again
-    pruned = with_plan(loaded, res.plan, owned=not isinstance(model, LoadedModel))
+    pruned = with_plan(loaded, res.plan, owned=not isinstance(model, LoadedModel), patch_tensors=tensors)
     if pruned.adapter.total_params() != res.plan["params_after"]:
         raise AssertionError("parameter accounting differs from the pruned model")
     if out is not None and main:
-        save_pruned(pruned, res.plan, out, overwrite=True, extra_files={"timing.json": res.timing}, copy_files=[journal.path])
+        save_pruned(pruned, res.plan, out, overwrite=True, extra_files={"timing.json": res.timing}, copy_files=[journal.path],
+                    patch=tensors)
         write_report(out)
     return PruneResult(res.plan, pruned, res.timing)
 
@@ -203,10 +224,12 @@ def evaluate(
     model: str | LoadedModel, sources: list[str] | tuple[str, ...] = ("wiki-test",), seq_len: int = 256,
     windows: int | None = 16, batch_size: int = 4, *, plan: Plan | None = None, dtype: str = "float32",
     device: str | None = None, max_memory: float | None = None, device_map: str | dict | None = None,
+    patch_tensors: dict | None = None,
 ) -> dict:
     """Perplexity on each source (first ``windows`` windows of ``seq_len``) and the parameter count.
 
-    With ``plan``, the plan is applied to a copy of the model first (the caller's model is left as it is).
+    With ``plan``, the plan is applied to a copy of the model first (the caller's model is left as it is);
+    ``patch_tensors``: the matrices of its linear patch (:func:`prunekit.plan.patch.read_patch`).
     ``max_memory``: GiB of weights resident on ``device`` (a base checkpoint given as a spec, kept
     memory-mapped in its dtype; blocks brought in block-major): the values are the uncapped ones.
     ``device_map``: a base checkpoint split over devices by accelerate (``auto`` or ``{module: device}``),
@@ -219,7 +242,7 @@ def evaluate(
                             "Give the checkpoint's path, or drop `max_memory`.")
     loaded = as_loaded(model, dtype, device, stored=max_memory is not None, device_map=device_map)
     if plan is not None:
-        loaded = with_plan(loaded, plan, owned=not isinstance(model, LoadedModel), check=True)
+        loaded = with_plan(loaded, plan, owned=not isinstance(model, LoadedModel), check=True, patch_tensors=patch_tensors)
     onload = None
     if max_memory is not None:
         onload = Onloader(loaded.adapter, loaded.info["compute_device"], loaded.info["compute_dtype"], max_memory * 2**30)

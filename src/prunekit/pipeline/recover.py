@@ -122,5 +122,5 @@ def recover(
         "teacher_windows_run": teacher.forwards if teacher is not None else None,
     }
     new_plan = dict(plan) | {"recovery": {k: v for k, v in report.items() if k != "losses"}}
-    save_pruned(done, new_plan, out, overwrite=True, extra_files={"recover.json": report})
+    save_pruned(done, new_plan, out, overwrite=True, extra_files={"recover.json": report}, patch=loaded.info.get("patch"))
     return report

@@ -2,8 +2,9 @@
 
 ``apply_plan`` is the only function that mutates a model. A pruned output directory holds
 ``plan.json``, ``config.json`` (the base model's config), ``model.safetensors`` (only the weights
-that are kept) and the tokenizer; :func:`load_pruned` rebuilds the base architecture without
-allocating its weights, applies the plan's structure and loads the kept weights.
+that are kept), the tokenizer and, for a patched depth plan, the patch's matrices (``patch.safetensors``,
+:mod:`prunekit.plan.patch`); :func:`load_pruned` rebuilds the base architecture without allocating its
+weights, applies the plan's structure and loads the kept weights (the patch already folded into them).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from prunekit.core.io import atomic_dir, check_disk_space, weights_hash, write_j
 from prunekit.models.adapter import Block, ModelAdapter, embedding_keys
 from prunekit.models.loading import LoadedModel, check_device, resolve_dtype
 from prunekit.models.registry import get_adapter
+from prunekit.plan.patch import encode_patch, fold_patch, read_patch
 from prunekit.plan.schema import read_plan, removed_blocks, validate_plan
 from prunekit.plan.slicing import apply_width
 
@@ -53,10 +55,13 @@ def check_plan_matches(model: torch.nn.Module, plan: dict, check_weights: bool =
             )
 
 
-def apply_plan(model: torch.nn.Module, plan: dict, check: bool = True, dtype: torch.dtype | None = None) -> ModelAdapter:
-    """Prune ``model`` in place as ``plan`` says (blocks removed, widths sliced); return its adapter.
+def apply_plan(model: torch.nn.Module, plan: dict, check: bool = True, dtype: torch.dtype | None = None, *,
+               patch: dict[str, torch.Tensor] | None = None) -> ModelAdapter:
+    """Prune ``model`` in place as ``plan`` says (blocks removed, widths sliced, a linear patch folded); return its adapter.
 
-    ``dtype``: the weights hash is checked as of the weights converted to it (see :func:`check_plan_matches`)."""
+    ``dtype``: the weights hash is checked as of the weights converted to it (see :func:`check_plan_matches`).
+    ``patch``: the matrices of the plan's linear patch (:func:`prunekit.plan.patch.read_patch`), required when the
+    plan carries one."""
     validate_plan(plan)
     if check:
         check_plan_matches(model, plan, dtype=dtype)
@@ -67,20 +72,39 @@ def apply_plan(model: torch.nn.Module, plan: dict, check: bool = True, dtype: to
         adapter.remove_block(Block(b))
     if plan.get("width"):
         apply_width(adapter, plan["width"])
+    if plan.get("patch"):
+        if patch is None:
+            raise PrunekitError(f"the plan carries a linear patch ({plan['patch']['file']}) whose matrices were not given.",
+                                "Pass its matrices, read_patch(the plan's path, plan), as patch; or load the output directory prune wrote.")
+        fold_patch(adapter, plan["patch"], patch)
     return adapter
 
 
 def save_pruned(loaded: LoadedModel, plan: dict, out: str | Path, *, overwrite: bool = False,
-                extra_files: dict | None = None, copy_files: list[Path] | None = None) -> Path:
+                extra_files: dict | None = None, copy_files: list[Path] | None = None,
+                patch: dict[str, torch.Tensor] | None = None) -> Path:
     """Write the pruned model (kept weights only), its plan, config and tokenizer to ``out`` atomically.
 
-    ``extra_files``: name -> JSON data written beside; ``copy_files``: files copied in (the journal).
+    ``extra_files``: name -> JSON data written beside; ``copy_files``: files copied in (the journal);
+    ``patch``: the matrices of the plan's linear patch (default: those ``loaded`` was read with), written beside
+    the plan under the name and sha256 it records.
     """
+    patch_bytes = None
+    if plan.get("patch"):
+        patch = patch if patch is not None else loaded.info.get("patch")
+        if patch is None:
+            raise PrunekitError("the plan carries a linear patch whose matrices were not given.", "Pass `patch` to save_pruned.")
+        patch_bytes, digest = encode_patch(patch)
+        if digest != plan["patch"]["sha256"]:
+            raise PrunekitError("the linear patch given is not the one the plan records (sha256 differs).",
+                                "Save the plan with the matrices it was fitted with.")
     model = loaded.model
     needed = sum(p.numel() * p.element_size() for p in model.parameters()) + (64 << 20)
     check_disk_space(Path(out).parent if not Path(out).exists() else Path(out), needed)
     with atomic_dir(out, overwrite=overwrite) as tmp:
         write_json_atomic(tmp / "plan.json", plan)
+        if patch_bytes is not None:
+            (tmp / plan["patch"]["file"]).write_bytes(patch_bytes)
         (tmp / "config.json").write_text(json.dumps(plan["model"]["config"], indent=2, sort_keys=True) + "\n")
         save_model(model, str(tmp / "model.safetensors"))
         if loaded.tokenizer is not None:
@@ -102,7 +126,8 @@ def load_pruned(out: str | Path, dtype: str | torch.dtype = "float32", device: s
     config = AutoConfig.for_model(**cfg)
     with init_empty_weights(include_buffers=False):
         model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-    apply_plan(model, plan, check=False)
+    patch = read_patch(out, plan)
+    apply_plan(model, plan, check=False, patch=patch)  # the structure (on meta weights); the weights come next
     try:
         state = load_file(str(out / "model.safetensors"))
     except (SafetensorError, OSError, FileNotFoundError) as e:
@@ -130,4 +155,5 @@ def load_pruned(out: str | Path, dtype: str | torch.dtype = "float32", device: s
     tokenizer = None
     if (out / "tokenizer_config.json").exists() or (out / "tokenizer.json").exists():
         tokenizer = AutoTokenizer.from_pretrained(out)
-    return LoadedModel(model, tokenizer, get_adapter(model), str(out), {"source": "pruned", "plan": plan})
+    info = {"source": "pruned", "plan": plan} | ({"patch": patch} if patch is not None else {})
+    return LoadedModel(model, tokenizer, get_adapter(model), str(out), info)

@@ -11,7 +11,8 @@ Schema (``"prunekit_plan": 1``)::
       "removed": [{"step", "unit", "blocks", "score", "value"}, ...],   # depth units, in order
       "width": null | {...},              # width pruning: kept heads / channels per layer
       "dense_value": float,               # calibration perplexity of the dense model
-      "params_before": int, "params_after": int, "ratio_removed": float
+      "params_before": int, "params_after": int, "ratio_removed": float,
+      "patch": {...}                      # optional: a depth plan's linear patch (prunekit.plan.patch)
     }
 
 Timings live in a separate ``timing.json`` so that the same inputs give a byte-identical plan.
@@ -24,7 +25,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import TypedDict
+from typing import NotRequired, TypedDict
 
 import torch
 
@@ -32,6 +33,7 @@ from prunekit.core.errors import PrunekitError
 from prunekit.core.io import weights_hash, write_json_atomic
 from prunekit.models.adapter import Block
 from prunekit.models.loading import LoadedModel
+from prunekit.plan.patch import check_patch_record
 
 PLAN_VERSION = 1
 STEP_FIELDS = ("step", "unit", "blocks", "score", "value")  # what a method's step record gives the plan
@@ -51,6 +53,7 @@ class Plan(TypedDict):
     params_before: int
     params_after: int
     ratio_removed: float
+    patch: NotRequired[dict]
 
 
 def model_record(loaded: LoadedModel, dtype: torch.dtype | None = None) -> dict:
@@ -129,7 +132,16 @@ def validate_plan(plan: object, where: str = "plan") -> dict:
         if key not in plan["model"]:
             raise PrunekitError(f"{where} model lacks '{key}'.", "Use a plan.json written by prunekit.")
     _check_steps(plan, where)
+    if plan.get("patch") is not None:
+        check_patch_record(plan["patch"], removed_blocks(plan), where)
     return plan
+
+
+def with_patch(plan: Plan, patch: dict) -> Plan:
+    """A copy of the depth plan ``plan`` carrying the linear patch record ``patch`` (see :mod:`prunekit.plan.patch`), validated."""
+    if plan.get("width"):
+        raise PrunekitError("a linear patch applies to a depth plan; this plan narrows widths.", "Patch a depth method's plan.")
+    return validate_plan(dict(plan) | {"patch": patch})
 
 
 def _check_steps(plan: dict, where: str) -> None:
