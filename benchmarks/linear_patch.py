@@ -25,6 +25,7 @@ import torch
 from prunekit.data.calibration import CalibConfig
 from prunekit.data.windows import build_windows
 from prunekit.engine.runner import Engine
+from prunekit.evaluation.intervals import paired_ppl_ratio
 from prunekit.methods.depth.patch import PatchConfig, fit_linear_patch, patch_windows
 from prunekit.methods.depth.units import parse_unit
 from prunekit.models.adapter import Block
@@ -47,12 +48,6 @@ def window_nll(loaded, windows, removed: frozenset[int]) -> np.ndarray:
     with torch.inference_mode():
         return np.concatenate([engine.score(j, engine.run(j, engine.h0(j), 0, engine.num_blocks, removed)).double().cpu().numpy()
                                for j in range(engine.n_batches)])
-
-
-def interval(a: np.ndarray, b: np.ndarray, tokens: int, seed: int = 0, resamples: int = 10000) -> tuple[float, float, float]:
-    diff = (a - b) / tokens
-    means = diff[np.random.default_rng(seed).integers(0, len(diff), size=(resamples, len(diff)))].mean(axis=1)
-    return math.exp(diff.mean()), math.exp(np.quantile(means, 0.025)), math.exp(np.quantile(means, 0.975))
 
 
 def main() -> None:
@@ -106,7 +101,8 @@ def main() -> None:
                  "skipped": p["patch"]["skipped"],
                  "ppl": {src: math.exp(n.sum() / (len(n) * tokens)) for src, n in nll.items()},
                  "calib_ppl": math.exp(calib_nll.sum() / (8 * 127)),
-                 "patched_over_unpatched": {src: dict(zip(("ratio", "low", "high"), interval(nll[src], base[src], tokens)))
+                 "patched_over_unpatched": {src: dict(zip(("ratio", "low", "high"),
+                                                          paired_ppl_ratio(nll[src], base[src], [tokens] * len(nll[src]))))
                                             for src in nll}}
             res["patched"][f"{ridge:g}"] = r
             print(method, f"ridge {ridge:g}", json.dumps(r), flush=True)
