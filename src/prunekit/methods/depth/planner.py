@@ -4,7 +4,8 @@
 journal, the output directory and the report); ``prunekit compare`` builds the same engine
 (:func:`search_engine`) and the same calibration record (:func:`prunekit.data.calibration.calibration_record`). :func:`stop_rule`
 turns ``remove`` / ``ratio`` into the rule a search stops on: at least ``ratio`` of the model's total
-parameters removed; :class:`Budgets` passes several such rules to one search (one answer per budget).
+parameters removed (of its decoder layers' with ``ratio_of`` ``decoder``); :class:`Budgets` passes several
+such rules to one search (one answer per budget).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from prunekit.engine.ranks import Ranks
 from prunekit.engine.runner import Engine, WorkCounter
 from prunekit.methods.depth.outcome import DepthOutcome, ProgressFn, RecordFn, StopFn, Unit
 from prunekit.methods.depth.units import make_units, unit_params
-from prunekit.methods.options import RUNTIME_OPTIONS, DepthConfig
+from prunekit.methods.options import RUNTIME_OPTIONS, DepthConfig, base_name, ratio_base
 from prunekit.models.adapter import ModelAdapter
 from prunekit.models.loading import LoadedModel
 from prunekit.plan.schema import Plan, build_plan, model_record
@@ -59,9 +60,9 @@ def levels_of(stop: StopFn) -> list[StopFn]:
 
 
 def stop_rule(loaded: LoadedModel, units: list[Unit], depth: DepthConfig, kind: str) -> StopFn:
-    """True once the removed units meet ``depth.remove`` (a count) or ``depth.ratio`` (of all parameters)."""
+    """True once the removed units meet ``depth.remove`` (a count) or ``depth.ratio`` (of all parameters, or of the
+    decoder layers' with ``depth.ratio_of`` ``decoder``)."""
     adapter = loaded.adapter
-    total = adapter.total_params()
     if depth.remove is not None:
         if depth.remove >= len(units):
             raise PrunekitError(
@@ -69,18 +70,20 @@ def stop_rule(loaded: LoadedModel, units: list[Unit], depth: DepthConfig, kind: 
                 f"Use `remove` {len(units) - 1} or less.",
             )
         return lambda removed: len(removed) >= depth.remove
+    base = ratio_base(adapter, depth.ratio_of)
     blocks = {b for u in units for b in u}
     if sum(len(u) for u in units) > len(blocks):  # overlapping units (mix+layers): all blocks but the smallest
         sizes = sorted(unit_params(adapter, (b,)) for b in blocks)
     else:
         sizes = sorted(unit_params(adapter, u) for u in units)
     reachable = sum(sizes) - sizes[0]
-    target = depth.ratio * total
+    target = depth.ratio * base
     if target > reachable:
         widest = ", or `blocks_kind` mix" if kind in ("attn", "mlp") else ""  # mix and layers are as wide as it gets
         raise PrunekitError(
-            f"`ratio` {depth.ratio} cannot be reached: removing all but one {kind} unit removes {reachable / total:.3f} of the parameters.",
-            f"Use `ratio` {math.floor(reachable / total * 100) / 100} or less{widest}.",
+            f"`ratio` {depth.ratio} cannot be reached: removing all but one {kind} unit removes {reachable / base:.3f} of "
+            f"{base_name(depth.ratio_of)}.",
+            f"Use `ratio` {math.floor(reachable / base * 100) / 100} or less{widest}.",
         )
     return lambda removed: sum(unit_params(adapter, u) for u in removed) >= target
 
@@ -129,7 +132,8 @@ def plan_depth(
     work = WorkCounter(*(sum(getattr(w, f) for w in rank_work) for f in ("block_macs", "head_macs", "block_runs", "head_tokens")))
     steps = [(unit_params(adapter, u), rec) for u, rec in zip(outcome.units, outcome.records)]
     options = depth.plan_options() | {"criterion": outcome.extra.get("criterion", "ppl")}
-    plan = build_plan(depth.method, options, record, calibration, adapter.total_params(), steps=steps, dense_value=dense_value)
+    plan = build_plan(depth.method, options, record, calibration, adapter.total_params(), steps=steps, dense_value=dense_value,
+                      decoder_params=adapter.decoder_params())
     timing = {
         "search_seconds": search_seconds,
         "resumed_steps": len(start),
