@@ -13,6 +13,7 @@ from prunekit.cli.export import export_after_prune, run_zero_shot
 from prunekit.core.errors import PrunekitError, check_choice
 from prunekit.data.calibration import CalibConfig
 from prunekit.engine import ranks
+from prunekit.engine.memo import ScoreMemo
 from prunekit.export import FORMATS
 from prunekit.methods.options import DepthConfig
 from prunekit.methods.registry import METHODS, get_method
@@ -227,11 +228,14 @@ def demo(
                   f"evaluating on {eval_windows} x 256 tokens of wiki-test (held-out articles) and news")
     rows = [("dense", pipeline.evaluate(loaded, ["wiki-test", "news"], 256, eval_windows), None)]
     cal = CalibConfig(source="wiki", seq_len=seq_len, windows=windows, batch_size=batch_size)
+    memo = ScoreMemo()  # the later search reads the sums of the candidates the earlier one scored (same plans, less work)
     for m in methods:
         console.print(f"{m}: searching for {ratio:.0%} of the parameters")
         with progress_bar() as update:
-            res = pipeline.prune(searched, DepthConfig(method=m, ratio=ratio), cal, progress=update, on_step=print_step)
+            res = pipeline.prune(searched, DepthConfig(method=m, ratio=ratio), cal, progress=update, on_step=print_step, memo=memo)
         print_plan(res.plan, res.timing)
+        if res.timing["memo_hits"]:
+            console.print(f"{m}: {res.timing['memo_hits']} window-batch scores read from the earlier search instead of run again")
         held_out = pipeline.evaluate(loaded, ["wiki-test", "news"], 256, eval_windows, plan=res.plan)  # in float32
         rows.append((m, held_out, res.timing["search_seconds"]))
         del res

@@ -22,6 +22,7 @@ from prunekit.core.io import check_output_dir
 from prunekit.core.journal import Journal
 from prunekit.data.calibration import CalibConfig, calibration_record, calibration_windows
 from prunekit.data.windows import build_windows
+from prunekit.engine.memo import ScoreMemo
 from prunekit.engine.onload import Onloader
 from prunekit.engine.ranks import Ranks, current, rank_device, requested_world
 from prunekit.engine.runner import default_cache_bytes
@@ -66,13 +67,15 @@ def prune(
     model: str | LoadedModel, config: DepthConfig | WidthConfig, calib: CalibConfig, *, out: str | Path | None = None,
     overwrite: bool = False, resume: bool = False, progress: ProgressFn | None = None,
     on_step: Callable[[dict], None] | None = None, dtype: str = "float32", device: str | None = None,
+    memo: ScoreMemo | None = None,
 ) -> PruneResult:
     """Plan what to remove with ``config.method``, remove it, and write ``out`` when given.
 
     ``config``: a :class:`DepthConfig` for the depth methods, a :class:`WidthConfig` for
     llm-pruner. With ``out``, every finished step (depth) or gradient point (width) is journaled in
     ``out``; ``resume=True`` continues a killed run from there (same inputs required). The output
-    directory is assembled aside and renamed into place.
+    directory is assembled aside and renamed into place. ``memo`` (depth methods, one process): candidate sums shared
+    with another search on the same in-memory model and calibration (:mod:`prunekit.engine.memo`; the same plan).
     """
     method = method_for(config)
     if method.kind == "width":
@@ -110,7 +113,7 @@ def prune(
     try:
         res = plan_depth(loaded, method.run, kind, config, windows, cache_bytes=cache_bytes, calibration=calibration,
                          progress=progress if main else None, start=start, on_record=on_record if main else None,
-                         ranks=ranks, onload=onload)
+                         ranks=ranks, onload=onload, memo=memo)
     finally:
         if onload is not None:
             onload.release()  # the model holds its stored weights again

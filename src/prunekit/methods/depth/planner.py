@@ -19,6 +19,7 @@ import torch
 
 from prunekit.core.errors import PrunekitError
 from prunekit.data.windows import Windows
+from prunekit.engine.memo import ScoreMemo
 from prunekit.engine.onload import Onloader
 from prunekit.engine.ranks import Ranks
 from prunekit.engine.runner import Engine, WorkCounter
@@ -90,12 +91,13 @@ def stop_rule(loaded: LoadedModel, units: list[Unit], depth: DepthConfig, kind: 
 
 def search_engine(
     adapter: ModelAdapter, windows: Windows, calibration: dict, cache_bytes: float, *, ranks: Ranks | None = None,
-    onload: Onloader | None = None,
+    onload: Onloader | None = None, memo: ScoreMemo | None = None,
 ) -> tuple[Engine, float]:
     """The engine a depth search runs on (batches and ignored label from ``calibration``), and the dense model's
-    criterion value (the plan's ``dense_value``); the counter starts after that dense pass, so it counts the search alone."""
+    criterion value (the plan's ``dense_value``); the counter starts after that dense pass, so it counts the search alone.
+    ``memo``: sums shared with another search on the same model and windows (:mod:`prunekit.engine.memo`)."""
     engine = Engine(adapter, windows, batch_size=calibration["batch_size"], ignore_index=calibration["ignore_index"],
-                    cache_bytes=cache_bytes, ranks=ranks, onload=onload)
+                    cache_bytes=cache_bytes, ranks=ranks, onload=onload, memo=memo)
     dense_value = engine.perplexity(engine.total_score(frozenset()))
     engine.counter = type(engine.counter)()
     return engine, dense_value
@@ -105,7 +107,7 @@ def plan_depth(
     loaded: LoadedModel, run: Callable[..., DepthOutcome], unit_kind: str, depth: DepthConfig, windows: Windows, *,
     cache_bytes: float, calibration: dict, progress: ProgressFn | None = None,
     start: list[dict] | None = None, on_record: RecordFn | None = None, ranks: Ranks | None = None,
-    onload: Onloader | None = None,
+    onload: Onloader | None = None, memo: ScoreMemo | None = None,
 ) -> DepthResult:
     """Run the depth method ``run`` on ``windows`` to ``depth``'s budget; return its plan (``loaded`` is left as it is).
 
@@ -115,6 +117,8 @@ def plan_depth(
     calls this and gets the same plan; ``timing['rank_work']`` has each rank's counted work).
     ``onload``: the weights brought in under a memory cap (``timing['weights']``: bytes moved,
     peak resident against the cap, per rank); the plan is the uncapped one.
+    ``memo``: candidate sums shared with another search on the same model and windows (same plan, less work;
+    ``timing['memo_hits']``).
     """
     ranks = ranks or Ranks()
     adapter = loaded.adapter
@@ -122,7 +126,8 @@ def plan_depth(
     should_stop = stop_rule(loaded, units, depth, unit_kind)
     record = model_record(loaded, onload.dtype if onload is not None else None)
     t0 = time.perf_counter()
-    engine, dense_value = search_engine(adapter, windows, calibration, cache_bytes, ranks=ranks, onload=onload)
+    engine, dense_value = search_engine(adapter, windows, calibration, cache_bytes, ranks=ranks, onload=onload, memo=memo)
+    hits = memo.hits if memo is not None else 0
     start = list(start or [])
     outcome = run(loaded, engine, units, should_stop, depth, progress=progress, start=start, on_record=on_record)
     search_seconds = time.perf_counter() - t0
@@ -145,6 +150,7 @@ def plan_depth(
         "naive_macs": outcome.naive_macs,
         "counted_ratio": (outcome.naive_macs or 0.0) / max(work.total_macs, 1.0),
         "peak_cache_bytes": engine.store.peak,
+        "memo_hits": memo.hits - hits if memo is not None else 0,
     }
     if onload is not None:
         moved = ranks.gather(torch.tensor([onload.moved_bytes, onload.peak_bytes], dtype=torch.float64))
