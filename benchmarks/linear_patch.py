@@ -76,7 +76,7 @@ def main() -> None:
         removed = frozenset(b for u in units for b in u)
         steps = [(sum(a.block_params(Block(b)) for b in u), {"step": i, "unit": str(i), "blocks": u, "score": 0.0, "value": 0.0})
                  for i, u in enumerate(units)]
-        plan = build_plan(method, {}, model_record(loaded), {}, a.total_params(), steps=steps)
+        plan = build_plan(method, {}, model_record(loaded), {}, a.total_params(), decoder_params=a.decoder_params(), steps=steps)
         base = {src: window_nll(loaded, w, removed) for src, w in evals.items()}
         for src, nll in base.items():
             first8 = math.exp(nll[:8].sum() / (8 * tokens))

@@ -82,6 +82,10 @@ BAD = [
     (["prune", "{model}", "--remove", "1", "--out", "{afile}/out"], "is not a directory"),
     (["compare", "{model}", "--out", "/proc/prunekit-nope/out"], "cannot be created: '/proc'"),
     (["prune", "{model}", "--ratio", "0.99", "--blocks-kind", "attn"], "or --blocks-kind mix"),
+    (["prune", "{model}", "--ratio", "0.2", "--ratio-of", "params"], "--ratio-of 'params' is not known"),
+    (["prune", "{model}", "--ratio", "0.2", "--method", "llm-pruner", "--ratio-of", "decoders"], "--ratio-of 'decoders' is not known"),
+    (["prune", "{model}", "--ratio", "0.99", "--ratio-of", "decoder"], "of the decoder layers' parameters"),
+    (["compare", "{model}", "--out", "{nonempty}/cmp", "--ratio-of", "all"], "--ratio-of 'all' is not known"),
 ]
 
 

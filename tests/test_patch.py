@@ -33,7 +33,7 @@ def _plan(loaded, blocks: list[int]) -> dict:
     a = loaded.adapter
     steps = [(a.block_params(Block(b)), {"step": i, "unit": str(Block(b)), "blocks": [b], "score": 0.0, "value": 0.0})
              for i, b in enumerate(blocks)]
-    return build_plan("sleb", {}, model_record(loaded), {}, a.total_params(), steps=steps)
+    return build_plan("sleb", {}, model_record(loaded), {}, a.total_params(), decoder_params=a.decoder_params(), steps=steps)
 
 
 def _states(loaded, ids: torch.Tensor, removed=frozenset(), patches=None) -> list[torch.Tensor]:

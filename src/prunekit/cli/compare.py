@@ -23,7 +23,9 @@ def compare(
         help="Comma-separated methods; METHOD/SEARCH runs a search variant, e.g. blockpruner/beam:3, blockpruner/greedy+swap; "
         "llm-pruner or llm-pruner/IMPORTANCE adds width pruning (e.g. llm-pruner/l2).",
     ),
-    ratios: str = typer.Option("0.1,0.2,0.3", "--ratios", help="Comma-separated fractions of total parameters to remove."),
+    ratios: str = typer.Option("0.1,0.2,0.3", "--ratios", help="Comma-separated fractions of the parameters to remove (see --ratio-of)."),
+    ratio_of: str = typer.Option("total", "--ratio-of",
+                                 help="What --ratios are fractions of: total (every parameter) or decoder (the decoder layers' only)."),
     out: str = typer.Option(..., "--out", help="Output directory (results.csv, results.md, PNG plots, plans, cells)."),
     calib: str = typer.Option("alpaca", "--calib",
                               help="Calibration source: wiki, news, alpaca, wikitext2, c4, ptb or a .txt/.jsonl file."),
@@ -54,7 +56,7 @@ def compare(
     sources = [s.strip() for s in eval_.split(",") if s.strip()]
     with progress_bar() as update:
         run_compare(model, methods, ratios, cal, sources, out=out, eval_windows=eval_windows, eval_seq_len=eval_seq_len,
-                    blocks_kind=blocks_kind, cache_gb=cache_gb, overwrite=overwrite, progress=update,
+                    blocks_kind=blocks_kind, ratio_of=ratio_of, cache_gb=cache_gb, overwrite=overwrite, progress=update,
                     log=lambda msg: console.print(msg, highlight=False), dtype=dtype, device=device,
                     patch=patch_cfg)
     if ranks.requested_world() > 1 and not ranks.current().is_main:  # under torchrun, rank 0 writes and reports

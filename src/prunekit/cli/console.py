@@ -87,8 +87,15 @@ def print_step(rec: dict) -> None:
     console.print(f"step {rec['step'] + 1}: removed {rec['unit']}, calibration value {rec['value']:.4f}", highlight=False)
 
 
+def decoder_note(plan: dict) -> str:
+    """``" (54.3% of the decoder layers')"``: the plan's removed fraction of the decoder layers' parameters, when it records it."""
+    dec = plan.get("decoder_ratio_removed")
+    return "" if dec is None else f" ({dec:.1%} of the decoder layers')"
+
+
 def print_plan(plan: dict, timing: dict | None = None) -> None:
-    t = Table(title=f"{plan['method']}: removed {len(plan['removed'])} units, {plan['ratio_removed']:.1%} of parameters")
+    t = Table(title=f"{plan['method']}: removed {len(plan['removed'])} units, {plan['ratio_removed']:.1%} of parameters"
+              + decoder_note(plan))
     criterion = plan.get("options", {}).get("criterion", "ppl")
     for col in ("step", "unit", "calib ppl" if criterion.startswith("ppl") else criterion, "params removed"):
         t.add_column(col, justify="right")
@@ -127,7 +134,7 @@ def print_width_plan(plan: dict, timing: dict | None = None) -> None:
     frac = w.get("per_layer_fraction")
     how = plan["options"].get("importance") or f"init {plan['options'].get('init')}, {len(plan['removed'])} blocks removed"
     title = (f"{plan['method']} ({how}, {w['strategy']}): removed {plan['ratio_removed']:.1%} of "
-             f"{plan['params_before']:,} parameters"
+             f"{plan['params_before']:,} parameters" + decoder_note(plan)
              + (f", {frac:.3f} of each pruned layer" if frac is not None and w["strategy"] == "block" else ""))
     t = Table(title=title)
     if w["strategy"] == "channel":

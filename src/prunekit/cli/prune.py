@@ -13,6 +13,7 @@ from prunekit.cli.export import export_after_prune, run_zero_shot
 from prunekit.core.errors import PrunekitError, check_choice
 from prunekit.data.calibration import CalibConfig
 from prunekit.engine import ranks
+from prunekit.engine.memo import ScoreMemo
 from prunekit.export import FORMATS
 from prunekit.methods.depth.patch import PATCHES, PatchConfig
 from prunekit.methods.options import DepthConfig
@@ -47,7 +48,10 @@ def prune(
     out: str = typer.Option(..., "--out", help="Output directory (plan.json, pruned weights, report)."),
     method: str = typer.Option("blockpruner", "--method", help=f"Pruning method: {', '.join(METHODS)}."),
     remove: Optional[int] = typer.Option(None, "--remove", help="Number of blocks to remove."),
-    ratio: Optional[float] = typer.Option(None, "--ratio", help="Fraction of total parameters to remove, in (0, 1)."),
+    ratio: Optional[float] = typer.Option(None, "--ratio", help="Fraction of the parameters to remove, in (0, 1) (see --ratio-of)."),
+    ratio_of: str = typer.Option("total", "--ratio-of",
+                                 help="What --ratio is a fraction of: total (every parameter, embedding and LM head included) or "
+                                 "decoder (the decoder layers' parameters only)."),
     blocks_kind: str = typer.Option("mix", "--blocks-kind", help="Blocks searched: mix, attn or mlp."),
     search: str = typer.Option("greedy", "--search",
                                help="greedy, beam:K (K >= 2) or greedy+swap (greedy methods: blockpruner, sleb, finercut)."),
@@ -116,17 +120,17 @@ def prune(
             raise PrunekitError("--device-map does not apply to llm-pruner (its gradient pass runs the whole model on one device).",
                                 "Drop --device-map.")
         if method == "policy-gradient":
-            config = PolicyConfig(ratio=ratio, layers=layers, samples=samples, seed=seed, max_memory=max_memory, steps=steps,
-                                  masks=masks, lr=lr, init=init, units=units, estimator=estimator)
+            config = PolicyConfig(ratio=ratio, ratio_of=ratio_of, layers=layers, samples=samples, seed=seed, max_memory=max_memory,
+                                  steps=steps, masks=masks, lr=lr, init=init, units=units, estimator=estimator)
         else:
-            config = WidthConfig(ratio=ratio, importance=importance, aggregate=aggregate, strategy=strategy, layers=layers,
-                                 global_=global_, samples=samples, seed=seed, at_least=at_least, max_memory=max_memory)
+            config = WidthConfig(ratio=ratio, ratio_of=ratio_of, importance=importance, aggregate=aggregate, strategy=strategy,
+                                 layers=layers, global_=global_, samples=samples, seed=seed, at_least=at_least, max_memory=max_memory)
         pg = isinstance(config, PolicyConfig)
         cal = _calib(calib or "wiki", seq_len or (128 if pg else 64), windows, sample=sample, seed=seed,
                      batch_size=batch_size or (8 if pg else 2))
     else:
-        config = DepthConfig(method=method, blocks_kind=blocks_kind, remove=remove, ratio=ratio, search=search, cache=cache,
-                             early_exit=early_exit, cache_gb=cache_gb, candidate_batch=candidate_batch,
+        config = DepthConfig(method=method, blocks_kind=blocks_kind, remove=remove, ratio=ratio, ratio_of=ratio_of, search=search,
+                             cache=cache, early_exit=early_exit, cache_gb=cache_gb, candidate_batch=candidate_batch,
                              max_memory=max_memory, device_map=device_map)
         cal = _calib(calib or "alpaca", seq_len or 2048, windows, sample=sample, seed=seed, batch_size=batch_size or 2)
     with progress_bar() as update:
@@ -243,11 +247,14 @@ def demo(
                   f"evaluating on {eval_windows} x 256 tokens of wiki-test (held-out articles) and news")
     rows = [("dense", pipeline.evaluate(loaded, ["wiki-test", "news"], 256, eval_windows), None)]
     cal = CalibConfig(source="wiki", seq_len=seq_len, windows=windows, batch_size=batch_size)
+    memo = ScoreMemo()  # the later search reads the sums of the candidates the earlier one scored (same plans, less work)
     for m in methods:
         console.print(f"{m}: searching for {ratio:.0%} of the parameters")
         with progress_bar() as update:
-            res = pipeline.prune(searched, DepthConfig(method=m, ratio=ratio), cal, progress=update, on_step=print_step)
+            res = pipeline.prune(searched, DepthConfig(method=m, ratio=ratio), cal, progress=update, on_step=print_step, memo=memo)
         print_plan(res.plan, res.timing)
+        if res.timing["memo_hits"]:
+            console.print(f"{m}: {res.timing['memo_hits']} window-batch scores read from the earlier search instead of run again")
         held_out = pipeline.evaluate(loaded, ["wiki-test", "news"], 256, eval_windows, plan=res.plan)  # in float32
         rows.append((m, held_out, res.timing["search_seconds"]))
         del res

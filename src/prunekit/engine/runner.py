@@ -22,6 +22,7 @@ import torch
 from prunekit.core.errors import PrunekitError
 from prunekit.data.windows import Windows
 from prunekit.engine.loss import DEFAULT_CHUNK_TOKENS, counted_targets, window_js, window_kl, window_nll
+from prunekit.engine.memo import ScoreMemo
 from prunekit.engine.onload import Onloader
 from prunekit.engine.ranks import Ranks
 from prunekit.models.adapter import ATTN, Block, ModelAdapter
@@ -148,13 +149,15 @@ class Engine:
     ``onload``: under a memory cap, the weights are brought in unit by unit
     (:mod:`prunekit.engine.onload`); the engine then steps block-major where it can (all window
     batches at a block, or every candidate of a group at a block), so each block's weights move
-    once per batch and group rather than once per candidate.
+    once per batch and group rather than once per candidate. ``memo``: per-batch sums shared with
+    another search on the same model and windows (:mod:`prunekit.engine.memo`; one process only).
     """
 
     def __init__(
         self, adapter: ModelAdapter, windows: Windows, batch_size: int = 8, *, criterion: str = "ppl",
         ignore_index: int | None = None, cache_bytes: float = 2 * 2**30, cache_device: str | None = None,
         chunk_tokens: int = DEFAULT_CHUNK_TOKENS, ranks: Ranks | None = None, onload: Onloader | None = None,
+        memo: ScoreMemo | None = None,
     ) -> None:
         self.adapter = adapter
         self.ranks = ranks or Ranks()  # the processes a greedy step's candidates are spread over
@@ -164,6 +167,12 @@ class Engine:
         self.batches = [b.to(self.device) for b in windows.ids.split(batch_size)]
         self.criterion = criterion
         self.ignore_index = ignore_index
+        if memo is not None:
+            if self.ranks.spread:
+                raise ValueError("a ScoreMemo is for one process (ranks keep their own states)")
+            memo.bind(model=adapter.model, windows_fingerprint=windows.fingerprint(), batch_sizes=[len(b) for b in self.batches],
+                      criterion=criterion, ignore_index=ignore_index)
+        self.memo = memo  # sums shared with another search on the same inputs (engine/memo.py), or None
         self.chunk_tokens = chunk_tokens
         self.counter = WorkCounter()
         self.num_blocks = adapter.num_blocks
@@ -333,8 +342,12 @@ class Engine:
         total = 0.0
         if self.onload is None:
             for j in range(self.n_batches):
-                h = self.run(j, self.h0(j), 0, self.num_blocks, removed)
-                total += float(self.score(j, h).sum())
+                known = self.memo.get(removed, j) if self.memo is not None else None
+                if known is None:
+                    known = float(self.score(j, self.run(j, self.h0(j), 0, self.num_blocks, removed)).sum())
+                    if self.memo is not None:
+                        self.memo.put(removed, j, known)
+                total += known
             return total
         hs = [self.h0(j) for j in range(self.n_batches)]
         for b in range(self.num_blocks):  # block-major: each block's weights once for all batches

@@ -15,6 +15,10 @@ its target ratio on the top edge of each panel, labelled "unreachable", and a le
 naming its unreachable ratios; ``layer_map.png`` shades its rows
 and writes "unreachable" across them.
 
+With ``--ratio-of decoder`` (``about['ratio_of']``) the ratios are fractions of the decoder layers' parameters:
+``results.md`` says so and gives each cell's removed fraction of them beside the fraction of all parameters, and
+``ppl_vs_ratio.png`` plots against the decoder's fraction (the x of the unreachable marks is their target ratio).
+
 Rows are the cells written by :func:`prunekit.pipeline.compare.compare` (``ppl`` per source,
 ``ratio_removed``, ``blocks``, ``search_seconds``...).
 """
@@ -55,6 +59,11 @@ def removed_text(row: dict) -> str:
     return f"{kinds.count(ATTN)} / {len(kinds) - kinds.count(ATTN)}"
 
 
+def decoder_ratios(about: dict) -> bool:
+    """Whether the compare's ratios are fractions of the decoder layers' parameters (``--ratio-of decoder``)."""
+    return about.get("ratio_of") == "decoder"
+
+
 def markdown(rows: list[dict], sources: list[str], about: dict) -> str:
     """The results table (grouped by ratio, lowest perplexity per source in bold) and a pivot per source."""
     dense, cells = rows[0], rows[1:]
@@ -64,6 +73,9 @@ def markdown(rows: list[dict], sources: list[str], about: dict) -> str:
         "",
         f"Model: {about['model']}, {about['parameters']:,} parameters. Calibration: {about['calibration']}. "
         f"Held-out evaluation: {about['evaluation']}.",
+        *([f"Ratios are fractions of the decoder layers' {about['decoder_parameters']:,} parameters (`--ratio-of decoder`: the "
+           "embedding, final norm and LM head left out); `params removed` gives the fraction of all parameters, then of the "
+           "decoder layers'."] if decoder_ratios(about) else []),
         "Perplexity: exp of the token-weighted mean next-token NLL (lower is better). `search s`: wall time of the "
         "search until that ratio's answer was known (one search per method serves every ratio). `work`: the search's "
         "counted multiply-accumulates in units of one dense forward over the calibration windows (independent of machine load). "
@@ -89,7 +101,8 @@ def markdown(rows: list[dict], sources: list[str], about: dict) -> str:
             method = f"[{row_label(r)}]({r['report']})" if r.get("report") else row_label(r)
             work = "-" if r.get("search_work") is None else f"{r['search_work']:.1f}"
             lines.append(
-                f"| {ratio:g} | {method} | {r['params_removed']:,} ({r['ratio_removed']:.1%}) | {removed_text(r)} | "
+                f"| {ratio:g} | {method} | {r['params_removed']:,} ({r['ratio_removed']:.1%}"
+                + (f"; {r['decoder_ratio_removed']:.1%} of decoder" if decoder_ratios(about) else "") + f") | {removed_text(r)} | "
                 + " | ".join(ppl) + f" | {r['calib_ppl']:.3f} | {r['search_seconds']:.1f} | {work} |"
             )
     lines += _intervals_table(rows, sources)
@@ -169,9 +182,10 @@ def plot_ppl(rows: list[dict], sources: list[str], path: Path, about: dict) -> N
     blocked = [r for r in cells if r.get("unreachable")]
     cells = [r for r in cells if not r.get("unreachable")]
     fig, axes = plt.subplots(1, len(sources), figsize=(5.4 * len(sources) + 3.0, 4.8), squeeze=False, layout="constrained")
+    removed = "decoder_ratio_removed" if decoder_ratios(about) else "ratio_removed"
     for ax, s in zip(axes[0], sources):
         for lab in labels:
-            pts = sorted((r["ratio_removed"] * 100, r["ppl"][s]) for r in cells if row_label(r) == lab)
+            pts = sorted((r[removed] * 100, r["ppl"][s]) for r in cells if row_label(r) == lab)
             ax.plot([p[0] for p in pts], [p[1] for p in pts], label=lab, markersize=6, linewidth=1.6, alpha=0.9, **style[lab])
         for ratio in sorted({r["target_ratio"] for r in blocked}):  # no point to plot: x marks on the top edge
             here = [r for r in blocked if r["target_ratio"] == ratio]
@@ -195,7 +209,8 @@ def plot_ppl(rows: list[dict], sources: list[str], path: Path, about: dict) -> N
         ax.set_yticks(_log_ticks(lo, hi))
         ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
         ax.yaxis.set_minor_formatter(NullFormatter())
-        ax.set_xlabel("parameters removed (% of the model's total)")
+        ax.set_xlabel("parameters removed (% of the decoder layers')" if decoder_ratios(about) else
+                      "parameters removed (% of the model's total)")
         ax.set_ylabel("held-out perplexity (log scale; lower is better)")
         ax.set_title(f"evaluation: {s}", fontsize=11)
         ax.grid(True, which="major", alpha=0.35)
@@ -297,7 +312,7 @@ def rows_csv(rows: list[dict], sources: list[str]) -> str:
     paired-bootstrap interval (``_low``, ``_high``; :mod:`prunekit.evaluation.intervals`), empty where not measured."""
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
-    w.writerow(["method", "search", "patch", "target_ratio", "ratio_removed", "params_removed", "params_after",
+    w.writerow(["method", "search", "patch", "target_ratio", "ratio_removed", "decoder_ratio_removed", "params_removed", "params_after",
                 "attn_removed", "mlp_removed", "heads_removed", "mlp_channels_removed", *[f"ppl_{s}" for s in sources],
                 "calib_ppl", "search_seconds", "search_work", "removed", "report", "unreachable",
                 *[f"vs_best_{s}{part}" for s in sources for part in ("", "_low", "_high", "_other")]])
@@ -309,13 +324,15 @@ def rows_csv(rows: list[dict], sources: list[str]) -> str:
             versus += ["", "", "", ""] if v is None else [f"{v['ratio']:.4f}", f"{v['low']:.4f}", f"{v['high']:.4f}",
                                                           row_label(rows[v["other"]])]
         if r.get("unreachable"):
-            w.writerow([r["method"], r["search"], _patch(r), f"{r['target_ratio']:g}", *[""] * (12 + len(sources)), r["unreachable"],
+            w.writerow([r["method"], r["search"], _patch(r), f"{r['target_ratio']:g}", *[""] * (13 + len(sources)), r["unreachable"],
                         *versus])
             continue
         kinds = [Block(b).kind for b in r["blocks"]]
         width = r.get("width_removed") or {}
         work = r.get("search_work")
-        w.writerow([r["method"], r["search"], _patch(r), f"{r['target_ratio']:g}", f"{r['ratio_removed']:.6f}", r["params_removed"],
+        dec = r.get("decoder_ratio_removed")
+        w.writerow([r["method"], r["search"], _patch(r), f"{r['target_ratio']:g}", f"{r['ratio_removed']:.6f}",
+                    "" if dec is None else f"{dec:.6f}", r["params_removed"],
                     r["params_after"], kinds.count(ATTN), len(kinds) - kinds.count(ATTN), width.get("heads", 0),
                     width.get("mlp_channels", 0), *[f"{r['ppl'][s]:.4f}" for s in sources], f"{r['calib_ppl']:.4f}",
                     f"{r['search_seconds']:.2f}", "" if work is None else f"{work:.2f}", ";".join(r["units"]),

@@ -154,7 +154,9 @@ def markdown(plan: dict, timing: dict | None, figures: dict[str, bool], out_name
     if cal:
         lines.append(f"| calibration | {cal.get('source')}: {cal.get('windows', cal.get('n_windows', '?'))} windows x {cal.get('seq_len')}"
                      f" tokens, text sha256 {str(cal.get('text_sha256', ''))[:12]} |")
-    lines.append(f"| removed | {plan['ratio_removed']:.2%} of the parameters ({plan['params_before']:,} -> {plan['params_after']:,}) |")
+    dec = plan.get("decoder_ratio_removed")
+    lines.append(f"| removed | {plan['ratio_removed']:.2%} of the parameters ({plan['params_before']:,} -> {plan['params_after']:,})"
+                 + ("" if dec is None else f"; {dec:.2%} of the decoder layers' ({plan['decoder_params_before']:,})") + " |")
     traj = trajectory(plan)
     if plan.get("dense_value") is not None:
         final = traj[-1][2] if len(traj) > 1 else None

@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 from prunekit.core.errors import PrunekitError, check_choice, check_positive_int
+from prunekit.models.adapter import ModelAdapter
 
 SEARCHES = ("greedy", "beam:K", "greedy+swap")
 
@@ -29,6 +30,21 @@ def parse_search(value: str) -> tuple[str, int]:
     )
 
 
+#: What ``ratio`` is a fraction of: ``total`` = every parameter of the model (embedding and LM head included;
+#: the default), ``decoder`` = the decoder layers' parameters (the embedding, final norm and LM head left out).
+RATIO_OF = ("total", "decoder")
+
+
+def ratio_base(adapter: ModelAdapter, ratio_of: str) -> int:
+    """The parameter count ``ratio`` is a fraction of (see :data:`RATIO_OF`)."""
+    return adapter.decoder_params() if check_choice("`ratio_of`", ratio_of, RATIO_OF) == "decoder" else adapter.total_params()
+
+
+def base_name(ratio_of: str) -> str:
+    """How an error message names the parameters ``ratio`` is a fraction of."""
+    return "the decoder layers' parameters" if ratio_of == "decoder" else "the parameters"
+
+
 CACHE_MODES = ("none", "prefix", "trajectory")
 RUNTIME_OPTIONS = ("cache", "early_exit", "cache_gb", "candidate_batch", "max_memory", "device_map")  # change the speed, never the choices
 
@@ -38,8 +54,9 @@ RUNTIME_OPTIONS = ("cache", "early_exit", "cache_gb", "candidate_batch", "max_me
 class DepthConfig:
     """Options of a depth (block / layer) pruning search.
 
-    ``remove``: number of units to remove; ``ratio``: fraction of the model's total parameters to
-    remove (the search stops once at least that fraction is removed). Exactly one is given.
+    ``remove``: number of units to remove; ``ratio``: fraction of the parameters to remove (the search
+    stops once at least that fraction is removed). Exactly one is given. ``ratio_of``: what ``ratio`` is
+    a fraction of, ``total`` (every parameter) or ``decoder`` (the decoder layers'; :data:`RATIO_OF`).
     ``cache``: how much the engine keeps (``trajectory`` = prefix + trajectory caches);
     ``cache_gb``: the memory budget of the kept states (default: half the free memory).
     ``candidate_batch``: candidates of a greedy step run as one batch (default: 1 on the CPU, as
@@ -54,6 +71,7 @@ class DepthConfig:
     blocks_kind: str = "mix"
     remove: int | None = None
     ratio: float | None = None
+    ratio_of: str = "total"
     search: str = "greedy"
     cache: str = "trajectory"
     early_exit: bool = True
@@ -65,6 +83,7 @@ class DepthConfig:
     def __post_init__(self) -> None:
         check_choice("`blocks_kind`", self.blocks_kind, ("mix", "attn", "mlp"))
         parse_search(self.search)
+        check_choice("`ratio_of`", self.ratio_of, RATIO_OF)
         check_choice("`cache`", self.cache, CACHE_MODES)
         if (self.remove is None) == (self.ratio is None):
             raise PrunekitError("give exactly one of `remove` and `ratio`.", "For example `ratio` 0.2 or `remove` 8.")

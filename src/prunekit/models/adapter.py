@@ -410,6 +410,10 @@ class ModelAdapter:
         """Parameters of the whole model, tied embeddings counted once."""
         return sum(p.numel() for p in self.model.parameters())
 
+    def decoder_params(self) -> int:
+        """Parameters of the decoder layers: the whole model's but the embedding, the final norm and the LM head."""
+        return sum(p.numel() for p in self.layers.parameters())
+
     def weight_macs(self, block: Block) -> float:
         """Multiply-accumulates per token of the block's weights (one per weight of its Linears)."""
         return float(sum(m.weight.numel() for m in self.sublayer(block).modules() if isinstance(m, nn.Linear)))

@@ -62,7 +62,7 @@ from prunekit.methods.depth.outcome import DepthOutcome, SearchClock, StopFn, cl
 from prunekit.methods.depth.patch import PatchConfig, check_patchable, patch_windows
 from prunekit.methods.depth.planner import Budgets, search_engine, stop_rule
 from prunekit.methods.depth.units import make_units, unit_params
-from prunekit.methods.options import DepthConfig, parse_search
+from prunekit.methods.options import RATIO_OF, DepthConfig, base_name, parse_search, ratio_base
 from prunekit.methods.registry import get_method
 from prunekit.models.loading import LoadedModel
 from prunekit.pipeline.compare_args import MethodSpec, parse_methods, parse_ratios
@@ -101,6 +101,7 @@ class CompareRun:
     evals: dict[str, Windows]  # held-out source -> windows
     eval_batch_size: int
     blocks_kind: str
+    ratio_of: str  # what the ratios are fractions of: total or decoder
     cache_gb: float | None
     cache_bytes: float
     record: dict  # the plans' model record
@@ -119,7 +120,7 @@ class CompareRun:
         return ppl, calib_ppl, params, windows
 
 
-def _manifest(loaded: LoadedModel, windows: Windows, calib: CalibConfig, evals: dict, blocks_kind: str, *,
+def _manifest(loaded: LoadedModel, windows: Windows, calib: CalibConfig, evals: dict, *, blocks_kind: str, ratio_of: str,
               patch: PatchConfig | None = None) -> dict:
     rec = model_record(loaded)
     return {
@@ -127,6 +128,7 @@ def _manifest(loaded: LoadedModel, windows: Windows, calib: CalibConfig, evals: 
         "calibration": windows.fingerprint() | {"batch_size": calib.batch_size},
         "evaluation": {src: w.fingerprint() for src, w in evals.items()},
         "blocks_kind": blocks_kind,
+        "ratio_of": ratio_of,
     } | ({"patch": patch.as_dict()} if patch is not None else {})
 
 
@@ -134,6 +136,7 @@ def _check_manifest(out: Path, manifest: dict, overwrite: bool) -> None:
     path = out / "compare.json"
     if path.exists() and not overwrite:
         old = json.loads(path.read_text(encoding="utf-8"))
+        old.setdefault("ratio_of", "total")  # a directory written before `ratio_of` existed
         if old != manifest:
             diff = [k for k in manifest if old.get(k) != manifest[k]]
             raise PrunekitError(
@@ -147,9 +150,10 @@ def _check_manifest(out: Path, manifest: dict, overwrite: bool) -> None:
     write_json_atomic(path, manifest)
 
 
-def _describe(loaded: LoadedModel, calib: CalibConfig, windows: Windows, evals: dict) -> dict:
+def _describe(loaded: LoadedModel, calib: CalibConfig, windows: Windows, evals: dict, ratio_of: str) -> dict:
     return {
-        "model": loaded.spec, "parameters": loaded.adapter.total_params(),
+        "model": loaded.spec, "parameters": loaded.adapter.total_params(), "ratio_of": ratio_of,
+        "decoder_parameters": loaded.adapter.decoder_params(),
         "calibration": f"{calib.source}, {windows.n_windows} windows x {windows.seq_len} tokens",
         "evaluation": ", ".join(f"{s} ({w.n_windows} x {w.seq_len} tokens)" for s, w in evals.items()),
     }
@@ -164,12 +168,13 @@ def dense_forward_macs(engine: Engine) -> float:
 def compare(
     model: str | LoadedModel, methods: list[MethodSpec] | str, ratios: list[float] | str, calib: CalibConfig,
     eval_sources: list[str] | tuple[str, ...], *, out: str | Path, eval_windows: int | None = 8, eval_seq_len: int = 256,
-    eval_batch_size: int = 4, blocks_kind: str = "mix", cache_gb: float | None = None, overwrite: bool = False,
-    progress: ProgressFn | None = None, log: LogFn | None = None, dtype: str = "float32", device: str | None = None,
-    patch: PatchConfig | None = None,
+    eval_batch_size: int = 4, blocks_kind: str = "mix", ratio_of: str = "total", cache_gb: float | None = None,
+    overwrite: bool = False, progress: ProgressFn | None = None, log: LogFn | None = None, dtype: str = "float32",
+    device: str | None = None, patch: PatchConfig | None = None,
 ) -> list[dict]:
     """Run every method at every ratio, evaluate, write the results (see the module docstring). Returns the rows.
 
+    ``ratio_of``: what the ratios are fractions of, ``total`` (all parameters) or ``decoder`` (the decoder layers').
     ``patch``: also evaluate each depth cell's plan with a linear patch fitted (:mod:`prunekit.pipeline.compare_patch`)."""
 
     methods = parse_methods(methods) if isinstance(methods, str) else list(methods)
@@ -177,6 +182,7 @@ def compare(
     if not eval_sources:
         raise PrunekitError("`eval` names no source.", "Use e.g. `eval` wiki-test,news.")
     check_choice("`blocks_kind`", blocks_kind, ("mix", "attn", "mlp"))
+    check_choice("`ratio_of`", ratio_of, RATIO_OF)
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise PrunekitError(f"`out` '{out}' is a file.", "Give `out` a directory path.")
@@ -198,12 +204,14 @@ def compare(
     def prepare() -> None:
         (out / "cells").mkdir(parents=True, exist_ok=True)
         (out / "plans").mkdir(parents=True, exist_ok=True)
-        _check_manifest(out, _manifest(loaded, windows, calib, evals, blocks_kind, patch=patch), overwrite)
+        _check_manifest(out, _manifest(loaded, windows, calib, evals, blocks_kind=blocks_kind, ratio_of=ratio_of, patch=patch),
+                        overwrite)
 
     on_main(ranks, prepare)
     run = CompareRun(
         loaded=loaded, calib=calib, windows=windows, evals=evals, eval_batch_size=eval_batch_size, blocks_kind=blocks_kind,
-        cache_gb=cache_gb, cache_bytes=cache_gb * 2**30 if cache_gb else default_cache_bytes(loaded.device), record=model_record(loaded),
+        ratio_of=ratio_of, cache_gb=cache_gb, cache_bytes=cache_gb * 2**30 if cache_gb else default_cache_bytes(loaded.device),
+        record=model_record(loaded),
         calibration=calibration_record(windows, calib.batch_size, loaded.model.config.pad_token_id), out=out,
         progress=progress, say=say,
         patch=None if patch is None else PatchRun(patch, patch_windows(loaded, calib, patch), windows, calib.batch_size),
@@ -212,7 +220,7 @@ def compare(
         say("evaluating the dense model")
         ppl, calib_ppl, params, per_window = run.measure([])
         write_cell(out, "dense", Cell("dense", "", 0.0, ppl=ppl, calib_ppl=calib_ppl, params_before=params,
-                                      params_after=params, windows=per_window), None)
+                                      params_after=params, decoder_ratio_removed=0.0, windows=per_window), None)
     failure: BaseException | None = None
     try:
         for i, spec in enumerate(methods):
@@ -229,7 +237,7 @@ def compare(
     ranks.broadcast(None)  # every rank reads the cells once rank 0 has completed them
     rows = collect_rows(out, rows_of, ratios)
     if ranks.is_main:
-        write_outputs(out, rows, list(eval_sources), loaded.adapter.num_layers, _describe(loaded, calib, windows, evals))
+        write_outputs(out, rows, list(eval_sources), loaded.adapter.num_layers, _describe(loaded, calib, windows, evals, ratio_of))
     return rows
 
 
@@ -254,20 +262,21 @@ def _llm_pruner_cells(run: CompareRun, spec: MethodSpec, todo: list[float]) -> N
         return held_out(pruned, run.evals | {CALIB: run.windows}, run.eval_batch_size)
 
     importance = check_variant(spec.search)
-    blocked = unreachable_ratios(run.loaded, importance, todo, run.windows.n_windows)
+    blocked = unreachable_ratios(run.loaded, importance, todo, run.windows.n_windows, ratio_of=run.ratio_of)
     for ratio, reason in blocked.items():
         write_unreachable(run.out, spec, ratio, reason, run.say, importance=importance)
     todo = [r for r in todo if r not in blocked]
     if not todo:
         return
     for ratio, plan, (ppl, per_window), params_after, seconds, removed in width_cells(
-            run.loaded, importance, todo, run.calib, run.windows.n_windows, evaluate=evaluate, progress=run.progress):
+            run.loaded, importance, todo, run.calib, run.windows.n_windows, evaluate=evaluate, progress=run.progress,
+            ratio_of=run.ratio_of):
         name = cell_name(spec, ratio)
         write_plan(run.out / "plans" / f"{name}.json", plan)
         calib_ppl = ppl.pop(CALIB)
         per_window.pop(CALIB)
         cell = Cell(spec.method, spec.search, ratio, ppl=ppl, calib_ppl=calib_ppl, params_before=plan["params_before"],
-                    windows=per_window,
+                    windows=per_window, decoder_ratio_removed=plan["decoder_ratio_removed"],
                     params_after=params_after, search_seconds=seconds, search_work=None, plan=name,
                     report=cell_report(run.loaded.spec, plan, run.out, name, seconds), criterion=importance,
                     extra={"importance": importance, "width_removed": removed})
@@ -291,22 +300,23 @@ def _depth_cells(run: CompareRun, spec: MethodSpec, todo: list[float]) -> None:
     """One search of a depth method for the ratios ``todo``; a cell per ratio (unreachable ones with their reason)."""
     loaded, out, say = run.loaded, run.out, run.say
     adapter = loaded.adapter
-    params_before = adapter.total_params()
+    base = ratio_base(adapter, run.ratio_of)
     method = get_method(spec.method)
     kind = method.unit_kind(run.blocks_kind)
     units = make_units(adapter, kind)
     reach, stops = [], []
     for r in todo:
         try:
-            stops.append(stop_rule(loaded, units, DepthConfig(method=spec.method, blocks_kind=run.blocks_kind, ratio=r), kind))
+            stops.append(stop_rule(loaded, units, DepthConfig(method=spec.method, blocks_kind=run.blocks_kind, ratio=r,
+                                                              ratio_of=run.ratio_of), kind))
             reach.append(r)
         except PrunekitError as e:  # more than all units but one
             write_unreachable(out, spec, r, str(e), say)
     outcome, journal, resumed = None, None, None
     journaled = method.stepwise and parse_search(spec.search)[0] != "beam"  # beam:K cannot resume midway
     while reach and outcome is None:
-        depth = DepthConfig(method=spec.method, blocks_kind=run.blocks_kind, ratio=max(reach), search=spec.search,
-                            cache_gb=run.cache_gb)
+        depth = DepthConfig(method=spec.method, blocks_kind=run.blocks_kind, ratio=max(reach), ratio_of=run.ratio_of,
+                            search=spec.search, cache_gb=run.cache_gb)
         start: list[dict] = []
         if journaled:
             fingerprint = search_fingerprint(run.record["weights_sha256"], run.calibration, depth.plan_options(), reach)
@@ -331,7 +341,7 @@ def _depth_cells(run: CompareRun, spec: MethodSpec, todo: list[float]) -> None:
         if level is None or not stop(level[0]):
             n = sum(unit_params(adapter, u) for u in outcome.units)
             write_unreachable(out, spec, ratio, f"{spec.name} ran out of units before reaching the budget: all "
-                              f"{len(outcome.units)} units it removed are {n / params_before:.3f} of the parameters.", say)
+                              f"{len(outcome.units)} units it removed are {n / base:.3f} of {base_name(run.ratio_of)}.", say)
             continue
         _write_depth_cell(run, spec, ratio, level, depth=depth, dense_value=dense_value, unit_work=unit_work,
                           resumed=resumed)
@@ -349,7 +359,8 @@ def _write_depth_cell(run: CompareRun, spec: MethodSpec, ratio: float, level: tu
     criterion = extra.get("criterion", "ppl")
     options = depth.plan_options() | {"ratio": ratio, "criterion": criterion}
     plan = build_plan(spec.method, options, run.record, run.calibration, params_before,
-                      steps=[(unit_params(adapter, u), rec) for u, rec in zip(cell_units, recs)], dense_value=dense_value)
+                      steps=[(unit_params(adapter, u), rec) for u, rec in zip(cell_units, recs)], dense_value=dense_value,
+                      decoder_params=adapter.decoder_params())
     name = cell_name(spec, ratio)
     write_plan(run.out / "plans" / f"{name}.json", plan)
     report = cell_report(run.loaded.spec, plan, run.out, name, seconds)
@@ -358,7 +369,8 @@ def _write_depth_cell(run: CompareRun, spec: MethodSpec, ratio: float, level: tu
         raise AssertionError(f"parameter accounting differs for {name}: {params_after} vs {plan['params_after']}")
     cell = Cell(spec.method, spec.search, ratio, ppl=ppl, calib_ppl=calib_ppl, blocks=blocks, windows=per_window,
                 units=[r["unit"] for r in plan["removed"]], params_before=params_before, params_after=params_after,
-                search_seconds=seconds, search_work=macs / unit_work, plan=name, report=report, search_macs=macs,
+                decoder_ratio_removed=plan["decoder_ratio_removed"], search_seconds=seconds, search_work=macs / unit_work, plan=name,
+                report=report, search_macs=macs,
                 calib_value=recs[-1]["value"] if recs else None, criterion=criterion,
                 extra={} if resumed is None else {"resumed_at_step": resumed})
     write_cell(run.out, name, cell, run.say)

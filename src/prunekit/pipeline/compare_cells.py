@@ -46,6 +46,7 @@ class Cell:
     units: list[str] = field(default_factory=list)
     params_before: int = 0
     params_after: int = 0
+    decoder_ratio_removed: float | None = None  # the fraction of the decoder layers' parameters removed (recorded when known)
     search_seconds: float = 0.0
     search_work: float | None = 0.0
     plan: str | None = None
@@ -63,8 +64,10 @@ class Cell:
             return head | {"unreachable": self.unreachable, "ppl": {}, "blocks": [], "units": []} | self.extra
         removed = self.params_before - self.params_after
         rec = head | {
-            "ratio_removed": removed / self.params_before, "params_removed": removed, "params_after": self.params_after,
-            "ppl": self.ppl, "blocks": list(self.blocks), "units": list(self.units), "search_seconds": self.search_seconds,
+            "ratio_removed": removed / self.params_before,
+            **({} if self.decoder_ratio_removed is None else {"decoder_ratio_removed": self.decoder_ratio_removed}),
+            "params_removed": removed, "params_after": self.params_after, "ppl": self.ppl, "blocks": list(self.blocks),
+            "units": list(self.units), "search_seconds": self.search_seconds,
             "search_work": self.search_work, "calib_ppl": self.calib_ppl,
         }
         if self.windows:  # per-window NLLs and scored tokens: the paired intervals of the tables

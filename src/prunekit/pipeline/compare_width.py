@@ -58,17 +58,17 @@ def width_removed(adapter, width: dict) -> dict:
     return {"heads": heads, "mlp_channels": channels, "attn_layers": attn_layers, "mlp_layers": mlp_layers}
 
 
-def unreachable_ratios(loaded: LoadedModel, importance: str, ratios: list[float], n_windows: int) -> dict[float, str]:
-    """The ratios no llm-pruner plan reaches on ``loaded``, each with the reason (the refusal ``prune_width``
-    would raise: the same choice on zero scores, which needs no gradients)."""
+def unreachable_ratios(loaded: LoadedModel, importance: str, ratios: list[float], n_windows: int, *,
+                       ratio_of: str = "total") -> dict[float, str]:
+    """The ratios (of ``ratio_of``: total or decoder parameters) no llm-pruner plan reaches on ``loaded``, each with the
+    reason (the refusal ``prune_width`` would raise: the same choice on zero scores, which needs no gradients)."""
     adapter = loaded.adapter
-    total = adapter.total_params()
     found = {}
     for ratio in ratios:
-        width = WidthConfig(ratio=ratio, importance=importance, samples=n_windows, at_least=True)
+        width = WidthConfig(ratio=ratio, ratio_of=ratio_of, importance=importance, samples=n_windows, at_least=True)
         families, _ = families_for(adapter, width)
         try:
-            choose_groups(width, families, [torch.zeros(f.n, dtype=torch.float64) for f in families], ratio * total, total)
+            choose_groups(width, families, [torch.zeros(f.n, dtype=torch.float64) for f in families], adapter)
         except PrunekitError as e:
             found[ratio] = str(e)
     return found
@@ -76,21 +76,22 @@ def unreachable_ratios(loaded: LoadedModel, importance: str, ratios: list[float]
 
 def width_cells(
     loaded: LoadedModel, importance: str, ratios: list[float], calib: CalibConfig, n_windows: int, *,
-    evaluate: Callable[[LoadedModel], object], progress=None,
+    evaluate: Callable[[LoadedModel], object], progress=None, ratio_of: str = "total",
 ):
     """Yield ``(ratio, plan, measured, params_after, seconds, removed)`` for each ratio; ``loaded`` is left unchanged.
 
     ``measured = evaluate(pruned)``: what the caller measures on a pruned copy (compare: the perplexity and the
     per-window NLLs per source); ``n_windows``: the
-    calibration windows the depth methods use (the gradient samples).
+    calibration windows the depth methods use (the gradient samples); ``ratio_of``: what the ratios are fractions of.
     """
     t0 = time.perf_counter()
-    base = WidthConfig(ratio=max(ratios), importance=importance, samples=n_windows, at_least=True)
+    base = WidthConfig(ratio=max(ratios), ratio_of=ratio_of, importance=importance, samples=n_windows, at_least=True)
     grads = width_gradients(loaded, base, calib, progress) if base.needs_gradients else None
     grad_seconds = time.perf_counter() - t0
     for ratio in ratios:
         t1 = time.perf_counter()
-        res = prune_width(loaded, WidthConfig(ratio=ratio, importance=importance, samples=n_windows, at_least=True), calib,
+        res = prune_width(loaded, WidthConfig(ratio=ratio, ratio_of=ratio_of, importance=importance, samples=n_windows,
+                                              at_least=True), calib,
                           progress=progress, gradients=grads)
         seconds = grad_seconds + time.perf_counter() - t1
         removed = width_removed(loaded.adapter, res.plan["width"])

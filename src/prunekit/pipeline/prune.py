@@ -25,6 +25,7 @@ from prunekit.core.io import check_output_dir
 from prunekit.core.journal import Journal
 from prunekit.data.calibration import CalibConfig, calibration_record, calibration_windows
 from prunekit.data.windows import build_windows
+from prunekit.engine.memo import ScoreMemo
 from prunekit.engine.onload import Onloader
 from prunekit.engine.ranks import Ranks, current, rank_device, requested_world
 from prunekit.engine.runner import default_cache_bytes
@@ -72,7 +73,7 @@ def prune(
     model: str | LoadedModel, config: DepthConfig | WidthConfig, calib: CalibConfig, *, out: str | Path | None = None,
     overwrite: bool = False, resume: bool = False, progress: ProgressFn | None = None,
     on_step: Callable[[dict], None] | None = None, dtype: str = "float32", device: str | None = None,
-    patch: PatchConfig | None = None,
+    patch: PatchConfig | None = None, memo: ScoreMemo | None = None,
 ) -> PruneResult:
     """Plan what to remove with ``config.method``, remove it, and write ``out`` when given.
 
@@ -80,7 +81,9 @@ def prune(
     llm-pruner. With ``out``, every finished step (depth) or gradient point (width) is journaled in
     ``out``; ``resume=True`` continues a killed run from there (same inputs required). The output
     directory is assembled aside and renamed into place. ``patch``: fit a linear patch of the depth plan
-    (``OUT/patch.safetensors``; ``timing['patch']``: its seconds and counted work).
+    (``OUT/patch.safetensors``; ``timing['patch']``: its seconds and counted work). ``memo`` (depth methods, one
+    process): candidate sums shared with another search on the same in-memory model and calibration
+    (:mod:`prunekit.engine.memo`; the same plan).
     """
     method = method_for(config)
     if patch is not None and method.kind == "width":
@@ -124,7 +127,7 @@ def prune(
     try:
         res = plan_depth(loaded, method.run, kind, config, windows, cache_bytes=cache_bytes, calibration=calibration,
                          progress=progress if main else None, start=start, on_record=on_record if main else None,
-                         ranks=ranks, onload=onload)
+                         ranks=ranks, onload=onload, memo=memo)
         tensors = None
         if patch is not None:
             t0 = time.perf_counter()

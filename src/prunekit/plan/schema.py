@@ -12,8 +12,13 @@ Schema (``"prunekit_plan": 1``)::
       "width": null | {...},              # width pruning: kept heads / channels per layer
       "dense_value": float,               # calibration perplexity of the dense model
       "params_before": int, "params_after": int, "ratio_removed": float,
-      "patch": {...}                      # optional: a depth plan's linear patch (prunekit.plan.patch)
+      "patch": {...},                     # optional: a depth plan's linear patch (prunekit.plan.patch)
+      "decoder_params_before": int,       # parameters of the decoder layers (no embedding, final norm, LM head)
+      "decoder_ratio_removed": float      # the fraction of those removed (options.ratio_of: what `ratio` meant)
     }
+
+``ratio_removed`` is the fraction of all parameters removed, ``decoder_ratio_removed`` that of the decoder
+layers' parameters; every plan records both (plans written before them lack the two decoder fields).
 
 Timings live in a separate ``timing.json`` so that the same inputs give a byte-identical plan.
 Every plan is made by :func:`build_plan` and checked by :func:`validate_plan` (on write, on read
@@ -54,6 +59,8 @@ class Plan(TypedDict):
     params_after: int
     ratio_removed: float
     patch: NotRequired[dict]
+    decoder_params_before: int
+    decoder_ratio_removed: float
 
 
 def model_record(loaded: LoadedModel, dtype: torch.dtype | None = None) -> dict:
@@ -73,15 +80,18 @@ def model_record(loaded: LoadedModel, dtype: torch.dtype | None = None) -> dict:
 
 
 def build_plan(
-    method: str, options: dict, model: dict, calibration: dict, params_before: int, *,
+    method: str, options: dict, model: dict, calibration: dict, params_before: int, *, decoder_params: int,
     steps: list[tuple[int, dict]] = (), width: dict | None = None, params_removed: int | None = None,
-    dense_value: float | None = None,
+    decoder_removed: int | None = None, dense_value: float | None = None,
 ) -> Plan:
     """The one way a plan is made, then validated.
 
     ``steps``: for a depth plan, ``(parameters of the unit, the method's step record)`` in removal
     order; each plan entry keeps :data:`STEP_FIELDS` of the record and the running totals.
     ``params_removed``: for a width plan (no steps), the parameters its ``width`` record removes.
+    ``decoder_params``: the decoder layers' parameters before; ``decoder_removed``: how many of them the
+    plan removes, when not every removed parameter is one of them (hidden channels also narrow the
+    embedding and the LM head); by default all are (blocks, heads and MLP channels live in the layers).
     """
     removed, n = [], 0
     for unit_params, rec in steps:
@@ -101,12 +111,17 @@ def build_plan(
         "params_before": params_before,
         "params_after": params_before - n,
         "ratio_removed": n / params_before,
+        "decoder_params_before": decoder_params,
+        "decoder_ratio_removed": (n if decoder_removed is None else decoder_removed) / decoder_params,
     }
     return validate_plan(plan)
+
+
 REQUIRED = {
     "prunekit_plan": int, "method": str, "options": dict, "model": dict, "calibration": dict,
     "removed": list, "params_before": int, "params_after": int, "ratio_removed": float,
 }
+OPTIONAL = {"decoder_params_before": int, "decoder_ratio_removed": float}  # absent from plans written before them
 
 
 def validate_plan(plan: object, where: str = "plan") -> dict:
@@ -119,8 +134,10 @@ def validate_plan(plan: object, where: str = "plan") -> dict:
             f"{where} has plan version {version!r}; this prunekit reads version {PLAN_VERSION}.",
             "Re-run the pruning with this version of prunekit.",
         )
-    for key, typ in REQUIRED.items():
+    for key, typ in (REQUIRED | OPTIONAL).items():
         if key not in plan:
+            if key in OPTIONAL:
+                continue
             raise PrunekitError(f"{where} lacks the field '{key}' (corrupted or hand-edited?).", "Use a plan.json written by prunekit.")
         value = plan[key]
         if typ is float and isinstance(value, int) and not isinstance(value, bool):

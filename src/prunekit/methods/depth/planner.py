@@ -4,7 +4,8 @@
 journal, the output directory and the report); ``prunekit compare`` builds the same engine
 (:func:`search_engine`) and the same calibration record (:func:`prunekit.data.calibration.calibration_record`). :func:`stop_rule`
 turns ``remove`` / ``ratio`` into the rule a search stops on: at least ``ratio`` of the model's total
-parameters removed; :class:`Budgets` passes several such rules to one search (one answer per budget).
+parameters removed (of its decoder layers' with ``ratio_of`` ``decoder``); :class:`Budgets` passes several
+such rules to one search (one answer per budget).
 """
 
 from __future__ import annotations
@@ -18,12 +19,13 @@ import torch
 
 from prunekit.core.errors import PrunekitError
 from prunekit.data.windows import Windows
+from prunekit.engine.memo import ScoreMemo
 from prunekit.engine.onload import Onloader
 from prunekit.engine.ranks import Ranks
 from prunekit.engine.runner import Engine, WorkCounter
 from prunekit.methods.depth.outcome import DepthOutcome, ProgressFn, RecordFn, StopFn, Unit
 from prunekit.methods.depth.units import make_units, unit_params
-from prunekit.methods.options import RUNTIME_OPTIONS, DepthConfig
+from prunekit.methods.options import RUNTIME_OPTIONS, DepthConfig, base_name, ratio_base
 from prunekit.models.adapter import ModelAdapter
 from prunekit.models.loading import LoadedModel
 from prunekit.plan.schema import Plan, build_plan, model_record
@@ -59,9 +61,9 @@ def levels_of(stop: StopFn) -> list[StopFn]:
 
 
 def stop_rule(loaded: LoadedModel, units: list[Unit], depth: DepthConfig, kind: str) -> StopFn:
-    """True once the removed units meet ``depth.remove`` (a count) or ``depth.ratio`` (of all parameters)."""
+    """True once the removed units meet ``depth.remove`` (a count) or ``depth.ratio`` (of all parameters, or of the
+    decoder layers' with ``depth.ratio_of`` ``decoder``)."""
     adapter = loaded.adapter
-    total = adapter.total_params()
     if depth.remove is not None:
         if depth.remove >= len(units):
             raise PrunekitError(
@@ -69,30 +71,33 @@ def stop_rule(loaded: LoadedModel, units: list[Unit], depth: DepthConfig, kind: 
                 f"Use `remove` {len(units) - 1} or less.",
             )
         return lambda removed: len(removed) >= depth.remove
+    base = ratio_base(adapter, depth.ratio_of)
     blocks = {b for u in units for b in u}
     if sum(len(u) for u in units) > len(blocks):  # overlapping units (mix+layers): all blocks but the smallest
         sizes = sorted(unit_params(adapter, (b,)) for b in blocks)
     else:
         sizes = sorted(unit_params(adapter, u) for u in units)
     reachable = sum(sizes) - sizes[0]
-    target = depth.ratio * total
+    target = depth.ratio * base
     if target > reachable:
         widest = ", or `blocks_kind` mix" if kind in ("attn", "mlp") else ""  # mix and layers are as wide as it gets
         raise PrunekitError(
-            f"`ratio` {depth.ratio} cannot be reached: removing all but one {kind} unit removes {reachable / total:.3f} of the parameters.",
-            f"Use `ratio` {math.floor(reachable / total * 100) / 100} or less{widest}.",
+            f"`ratio` {depth.ratio} cannot be reached: removing all but one {kind} unit removes {reachable / base:.3f} of "
+            f"{base_name(depth.ratio_of)}.",
+            f"Use `ratio` {math.floor(reachable / base * 100) / 100} or less{widest}.",
         )
     return lambda removed: sum(unit_params(adapter, u) for u in removed) >= target
 
 
 def search_engine(
     adapter: ModelAdapter, windows: Windows, calibration: dict, cache_bytes: float, *, ranks: Ranks | None = None,
-    onload: Onloader | None = None,
+    onload: Onloader | None = None, memo: ScoreMemo | None = None,
 ) -> tuple[Engine, float]:
     """The engine a depth search runs on (batches and ignored label from ``calibration``), and the dense model's
-    criterion value (the plan's ``dense_value``); the counter starts after that dense pass, so it counts the search alone."""
+    criterion value (the plan's ``dense_value``); the counter starts after that dense pass, so it counts the search alone.
+    ``memo``: sums shared with another search on the same model and windows (:mod:`prunekit.engine.memo`)."""
     engine = Engine(adapter, windows, batch_size=calibration["batch_size"], ignore_index=calibration["ignore_index"],
-                    cache_bytes=cache_bytes, ranks=ranks, onload=onload)
+                    cache_bytes=cache_bytes, ranks=ranks, onload=onload, memo=memo)
     dense_value = engine.perplexity(engine.total_score(frozenset()))
     engine.counter = type(engine.counter)()
     return engine, dense_value
@@ -102,7 +107,7 @@ def plan_depth(
     loaded: LoadedModel, run: Callable[..., DepthOutcome], unit_kind: str, depth: DepthConfig, windows: Windows, *,
     cache_bytes: float, calibration: dict, progress: ProgressFn | None = None,
     start: list[dict] | None = None, on_record: RecordFn | None = None, ranks: Ranks | None = None,
-    onload: Onloader | None = None,
+    onload: Onloader | None = None, memo: ScoreMemo | None = None,
 ) -> DepthResult:
     """Run the depth method ``run`` on ``windows`` to ``depth``'s budget; return its plan (``loaded`` is left as it is).
 
@@ -112,6 +117,8 @@ def plan_depth(
     calls this and gets the same plan; ``timing['rank_work']`` has each rank's counted work).
     ``onload``: the weights brought in under a memory cap (``timing['weights']``: bytes moved,
     peak resident against the cap, per rank); the plan is the uncapped one.
+    ``memo``: candidate sums shared with another search on the same model and windows (same plan, less work;
+    ``timing['memo_hits']``).
     """
     ranks = ranks or Ranks()
     adapter = loaded.adapter
@@ -119,7 +126,8 @@ def plan_depth(
     should_stop = stop_rule(loaded, units, depth, unit_kind)
     record = model_record(loaded, onload.dtype if onload is not None else None)
     t0 = time.perf_counter()
-    engine, dense_value = search_engine(adapter, windows, calibration, cache_bytes, ranks=ranks, onload=onload)
+    engine, dense_value = search_engine(adapter, windows, calibration, cache_bytes, ranks=ranks, onload=onload, memo=memo)
+    hits = memo.hits if memo is not None else 0
     start = list(start or [])
     outcome = run(loaded, engine, units, should_stop, depth, progress=progress, start=start, on_record=on_record)
     search_seconds = time.perf_counter() - t0
@@ -129,7 +137,8 @@ def plan_depth(
     work = WorkCounter(*(sum(getattr(w, f) for w in rank_work) for f in ("block_macs", "head_macs", "block_runs", "head_tokens")))
     steps = [(unit_params(adapter, u), rec) for u, rec in zip(outcome.units, outcome.records)]
     options = depth.plan_options() | {"criterion": outcome.extra.get("criterion", "ppl")}
-    plan = build_plan(depth.method, options, record, calibration, adapter.total_params(), steps=steps, dense_value=dense_value)
+    plan = build_plan(depth.method, options, record, calibration, adapter.total_params(), steps=steps, dense_value=dense_value,
+                      decoder_params=adapter.decoder_params())
     timing = {
         "search_seconds": search_seconds,
         "resumed_steps": len(start),
@@ -141,6 +150,7 @@ def plan_depth(
         "naive_macs": outcome.naive_macs,
         "counted_ratio": (outcome.naive_macs or 0.0) / max(work.total_macs, 1.0),
         "peak_cache_bytes": engine.store.peak,
+        "memo_hits": memo.hits - hits if memo is not None else 0,
     }
     if onload is not None:
         moved = ranks.gather(torch.tensor([onload.moved_bytes, onload.peak_bytes], dtype=torch.float64))

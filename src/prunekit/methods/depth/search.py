@@ -209,9 +209,15 @@ class GreedySearch:
             for j in range(e.n_batches):
                 if not alive:
                     break
-                finals = self._run_candidates([group[i] for i in alive], j, prev_p, [targets[i] for i in alive], group)
-                for i, h in zip(alive, finals):
-                    partial[i] += float(e.score(j, h).sum())
+                known = {i: e.memo.get(self.removed | set(group[i]), j) for i in alive} if e.memo is not None else {}
+                run = [i for i in alive if known.get(i) is None]
+                finals = self._run_candidates([group[i] for i in run], j, prev_p, [targets[i] for i in run], group) if run else []
+                for i, h in zip(run, finals):
+                    known[i] = float(e.score(j, h).sum())
+                    if e.memo is not None:
+                        e.memo.put(self.removed | set(group[i]), j, known[i])
+                for i in alive:
+                    partial[i] += known[i]
                 if self.early_exit and j < e.n_batches - 1:
                     alive = [i for i in alive if not _beaten(group[i], sel.keys(group[i], partial[i]), best)]
             if ranks.spread:

@@ -27,6 +27,7 @@ from prunekit.data.calibration import CalibConfig, calibration_windows
 from prunekit.engine.onload import Onloader
 from prunekit.engine.ranks import Ranks
 from prunekit.engine.runner import default_cache_bytes
+from prunekit.methods.options import base_name, ratio_base
 from prunekit.methods.width.fusion import fusion_scores
 from prunekit.methods.width.importance import (
     GradStats,
@@ -45,6 +46,8 @@ from prunekit.models.loading import LoadedModel
 from prunekit.plan.schema import Plan, build_plan, model_record
 
 ProgressFn = Callable[[str, int, int], None]
+#: ``options.ratio_is`` of a plan: what its ``ratio`` is a fraction of (the words of plans written before ``ratio_of``).
+RATIO_IS = {"total": "the total parameters", "decoder": "the decoder layers' parameters"}
 
 
 def refuse_pruned(loaded: LoadedModel) -> None:
@@ -120,12 +123,35 @@ def width_record(families: list[Family], choice: Choice, strategy: str, adapter)
     }
 
 
-def choose_groups(width: WidthConfig, families: list[Family], scores: list[torch.Tensor], target: float, total: int) -> Choice:
+def decoder_share(adapter, family: Family) -> int:
+    """Parameters of the decoder layers that one structure of ``family`` owns: all of its parameters for KV groups and
+    MLP channels; for a hidden channel, all but its entries of the embedding, the final norm and the LM head."""
+    inside = {id(p) for p in adapter.layers.parameters()}
+    return sum(p.index.shape[1] * p.per_index for p in family.parts if id(getattr(p.module, p.attr)) in inside)
+
+
+def width_budget(adapter, width: WidthConfig) -> tuple[float, int]:
+    """``(target, base)``: the parameters to remove, ``width.ratio`` of ``base`` (all parameters, or the decoder layers'
+    with ``width.ratio_of`` decoder)."""
+    base = ratio_base(adapter, width.ratio_of)
+    return width.ratio * base, base
+
+
+def choose_groups(width: WidthConfig, families: list[Family], scores: list[torch.Tensor], adapter) -> Choice:
+    """The structures to remove under ``width``'s budget (:mod:`.select`); ``params_removed`` counts all parameters."""
+    target, base = width_budget(adapter, width)
+    of = base_name(width.ratio_of)
     if width.strategy == "channel":
-        return count_for(families[0], scores[0], target, total, width.ratio, at_least=width.at_least)
+        per = decoder_share(adapter, families[0]) if width.ratio_of == "decoder" else None
+        return count_for(families[0], scores[0], target, base, width.ratio, at_least=width.at_least, of=of, per=per)
     if width.global_:
-        return global_rank(families, scores, target, total, width.ratio, at_least=width.at_least)
-    return uniform(families, scores, target, total, width.ratio, at_least=width.at_least)
+        return global_rank(families, scores, target, base, width.ratio, at_least=width.at_least, of=of)
+    return uniform(families, scores, target, base, width.ratio, at_least=width.at_least, of=of)
+
+
+def decoder_removed(adapter, families: list[Family], choice: Choice) -> int:
+    """Parameters of the decoder layers that ``choice`` removes."""
+    return sum(len(r) * decoder_share(adapter, f) for f, r in zip(families, choice.removed) if r)
 
 
 @dataclass
@@ -224,8 +250,8 @@ def plan_width(
     families, layer_range = families_for(adapter, width)
     check_groups(loaded, families, onload)
     total = adapter.total_params()
-    target = width.ratio * total
-    choose_groups(width, families, [torch.zeros(f.n, dtype=torch.float64) for f in families], target, total)  # refuse before any work
+    target, base = width_budget(adapter, width)
+    choose_groups(width, families, [torch.zeros(f.n, dtype=torch.float64) for f in families], adapter)  # refuse before any work
     dtype = onload.dtype if onload is not None else None
     record = model_record(loaded, dtype)
     stats, calibration = None, {"source": None, "note": f"--importance {width.importance} reads no calibration data"}
@@ -240,21 +266,22 @@ def plan_width(
     scores, fused = [], None
     if width.importance == "fusion":
         windows = calibration_windows(loaded, CalibConfig(**(calib.as_dict() | {"windows": width.samples})))
-        scores, fused = fusion_scores(loaded, families, stats, windows, aggregate=width.aggregate, budget=(target, total, width.ratio))
+        scores, fused = fusion_scores(loaded, families, stats, windows, aggregate=width.aggregate, budget=(target, base, width.ratio))
     for i, fam in enumerate(families):
         if fused is None:
             scores.append(family_scores(fam, width.importance, width.aggregate, stats, generator=gen, dtype=dtype))
         finite_or_raise(scores[i], fam.key())
         if progress:
             progress("scores", i + 1, len(families))
-    choice = choose_groups(width, families, scores, target, total)
+    choice = choose_groups(width, families, scores, adapter)
     options = width.as_dict() | {
         "layers": layer_range,
-        "ratio_is": "fraction of the total parameters (the paper's --pruning_ratio is per layer: see width.per_layer_fraction)",
+        "ratio_is": f"fraction of {RATIO_IS[width.ratio_of]} (the paper's --pruning_ratio is per layer: see width.per_layer_fraction)",
     }
     plan = build_plan("llm-pruner", options, record, calibration, total,
                       width=width_record(families, choice, width.strategy, adapter) | ({"fusion": fused} if fused else {}),
-                      params_removed=choice.params_removed, dense_value=math.exp(stats.loss) if stats else None)
+                      params_removed=choice.params_removed, dense_value=math.exp(stats.loss) if stats else None,
+                      decoder_params=adapter.decoder_params(), decoder_removed=decoder_removed(adapter, families, choice))
     timing = {"search_seconds": time.perf_counter() - t0, "gradient_samples": width.samples if stats else 0,
               "resumed_samples": gradients.resumed if gradients is not None else 0}
     return WidthOutcome(plan, timing, gradients.journal if gradients is not None else None)

@@ -2,9 +2,9 @@
 construction; every error names the flag and the fix.
 
 ``ratio`` is the fraction of the model's TOTAL parameters to remove (embeddings and LM head
-included in the total). The authors' ``--pruning_ratio`` is a per-layer fraction inside the
-pruned layer range; prunekit solves for the per-layer fraction that reaches ``ratio`` and
-records it in the plan (``width.per_layer_fraction``).
+included in the total), or with ``ratio_of`` ``decoder`` of its decoder layers' parameters. The
+authors' ``--pruning_ratio`` is a per-layer fraction inside the pruned layer range; prunekit solves
+for the per-layer fraction that reaches ``ratio`` and records it in the plan (``width.per_layer_fraction``).
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass
 from typing import ClassVar
 
 from prunekit.core.errors import PrunekitError, check_choice
+from prunekit.methods.options import RATIO_OF
 
 #: Per-weight scores (``w``: a weight, ``g``: dL/dw of the calibration loss, ``F``: the diagonal
 #: Fisher approximation of the Hessian, mean over samples of the per-sample squared gradient):
@@ -70,6 +71,8 @@ def _split_layers(spec: str) -> tuple[int | None, int | None]:
 class WidthConfig:
     """Options of one LLM-Pruner run (flags in parentheses).
 
+    ``ratio`` (``--ratio``): the fraction of the parameters to remove, of all of them or, with ``ratio_of``
+    (``--ratio-of``) ``decoder``, of the decoder layers' (:data:`prunekit.methods.options.RATIO_OF`);
     ``importance`` (``--importance``): see :data:`IMPORTANCES`; ``aggregate`` (``--aggregate``):
     how the scores of a group's parts (q/k/v/o of a KV group; gate/up/down of a channel) combine;
     ``strategy`` (``--strategy``): ``block`` = heads and MLP channels inside ``layers``
@@ -84,6 +87,7 @@ class WidthConfig:
 
     method: ClassVar[str] = "llm-pruner"  # the registry's name; not an option
     ratio: float = 0.2
+    ratio_of: str = "total"
     importance: str = "param_first"
     aggregate: str = "sum"
     strategy: str = "block"
@@ -98,6 +102,7 @@ class WidthConfig:
         check_choice("`importance`", self.importance, IMPORTANCES)
         check_choice("`aggregate`", self.aggregate, AGGREGATES)
         check_choice("`strategy`", self.strategy, STRATEGIES)
+        check_choice("`ratio_of`", self.ratio_of, RATIO_OF)
         if self.ratio is None:
             raise PrunekitError("llm-pruner needs `ratio` (the fraction of the total parameters to remove).", "Use e.g. `ratio` 0.2.")
         if isinstance(self.ratio, bool) or not (0.0 < float(self.ratio) < 1.0):

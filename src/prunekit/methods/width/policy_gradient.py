@@ -16,9 +16,10 @@
 The plan is an ordinary llm-pruner-style plan: ``removed`` lists the removed blocks (``mixed``) and
 ``width`` the kept KV groups / channels per layer, plus ``width.theta`` (θ's final values per unit).
 
-Budgets. ``ratio`` R is a fraction of the model's total parameters P. ``width``: the fraction
-``r = R·P / P_u`` of the units' parameters ``P_u`` is removed from each kind: ``round(r · n_kind)``
-structures, so the projection keeps ``Σ_kind θ ≤ n_kind − round(r · n_kind)``. ``mixed``: one budget
+Budgets. ``ratio`` R is a fraction of the model's total parameters P (with ``ratio_of`` decoder, P is the
+decoder layers' parameters). ``width``: the fraction ``r = R·P / P_u`` of the units' parameters ``P_u``
+is removed from each kind: ``round(r · n_kind)`` structures, so the projection keeps
+``Σ_kind θ ≤ n_kind − round(r · n_kind)``. ``mixed``: one budget
 ``Σ c_i θ_i ≤ Σ c_i − R·P`` over all units (``c``: parameters each removes alone from the dense model).
 """
 
@@ -36,8 +37,9 @@ from prunekit.data.calibration import CalibConfig, calibration_record, calibrati
 from prunekit.engine.onload import Onloader
 from prunekit.engine.ranks import Ranks
 from prunekit.engine.runner import Engine
+from prunekit.methods.options import base_name, ratio_base
 from prunekit.methods.width.importance import collect_gradients, family_scores, needed_parameters
-from prunekit.methods.width.llm_pruner import WidthOutcome, refuse_pruned, width_record
+from prunekit.methods.width.llm_pruner import RATIO_IS, WidthOutcome, refuse_pruned, width_record
 from prunekit.methods.width.masks import BLOCK, CHANNEL, HEAD, KIND_NAMES, MaskedForward, Units, build_units, wanda_scores
 from prunekit.methods.width.options import parse_layers
 from prunekit.methods.width.pg_journal import PolicyJournal, PolicyState
@@ -56,13 +58,14 @@ STAGE = "policy-gradient"
 class Budget:
     """The projection's budgets and the final choice's removal targets (see the module docstring)."""
 
-    def __init__(self, units: Units, total: int, ratio: float, mixed: bool) -> None:
+    def __init__(self, units: Units, total: int, ratio: float, mixed: bool, *, of: str = "the parameters") -> None:
+        """``total``: the parameters ``ratio`` is a fraction of (all, or the decoder layers'); ``of`` names them."""
         self.units, self.mixed = units, mixed
         self.target = ratio * total  # parameters to remove
         unit_params = sum(f.n * f.params_per_structure for f in units.families)
         smallest = float(units.cost.min()) if units.n else math.inf
         if self.target < smallest / 2:
-            raise PrunekitError(f"`ratio` {ratio} is below what one unit removes ({smallest / total:.4f} of the parameters).",
+            raise PrunekitError(f"`ratio` {ratio} is below what one unit removes ({smallest / total:.4f} of {of}).",
                                 "Use a larger `ratio`.")
         if mixed:
             self.keep_mass = float(units.cost.sum()) - self.target
@@ -189,9 +192,9 @@ def make_plan(loaded: LoadedModel, config: PolicyConfig, units: Units, theta: to
     }
     steps = [(adapter.block_params(b), {"step": i, "unit": str(b), "blocks": [b.index], "value": None,
                                         "score": round(float(theta[units.block_pos(b)]), 6)}) for i, b in enumerate(blocks)]
-    options = config.as_dict() | {"layers": layers, "ratio_is": "fraction of the total parameters"}
+    options = config.as_dict() | {"layers": layers, "ratio_is": f"fraction of {RATIO_IS[config.ratio_of]}"}
     return build_plan(STAGE, options, record, calibration, adapter.total_params(), steps=steps, width=width,
-                      params_removed=width_removed, dense_value=math.exp(dense_loss))
+                      params_removed=width_removed, dense_value=math.exp(dense_loss), decoder_params=adapter.decoder_params())
 
 
 def run_steps(fwd: MaskedForward, state: PolicyState, config: PolicyConfig, budget: Budget, *, journal: PolicyJournal | None,
@@ -233,8 +236,7 @@ def plan_policy_gradient(
     adapter = loaded.adapter
     start, end = (0, adapter.num_layers) if config.layers is None else parse_layers(config.layers, adapter.num_layers)
     units = build_units(adapter, start, end, config.units == "mixed")
-    total = adapter.total_params()
-    budget = Budget(units, total, config.ratio, config.units == "mixed")
+    budget = Budget(units, ratio_base(adapter, config.ratio_of), config.ratio, config.units == "mixed", of=base_name(config.ratio_of))
     windows = calibration_windows(loaded, calib)
     ignore = loaded.model.config.pad_token_id
     calibration = calibration_record(windows, calib.batch_size, ignore)

@@ -1,8 +1,9 @@
 """Which structures to remove, given their scores and a budget of parameters.
 
-``target`` = ``ratio * total parameters``. Every family keeps at least one structure (a layer
-never loses all of its KV groups or all of its MLP channels), and whole structures only are
-removed, so the reached ratio differs from the asked one by up to about one structure per
+``target`` = ``ratio * base``, ``base`` the parameters ``ratio`` is a fraction of (``total`` here: all of the
+model's, or its decoder layers' with ``ratio_of`` ``decoder``; ``of`` names it in messages). Every family
+keeps at least one structure (a layer never loses all of its KV groups or all of its MLP channels), and
+whole structures only are removed, so the reached ratio differs from the asked one by up to about one structure per
 family; the plan reports the ratio reached.
 
 - :func:`uniform` (``--strategy block``, the paper's default): the same fraction ``f`` in every
@@ -55,7 +56,7 @@ def _where(fam: Family) -> str:
 
 
 def uniform(families: list[Family], scores: list[torch.Tensor], target: float, total: int, ratio: float, *,
-            at_least: bool = False) -> Choice:
+            at_least: bool = False, of: str = "the parameters") -> Choice:
     """The same fraction of every family (see the module docstring); ``at_least``: the smallest
     step that removes at least ``target`` (as the depth methods' budgets), else the closest."""
     candidates = {0.0}
@@ -83,14 +84,14 @@ def uniform(families: list[Family], scores: list[torch.Tensor], target: float, t
     if removed == 0:
         smallest = min(fam.params_per_structure for fam in families)
         raise PrunekitError(
-            f"`ratio` {ratio} is below what one structure per layer removes ({smallest / total:.4f} of the parameters at least).",
+            f"`ratio` {ratio} is below what one structure per layer removes ({smallest / total:.4f} of {of} at least).",
             "Use a larger `ratio`.",
         )
     return Choice([lowest(s, k) for s, k in zip(scores, ks)], removed, f, {"per_family_removed": ks})
 
 
 def global_rank(families: list[Family], scores: list[torch.Tensor], target: float, total: int, ratio: float, *,
-                at_least: bool = False) -> Choice:
+                at_least: bool = False, of: str = "the parameters") -> Choice:
     """Rank all structures together by score per parameter (see the module docstring); ``at_least``:
     go on until at least ``target`` is removed."""
     keys, owners = [], []
@@ -115,7 +116,7 @@ def global_rank(families: list[Family], scores: list[torch.Tensor], target: floa
     if (removed < target) if at_least else (target - removed >= smallest / 2):
         raise PrunekitError(
             f"`ratio` {ratio} cannot be reached: keeping one KV group and one MLP channel per layer of the range removes at most"
-            f" {removed / total:.3f}.",
+            f" {removed / total:.3f} of {of}.",
             f"Use `ratio` {math.floor(removed / total * 100) / 100} or less, or a wider `layers` range.",
         )
     if removed == 0:
@@ -124,10 +125,11 @@ def global_rank(families: list[Family], scores: list[torch.Tensor], target: floa
 
 
 def count_for(family: Family, scores: torch.Tensor, target: float, total: int, ratio: float, *,
-              at_least: bool = False) -> Choice:
+              at_least: bool = False, of: str = "the parameters", per: int | None = None) -> Choice:
     """The ``k`` lowest-scored structures of one family, ``k`` closest to the target (hidden channels),
-    or with ``at_least`` the smallest ``k`` that reaches it."""
-    per = family.params_per_structure
+    or with ``at_least`` the smallest ``k`` that reaches it. ``per``: what one structure removes of the
+    ``target``'s parameters (default: all of its own; a hidden channel's decoder share for ``ratio_of`` decoder)."""
+    per = family.params_per_structure if per is None else per
     k = int(math.ceil(target / per)) if at_least else int(math.floor(target / per + 0.5))
     if k >= family.n:
         raise PrunekitError(
@@ -136,7 +138,7 @@ def count_for(family: Family, scores: torch.Tensor, target: float, total: int, r
         )
     if k == 0:
         raise PrunekitError(
-            f"`ratio` {ratio} is below what one hidden channel removes ({per / total:.4f} of the parameters).",
+            f"`ratio` {ratio} is below what one hidden channel removes ({per / total:.4f} of {of}).",
             "Use a larger `ratio`.",
         )
-    return Choice([lowest(scores, k)], k * per, k / family.n, {"per_family_removed": [k]})
+    return Choice([lowest(scores, k)], k * family.params_per_structure, k / family.n, {"per_family_removed": [k]})
