@@ -234,8 +234,13 @@ class FamilyContract:
             sparse.append(layer)
             width = getattr(c, "moe_intermediate_size", None) or c.intermediate_size
             assert (ex.num_experts, ex.width, a.mlp_width(layer)) == (c.num_experts, width, width)
-            assert getattr(ex.module, ex.gate_up).shape == (c.num_experts, 2 * width, c.hidden_size)
-            assert getattr(ex.module, ex.down).shape == (c.num_experts, c.hidden_size, width)
+            if ex.interleaved:  # gpt-oss: gate_up [E, H, 2I] (gate and up columns interleaved), its bias [E, 2I], down [E, I, H]
+                assert getattr(ex.module, ex.gate_up).shape == (c.num_experts, c.hidden_size, 2 * width)
+                assert getattr(ex.module, ex.gate_up_bias).shape == (c.num_experts, 2 * width)
+                assert getattr(ex.module, ex.down).shape == (c.num_experts, width, c.hidden_size)
+            else:
+                assert getattr(ex.module, ex.gate_up).shape == (c.num_experts, 2 * width, c.hidden_size)
+                assert getattr(ex.module, ex.down).shape == (c.num_experts, c.hidden_size, width)
             assert any(m is ex.module for m in sub.modules())
             with pytest.raises(PrunekitError, match="experts"):
                 a.mlp(layer)
@@ -378,9 +383,14 @@ class FamilyContract:
         ex = a.experts(2)
         gate_up, down = getattr(ex.module, ex.gate_up), getattr(ex.module, ex.down)
         with torch.no_grad():
-            gate_up[:, :8] = 0
-            gate_up[:, ex.width: ex.width + 8] = 0
-            down[:, :, :8] = 0
+            if ex.interleaved:  # gpt-oss: channels 0..7 are gate_up columns 0..15 (gate, up, gate, ...) and their biases
+                gate_up[:, :, :16] = 0
+                getattr(ex.module, ex.gate_up_bias)[:, :16] = 0
+                down[:, :8] = 0
+            else:
+                gate_up[:, :8] = 0
+                gate_up[:, ex.width: ex.width + 8] = 0
+                down[:, :, :8] = 0
             before = a.model(input_ids=ids).logits
         fams = [f for f in block_families(a, 2, 3) if f.expert is not None]
         expected = a.total_params() - 8 * sum(f.params_per_structure for f in fams)
@@ -563,3 +573,42 @@ def test_unknown_model_type_is_refused_with_the_supported_list():
     with pytest.raises(PrunekitError) as e:
         get_adapter(model)
     assert all(name in str(e.value) for name in supported_model_types())
+
+
+class TestGptOss(FamilyContract):
+    """Attention sinks (one per query head) and biases on q/k/v/o, sliding and full layers alternating, a
+    sparse MoE block in every layer whose experts interleave gate and up columns (with biases)."""
+
+    model_type = "gpt_oss"
+    moe = True
+
+    def test_sinks_go_with_their_query_heads(self, model, ids):
+        """Removing KV group 0 of layer 1 removes its query heads' sinks (and q, k, v rows with their biases, o
+        columns): the kept heads keep their own sinks, and zeroed heads removed leave the logits."""
+        a = get_adapter(model)
+        att = a.attention(1)
+        attn = a.sublayer(Block.of(1, ATTN))
+        rep, hd = att.num_heads // att.num_kv_heads, att.head_dim
+        sinks = attn.sinks.detach().clone()
+        with torch.no_grad():
+            att.o.weight[:, : rep * hd] = 0  # group 0's heads write nothing, whatever their sinks and values
+            before = model(input_ids=ids).logits
+        apply_width(a, {"strategy": "block", "hidden": None, "layers": [{"layer": 1, "kv_heads": list(range(1, att.num_kv_heads))}]})
+        assert torch.equal(attn.sinks.detach(), sinks[rep:]) and attn.q_proj.bias.shape == (att.num_heads * hd - rep * hd,)
+        with torch.no_grad():
+            torch.testing.assert_close(model(input_ids=ids).logits, before, rtol=1e-5, atol=1e-5)
+
+    def test_removed_mlp_returns_a_pair(self, model, ids):
+        """gpt-oss's decoder layer unpacks ``hidden, _ = self.mlp(...)``: the removed MLP's stand-in returns a pair
+        (a bare tensor would be unpacked along the batch)."""
+        a = get_adapter(model)
+        a.remove_block(Block.of(1, MLP))
+        with torch.no_grad():
+            out = model(input_ids=ids).logits
+            h, kwargs = a.capture_inputs(ids)
+            for b in a.blocks():
+                if not a.is_removed(b):
+                    h = a.run_block(b, h, kwargs[b.layer])
+        assert out.shape == (*ids.shape, model.config.vocab_size)
+        torch.testing.assert_close(a.logits(h), out, rtol=1e-5, atol=1e-5)
+

@@ -36,13 +36,18 @@ ATTN, MLP = "attn", "mlp"
 LLAMA_FACTS: dict = {
     "attention_sublayer": "self_attn",  # the attention sub-layer
     "attention_norms": ["input_layernorm", None],  # its (input norm, output norm); None: the family has none
-    "attention_projections": {"q": "q_proj", "k": "k_proj", "v": "v_proj", "o": "o_proj"},  # or {"qkv": fused [Q|K|V], "o"}
+    # or {"qkv": fused [Q|K|V], "o"}; or latent attention {"q": [names, the first present], "kv": per head [k | v], "o"}
+    "attention_projections": {"q": "q_proj", "k": "k_proj", "v": "v_proj", "o": "o_proj"},
     "head_norms": {},  # norms whose weight spans all heads' rows, {"q": name, "k": name} (OLMo 2)
+    "head_parameters": [],  # 1-D Parameters of the attention with one entry per query head (gpt-oss's sinks)
     "heads_from_config": False,  # the attention slices its fused rows by its config's head counts (Phi-3)
     "mlp_sublayer": "mlp",  # the MLP (or sparse MoE) sub-layer
     "mlp_norms": ["post_attention_layernorm", None],
     "mlp_projections": {"gate": "gate_proj", "up": "up_proj", "down": "down_proj"},  # or {"gate_up": fused [gate|up], "down"}
-    "routed_experts": None,  # sparse MoE: {"module": ..., "gate_up": 3-D [E, 2I, H], "down": 3-D [E, H, I]}
+    "mlp_returns_tuple": False,  # the MLP block returns (hidden, router scores) (gpt-oss)
+    # sparse MoE: {"module": ..., "gate_up": 3-D [E, 2I, H], "down": 3-D [E, H, I]}; with "interleaved": true,
+    # gate_up [E, H, 2I] (channel j = columns 2j, 2j+1), down [E, I, H] and "gate_up_bias" [E, 2I] (gpt-oss)
+    "routed_experts": None,
 }
 
 
@@ -164,26 +169,46 @@ class AttentionProjections:
     """
 
     q: Proj
-    k: Proj
-    v: Proj
+    k: Proj | None
+    v: Proj | None
     o: Proj
     num_heads: int
     num_kv_heads: int
     head_dim: int
     head_norms: tuple = ()
+    head_params: tuple = ()  # (module, attr) of 1-D Parameters with one entry per query head (gpt-oss's sinks)
+    kv: Proj | None = None  # latent attention: per head ``kv_head_dim`` rows ``[k_nope | v]``; k and v are None
+    kv_head_dim: int = 0
+    o_head_dim: int = 0  # o's input columns per query head (0: ``head_dim``; latent attention: the value size)
+
+    @property
+    def o_width(self) -> int:
+        """o's input columns per query head."""
+        return self.o_head_dim or self.head_dim
+
+    def value_rows(self, kv_head: int) -> tuple[Proj, slice]:
+        """The Linear (as a :class:`Proj`) and its rows that make ``kv_head``'s values."""
+        if self.kv is not None:
+            end = self.kv.start + (kv_head + 1) * self.kv_head_dim
+            return self.kv, slice(end - self.o_width, end)
+        return self.v, slice(self.v.start + kv_head * self.head_dim, self.v.start + (kv_head + 1) * self.head_dim)
 
 
 @dataclass(frozen=True)
 class ExpertProjections:
     """The routed experts of a sparse MoE block, as 3-D Parameters of ``module``: ``gate_up``
     ``[E, 2I, H]`` (expert ``e``'s channel ``j`` = rows ``j`` and ``I + j`` of slab ``e``, gate then
-    up) and ``down`` ``[E, H, I]`` (column ``j`` of slab ``e``)."""
+    up) and ``down`` ``[E, H, I]`` (column ``j`` of slab ``e``); or, ``interleaved`` (gpt-oss), ``gate_up``
+    ``[E, H, 2I]`` with channel ``j`` in columns ``2j`` (gate) and ``2j + 1`` (up), its bias ``[E, 2I]`` alike,
+    and ``down`` ``[E, I, H]`` (row ``j``)."""
 
     module: nn.Module
     gate_up: str
     down: str
     num_experts: int
     width: int
+    interleaved: bool = False  # gate_up ``[E, H, 2I]`` (channel ``j`` = columns 2j, 2j+1), down ``[E, I, H]`` (row ``j``)
+    gate_up_bias: str | None = None  # ``[E, 2I]``, laid out as gate_up's channels
 
 
 @dataclass(frozen=True)
@@ -324,8 +349,11 @@ class ModelAdapter:
         (``num_heads * head_dim``, then ``num_kv_heads * head_dim`` twice)."""
         attn = self.sublayer(Block.of(layer, ATTN))
         names = self.facts["attention_projections"]
-        hd = attn.head_dim
         o = getattr(attn, names["o"])
+        head_params = tuple((attn, name) for name in self.facts["head_parameters"])
+        if "kv" in names:
+            return self._latent_attention(attn, names, o, head_params)
+        hd = attn.head_dim
         if "qkv" in names:
             qkv = getattr(attn, names["qkv"])
             n_q = o.in_features // hd
@@ -336,7 +364,19 @@ class ModelAdapter:
             q, k, v = (Proj(getattr(attn, names[x])) for x in ("q", "k", "v"))
             n_q, n_kv = q.out_features // hd, k.out_features // hd
         head_norms = tuple((getattr(attn, name), which) for which, name in self.facts["head_norms"].items())
-        return AttentionProjections(q, k, v, Proj(o), n_q, n_kv, hd, head_norms=head_norms)
+        return AttentionProjections(q, k, v, Proj(o), n_q, n_kv, hd, head_norms=head_norms, head_params=head_params)
+
+    def _latent_attention(self, attn: nn.Module, names: dict, o: nn.Linear, head_params: tuple) -> AttentionProjections:
+        """Latent attention (DeepSeek's MLA): each query head owns its q rows, its ``[k_nope | v]`` rows of ``kv``
+        and its value's o columns; the per-head sizes are the config's (``qk_head_dim``, ``v_head_dim``), so each
+        head is a KV group of its own."""
+        c = self.config
+        q = next(getattr(attn, n) for n in names["q"] if getattr(attn, n, None) is not None)
+        kv = getattr(attn, names["kv"])
+        hd, vd = int(c.qk_nope_head_dim + c.qk_rope_head_dim), int(c.v_head_dim)
+        n = q.out_features // hd
+        return AttentionProjections(Proj(q), None, None, Proj(o), n, n, hd, head_params=head_params, kv=Proj(kv),
+                                    kv_head_dim=kv.out_features // n, o_head_dim=vd)
 
     def mlp(self, layer: int) -> MlpProjections:
         """gate, up, down of ``layer`` as :attr:`facts` names them; a fused ``gate_up`` holds ``[gate | up]``
@@ -428,6 +468,8 @@ class ModelAdapter:
         sub = self.sublayer(block)
         x = inp(h) if inp is not None else h
         y = sub(hidden_states=x, **layer_kwargs)[0] if block.kind == ATTN else sub(x)
+        if block.kind == MLP and self.facts["mlp_returns_tuple"]:
+            y = y[0]
         if outp is not None:
             y = outp(y)
         return h + (y * spec.residual_scale if spec.residual_scale != 1.0 else y)
@@ -467,7 +509,7 @@ class ModelAdapter:
 
     def _zero(self, block: Block) -> dict[str, nn.Module]:
         spec = self.block_spec(block)
-        zero = ZeroAttention(block.layer) if block.kind == ATTN else ZeroMLP()
+        zero = ZeroAttention(block.layer) if block.kind == ATTN else ZeroMLP(self.facts["mlp_returns_tuple"])
         mods = {spec.sublayer: zero}
         for name in (spec.input_norm, spec.output_norm):
             if name:

@@ -136,15 +136,22 @@ def attention_family(adapter: ModelAdapter, layer: int, names: dict[int, str] | 
     n_rep, hd = a.num_heads // a.num_kv_heads, a.head_dim
     q_rows = _blocks(a.num_kv_heads, n_rep * hd)
     kv_rows = _blocks(a.num_kv_heads, hd)
-    parts = [
-        _part(a.q, "weight", 0, q_rows, "q", names=names), _part(a.q, "bias", 0, q_rows, "q", names=names),
-        _part(a.k, "weight", 0, kv_rows, "k", names=names), _part(a.k, "bias", 0, kv_rows, "k", names=names),
-        _part(a.v, "weight", 0, kv_rows, "v", names=names), _part(a.v, "bias", 0, kv_rows, "v", names=names),
-        _part(a.o, "weight", 1, q_rows, "o", names=names),
-    ]
+    o_cols = q_rows if a.o_width == hd else _blocks(a.num_kv_heads, n_rep * a.o_width)
+    parts = [_part(a.q, "weight", 0, q_rows, "q", names=names), _part(a.q, "bias", 0, q_rows, "q", names=names)]
+    if a.kv is not None:  # latent attention: each head's [k_nope | v] rows of the latent's up-projection
+        kv_rows = _blocks(a.num_kv_heads, a.kv_head_dim)
+        parts += [_part(a.kv, "weight", 0, kv_rows, "kv", names=names), _part(a.kv, "bias", 0, kv_rows, "kv", names=names)]
+    else:
+        parts += [
+            _part(a.k, "weight", 0, kv_rows, "k", names=names), _part(a.k, "bias", 0, kv_rows, "k", names=names),
+            _part(a.v, "weight", 0, kv_rows, "v", names=names), _part(a.v, "bias", 0, kv_rows, "v", names=names),
+        ]
+    parts.append(_part(a.o, "weight", 1, o_cols, "o", names=names))
     for norm, which in a.head_norms:  # norms spanning all heads (OLMo 2): sliced with their heads' rows
         rows = q_rows if which == "q" else kv_rows
         parts += [_part(norm, "weight", 0, rows, f"{which}_norm", names=names), _part(norm, "bias", 0, rows, f"{which}_norm", names=names)]
+    for module, attr in a.head_params:  # one entry per query head (gpt-oss's sinks)
+        parts.append(_part(module, attr, 0, _blocks(a.num_kv_heads, n_rep), attr, names=names))
     return Family(ATTN, layer, a.num_kv_heads, [p for p in parts if p is not None])
 
 
@@ -159,13 +166,23 @@ def expert_families(adapter: ModelAdapter, layer: int, names: dict[int, str] | N
     names = names if names is not None else parameter_names(adapter.model)
     gate_up, down = getattr(ex.module, ex.gate_up), getattr(ex.module, ex.down)
     rows = _blocks(ex.width, 1)
+    gu, dn = names.get(id(gate_up), ""), names.get(id(down), "")
     out = []
     for e in range(ex.num_experts):
-        parts = [
-            Part(ex.module, ex.gate_up, 0, rows, "gate", names.get(id(gate_up), ""), gate_up.shape[2], e),
-            Part(ex.module, ex.gate_up, 0, rows + ex.width, "up", names.get(id(gate_up), ""), gate_up.shape[2], e),
-            Part(ex.module, ex.down, 1, rows, "down", names.get(id(down), ""), down.shape[1], e),
-        ]
+        if ex.interleaved:  # gate_up [E, H, 2I]: channel j = columns 2j (gate) and 2j + 1 (up); down [E, I, H]: row j
+            parts = [Part(ex.module, ex.gate_up, 1, 2 * rows, "gate", gu, gate_up.shape[1], e),
+                     Part(ex.module, ex.gate_up, 1, 2 * rows + 1, "up", gu, gate_up.shape[1], e)]
+            if ex.gate_up_bias is not None:
+                bias = getattr(ex.module, ex.gate_up_bias)
+                parts += [Part(ex.module, ex.gate_up_bias, 0, 2 * rows + i, role, names.get(id(bias), ""), 1, e)
+                          for i, role in enumerate(("gate", "up"))]
+            parts.append(Part(ex.module, ex.down, 0, rows, "down", dn, down.shape[2], e))
+        else:
+            parts = [
+                Part(ex.module, ex.gate_up, 0, rows, "gate", gu, gate_up.shape[2], e),
+                Part(ex.module, ex.gate_up, 0, rows + ex.width, "up", gu, gate_up.shape[2], e),
+                Part(ex.module, ex.down, 1, rows, "down", dn, down.shape[1], e),
+            ]
         out.append(Family(MLP, layer, ex.width, parts, expert=e, align=EXPERT_ALIGN))
     return out
 
@@ -201,6 +218,8 @@ def hidden_family(adapter: ModelAdapter, names: dict[int, str] | None = None) ->
                 parts += [_part(norm, "weight", 0, idx, "norm", names=names), _part(norm, "bias", 0, idx, "norm", names=names)]
             if kind == ATTN:
                 a = adapter.attention(layer)
+                if a.kv is not None:
+                    raise ValueError("hidden channels of a latent attention (its latent projections) are not described")
                 parts += [_part(lin, "weight", 1, idx, r, names=names) for lin, r in ((a.q, "q"), (a.k, "k"), (a.v, "v"))]
                 parts += [_part(a.o, "weight", 0, idx, "o", names=names), _part(a.o, "bias", 0, idx, "o", names=names)]
             else:
@@ -248,15 +267,15 @@ def trace_kv_readers(adapter: ModelAdapter, layer: int, layer_kwargs: dict, hidd
         base = seen.pop()
         readers = []
         for g in range(a.num_kv_heads):
-            rows = slice(a.v.start + g * a.head_dim, a.v.start + (g + 1) * a.head_dim)
-            weight = a.v.module.weight
+            proj, rows = a.value_rows(g)
+            weight = proj.module.weight
             saved = weight[rows].clone()
             weight[rows] += 1.0
             try:
                 attn(hidden_states=hidden, **layer_kwargs)
             finally:
                 weight[rows] = saved
-            diff = (seen.pop() - base).abs().reshape(*base.shape[:-1], a.num_heads, a.head_dim)
+            diff = (seen.pop() - base).abs().reshape(*base.shape[:-1], a.num_heads, a.o_width)
             changed = diff.amax(dim=tuple(range(diff.dim() - 2)) + (diff.dim() - 1,))
             readers.append([h for h in range(a.num_heads) if float(changed[h]) > 0.0])
         return readers

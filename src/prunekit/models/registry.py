@@ -7,6 +7,7 @@ from torch import nn
 from prunekit.core.errors import PrunekitError
 from prunekit.models.adapter import ModelAdapter
 from prunekit.models.families.gemma import Gemma2Adapter, Gemma3TextAdapter
+from prunekit.models.families.gpt_oss import GptOssAdapter
 from prunekit.models.families.granite import GraniteAdapter
 from prunekit.models.families.llama import LlamaAdapter, MistralAdapter, Qwen2Adapter, Qwen3Adapter
 from prunekit.models.families.mixtral import MixtralAdapter
@@ -18,7 +19,7 @@ ADAPTERS: dict[str, type[ModelAdapter]] = {
     cls.model_type: cls
     for cls in (
         LlamaAdapter, MistralAdapter, Qwen2Adapter, Qwen3Adapter, Gemma2Adapter, Gemma3TextAdapter, Phi3Adapter,
-        Olmo2Adapter, GraniteAdapter, MixtralAdapter, Qwen2MoeAdapter, Qwen3MoeAdapter,
+        Olmo2Adapter, GraniteAdapter, MixtralAdapter, Qwen2MoeAdapter, Qwen3MoeAdapter, GptOssAdapter,
     )
 }
 

@@ -43,11 +43,16 @@ FAMILY_OVERRIDES: dict[str, dict] = {
                       mlp_only_layers=[1], decoder_sparse_step=1),
     "qwen3_moe": dict(num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32, mlp_only_layers=[1],
                       decoder_sparse_step=1, head_dim=16),
+    # every layer sparse; sliding (window 4) and full layers alternating; YaRN as released, at a tiny scale
+    "gpt_oss": dict(num_local_experts=4, num_experts_per_tok=2, intermediate_size=32, head_dim=16, sliding_window=4,
+                    rope_parameters={"rope_type": "yarn", "factor": 32.0, "beta_fast": 32.0, "beta_slow": 1.0,
+                                     "truncate": False, "original_max_position_embeddings": 8, "rope_theta": 150000.0}),
 }
 
 
 def family_model(model_type: str, seed: int = 0, **overrides) -> torch.nn.Module:
-    """:func:`tiny_model` with the family's :data:`FAMILY_OVERRIDES` and random (non-trivial) norm weights and biases."""
+    """:func:`tiny_model` with the family's :data:`FAMILY_OVERRIDES` and random (non-trivial) norm weights,
+    biases and per-head sinks."""
     model = tiny_model(model_type, seed=seed, **(FAMILY_OVERRIDES[model_type] | overrides))
     gen = torch.Generator().manual_seed(seed + 1)
     with torch.no_grad():  # every 1-D parameter: the norms' weights around 1, Linear biases around 0
@@ -55,6 +60,9 @@ def family_model(model_type: str, seed: int = 0, **overrides) -> torch.nn.Module
             for p in module.parameters(recurse=False):
                 if p.dim() == 1:
                     p.copy_(torch.randn(p.shape, generator=gen) * 0.3 + (0.0 if isinstance(module, torch.nn.Linear) else 1.0))
+        for name, t in [*model.named_parameters(), *model.named_buffers()]:  # biases kept outside Linears (experts, routers)
+            if name.endswith("_bias") and t.is_floating_point():
+                t.copy_(torch.randn(t.shape, generator=gen) * 0.3)
     return model
 
 

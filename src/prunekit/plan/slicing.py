@@ -55,8 +55,11 @@ def _slice_param(module: nn.Module, attr: str, dim: int, idx: torch.Tensor) -> N
 
 
 def _fix_module(module: nn.Module) -> None:
-    """Keep a module's size attributes true to its sliced weight."""
-    w = module.weight
+    """Keep a module's size attributes true to its sliced weight (a module sliced in another Parameter, such as
+    gpt-oss's attention in its sinks, has none to fix)."""
+    w = getattr(module, "weight", None)
+    if w is None:
+        return
     if isinstance(module, nn.Linear):
         module.out_features, module.in_features = w.shape
     elif isinstance(module, nn.Embedding):
