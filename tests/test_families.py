@@ -33,13 +33,13 @@ from prunekit.core.errors import PrunekitError
 from prunekit.data.calibration import CalibConfig
 from prunekit.engine import Engine, reference_nll
 from prunekit.export import export
-from prunekit.export.hf import export_hf
+from prunekit.export.hf import build_export_model, export_hf
 from prunekit.export.load_export import load_export
 from prunekit.methods.depth.units import make_units, unit_name
 from prunekit.methods.width.llm_pruner import families_for
 from prunekit.methods.width.options import WidthConfig
 from prunekit.models import ATTN, MLP, Block, Proj, get_adapter, supported_model_types
-from prunekit.models.groups import block_families, hidden_family
+from prunekit.models.groups import attention_family, block_families, hidden_family
 from prunekit.models.loading import wrap_model
 from prunekit.models.tiny import FAMILY_OVERRIDES, TINY_TEXT, family_model, tiny_tokenizer
 from prunekit.pipeline.prune import prune_width
@@ -612,3 +612,72 @@ class TestGptOss(FamilyContract):
         assert out.shape == (*ids.shape, model.config.vocab_size)
         torch.testing.assert_close(a.logits(h), out, rtol=1e-5, atol=1e-5)
 
+
+
+class TestDeepseekV3(FamilyContract):
+    """Multi-head latent attention (per-head rows in q_b_proj and kv_b_proj, o columns of the value width), two
+    dense layers then sparse MoE blocks with group-limited routing and a shared expert."""
+
+    model_type = "deepseek_v3"
+    moe = True
+
+    def test_projections_follow_the_config(self, model):
+        """Each head owns ``qk_nope + qk_rope`` rows of q_b_proj, ``qk_nope + v`` rows of kv_b_proj and ``v`` columns
+        of o_proj; layers below ``first_k_dense_replace`` are dense, the others sparse with the config's experts."""
+        a, c = get_adapter(model), model.config
+        for layer in range(a.num_layers):
+            att, attn = a.attention(layer), a.sublayer(Block.of(layer, ATTN))
+            assert (att.k, att.v) == (None, None) and att.q.module is attn.q_b_proj and att.kv.module is attn.kv_b_proj
+            assert (att.num_heads, att.num_kv_heads) == (c.num_attention_heads, c.num_attention_heads)
+            assert (att.head_dim, att.kv_head_dim, att.o_width) == (c.qk_nope_head_dim + c.qk_rope_head_dim,
+                                                                   c.qk_nope_head_dim + c.v_head_dim, c.v_head_dim)
+            assert (att.q.out_features, att.kv.out_features, att.o.in_features) == (
+                c.num_attention_heads * att.head_dim, c.num_attention_heads * att.kv_head_dim, c.num_attention_heads * c.v_head_dim)
+            assert att.value_rows(1)[1] == slice(att.kv_head_dim + c.qk_nope_head_dim, 2 * att.kv_head_dim)
+            ex = a.experts(layer)
+            assert (ex is None) == (layer < c.first_k_dense_replace)
+            if ex is None:
+                assert a.mlp_width(layer) == c.intermediate_size
+            else:
+                assert (ex.num_experts, ex.width) == (c.n_routed_experts, c.moe_intermediate_size)
+                assert getattr(ex.module, ex.gate_up).shape == (c.n_routed_experts, 2 * ex.width, c.hidden_size)
+
+    def test_zeroed_latent_heads_removed_leave_logits_unchanged(self, model, ids):
+        """Head 1 of layer 2 writes nothing (its o columns zeroed): removing it (its q_b_proj rows, kv_b_proj rows
+        and o columns) leaves the logits, and the shared latent projections stay whole."""
+        a = get_adapter(model)
+        att, c = a.attention(2), model.config
+        with torch.no_grad():
+            att.o.weight[:, c.v_head_dim: 2 * c.v_head_dim] = 0
+            before = model(input_ids=ids).logits
+        fam = attention_family(a, 2)
+        expected = a.total_params() - fam.params_per_structure
+        assert fam.params_per_structure == (att.head_dim * c.q_lora_rank + att.kv_head_dim * c.kv_lora_rank
+                                            + c.v_head_dim * c.hidden_size)
+        apply_width(a, {"strategy": "block", "hidden": None, "layers": [{"layer": 2, "kv_heads": [0, 2, 3]}]})
+        with torch.no_grad():
+            after = model(input_ids=ids).logits
+        assert a.attention(2).num_heads == 3 and a.total_params() == expected
+        torch.testing.assert_close(after, before, rtol=1e-5, atol=1e-5)
+
+    def test_kept_dense_layers_stay_dense(self, model):
+        """An export keeping layers 1..3 (layer 1 dense, 2 and 3 sparse) writes first_k_dense_replace 1."""
+        a = get_adapter(model)
+        assert a.kept_layers_config([1, 2, 3])["first_k_dense_replace"] == 1
+        assert a.kept_layers_config([2, 3])["first_k_dense_replace"] == 0
+        assert a.kept_layers_config([0, 1, 3])["first_k_dense_replace"] == 2
+
+    def test_query_without_a_latent_prunes_and_exports(self):
+        """``q_lora_rank`` None: one q_proj instead of q_a_proj / q_b_proj; its per-head rows are sliced with the head,
+        and the per-layer export (built in memory from the facts) computes the pruned model's logits."""
+        loaded = wrap_model(family_model(self.model_type, q_lora_rank=None), tiny_tokenizer())
+        a = loaded.adapter
+        attn = a.sublayer(Block.of(1, ATTN))
+        assert attn.q_b_proj is None and a.attention(1).q.module is attn.q_proj
+        apply_width(a, {"strategy": "block", "hidden": None, "layers": [{"layer": 1, "kv_heads": [1, 3]}]})
+        a.remove_block(Block.of(2, ATTN))
+        assert attn.q_proj.out_features == 2 * a.attention(1).head_dim
+        model, kind = build_export_model(loaded)
+        assert kind == "per-layer"
+        with torch.no_grad():
+            torch.testing.assert_close(model(input_ids=IDS).logits, loaded.model(input_ids=IDS).logits, rtol=1e-5, atol=1e-5)

@@ -48,7 +48,8 @@ def block_macs_per_token(adapter: ModelAdapter, block: Block, seq_len: int) -> f
     """MACs per token of one block on ``seq_len``-token windows.
 
     Weights: one MAC per weight (``adapter.weight_macs``: a sparse MoE block counts its active experts).
-    Attention adds ``Q K^T`` and ``A V``: ``2 * n_heads * head_dim`` MACs per attended key,
+    Attention adds ``Q K^T`` and ``A V``: ``n_heads * (head_dim + value width)`` MACs per attended key (the value
+    width is ``head_dim`` but in DeepSeek's latent attention),
     ``(seq_len + 1) / 2`` keys on average under the causal mask.
     """
     if adapter.is_removed(block):
@@ -56,7 +57,7 @@ def block_macs_per_token(adapter: ModelAdapter, block: Block, seq_len: int) -> f
     macs = adapter.weight_macs(block)
     if block.kind == ATTN:
         a = adapter.attention(block.layer)
-        macs += 2.0 * a.num_heads * a.head_dim * (seq_len + 1) / 2.0
+        macs += a.num_heads * (a.head_dim + a.o_width) * (seq_len + 1) / 2.0
     return macs
 
 

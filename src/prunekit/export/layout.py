@@ -74,7 +74,8 @@ def model_layout(adapter: ModelAdapter) -> ModelLayout:
         if not adapter.is_removed(Block.of(i, ATTN)):
             a = adapter.attention(i)
             heads, kv = a.num_heads, a.num_kv_heads
-            head_dims.add(a.head_dim)
+            if a.kv is None:  # latent attention's per-head sizes are the config's own fields, and its head_dim the rope size
+                head_dims.add(a.head_dim)
         if not adapter.is_removed(Block.of(i, MLP)):
             inter = adapter.mlp_width(i)
         if heads or inter:

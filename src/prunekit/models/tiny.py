@@ -47,6 +47,14 @@ FAMILY_OVERRIDES: dict[str, dict] = {
     "gpt_oss": dict(num_local_experts=4, num_experts_per_tok=2, intermediate_size=32, head_dim=16, sliding_window=4,
                     rope_parameters={"rope_type": "yarn", "factor": 32.0, "beta_fast": 32.0, "beta_slow": 1.0,
                                      "truncate": False, "original_max_position_embeddings": 8, "rope_theta": 150000.0}),
+    # latent attention with per-head [nope | rope] q rows and [k_nope | v] kv rows; two dense layers, then MoE with
+    # group-limited routing (2 groups of 4) and a shared expert; YaRN with mscale as released
+    "deepseek_v3": dict(num_key_value_heads=4, q_lora_rank=32, kv_lora_rank=16, qk_nope_head_dim=16, qk_rope_head_dim=8,
+                        v_head_dim=12, n_routed_experts=8, n_group=2, topk_group=1, num_experts_per_tok=2,
+                        first_k_dense_replace=2, moe_intermediate_size=32, n_shared_experts=1,
+                        rope_parameters={"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 64,
+                                         "beta_fast": 32.0, "beta_slow": 1.0, "mscale": 1.0, "mscale_all_dim": 1.0,
+                                         "rope_theta": 10000.0}),
 }
 
 
