@@ -98,6 +98,9 @@ def _pruned_outputs(model_type: str, case: str, to) -> tuple:
         ex = loaded.adapter.experts(2)
         width = WIDTH if ex is None else {"strategy": "block", "hidden": None, "layers": [
             {"layer": 1, "kv_heads": [1]}, {"layer": 2, "expert_channels": [list(range(8, ex.width))] * ex.num_experts}]}
+        shared = loaded.adapter.shared_mlp(2)
+        if shared is not None:  # DeepSeek's shared expert: every other channel
+            width["layers"][1]["shared_channels"] = list(range(0, shared.gate.out_features, 2))
         apply_width(loaded.adapter, width)
     layout = export_hf(loaded, to, verify=False)["layout"]
     with torch.no_grad():
@@ -681,3 +684,33 @@ class TestDeepseekV3(FamilyContract):
         assert kind == "per-layer"
         with torch.no_grad():
             torch.testing.assert_close(model(input_ids=IDS).logits, loaded.model(input_ids=IDS).logits, rtol=1e-5, atol=1e-5)
+
+    def test_llm_pruner_prunes_heads_experts_and_shared_experts(self, calib_file):
+        """A block-strategy plan removes latent heads, routed experts' channels and shared experts' channels, and the
+        per-layer sizes say so; the sliced modules agree with their weights."""
+        base = family_model(self.model_type, vocab_size=300)
+        loaded = wrap_model(copy.deepcopy(base), tiny_tokenizer(300))
+        res = prune_width(loaded, WidthConfig(ratio=0.3, samples=2, layers="0:4"), CalibConfig(source=calib_file, seq_len=16))
+        layers = {e["layer"]: e for e in res.plan["width"]["layers"]}
+        c = base.config
+        assert all(len(layers[i]["kv_heads"]) < c.num_attention_heads for i in range(4))
+        for i in (2, 3):
+            assert 0 < layers[i]["shared_intermediate_size"] < c.moe_intermediate_size * c.n_shared_experts
+            assert len(layers[i]["shared_channels"]) == layers[i]["shared_intermediate_size"]
+        shared = res.loaded.model.config.prunekit_width["shared_intermediate_size"]
+        assert shared[:2] == [None, None] and shared[2:] == [layers[2]["shared_intermediate_size"], layers[3]["shared_intermediate_size"]]
+        a = res.loaded.adapter
+        assert a.sublayer(Block.of(2, ATTN)).num_heads == len(layers[2]["kv_heads"]) == a.attention(2).num_heads
+        assert res.loaded.adapter.total_params() == res.plan["params_after"] == apply_plan(base, res.plan).total_params()
+
+
+
+@pytest.mark.parametrize("model_type", ["gpt_oss", "deepseek_v3"])
+def test_prunekit_reads_a_per_layer_export_back(model_type, tmp_path, one_thread):
+    """The per-layer export of heads, experts' channels (and DeepSeek's shared expert's) sliced is rebuilt by
+    ``load_export`` (the family's stock model, resized by the facts) with the pruned model's logits."""
+    layout, logits, *_ = _pruned_outputs(model_type, "width", tmp_path / "hf")
+    assert layout == "per-layer"
+    back = load_export(tmp_path / "hf")
+    with torch.no_grad():
+        torch.testing.assert_close(back.model(input_ids=IDS).logits, logits, rtol=1e-5, atol=1e-5)

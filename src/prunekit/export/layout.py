@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import torch
 
 from prunekit.models.adapter import ATTN, MLP, Block, ModelAdapter
-from prunekit.models.modeling_pruned import PER_LAYER_KEYS
+from prunekit.models.modeling_pruned import PER_LAYER_KEYS, SHARED_KEY
 
 
 @dataclass(frozen=True)
@@ -24,6 +24,7 @@ class LayerGeometry:
     num_heads: int
     num_kv_heads: int
     intermediate_size: int
+    shared_size: int = 0  # the width of its sparse MoE block's pruned shared expert (DeepSeek), else 0
 
     @property
     def has_attention(self) -> bool:
@@ -51,17 +52,21 @@ class ModelLayout:
         the stock config can say it."""
         if not all(g.has_attention and g.has_mlp for g in self.layers):
             return False
-        shapes = {(g.num_heads, g.num_kv_heads, g.intermediate_size) for g in self.layers}
+        shapes = {(g.num_heads, g.num_kv_heads, g.intermediate_size, g.shared_size) for g in self.layers}
         return len(shapes) == 1 or not self.width_pruned
 
     def lists(self) -> dict[str, list[int]]:
-        """The per-layer lists of a per-layer hf config (``modeling_pruned.PER_LAYER_KEYS``)."""
+        """The per-layer lists of a per-layer hf config (``modeling_pruned.PER_LAYER_KEYS``, and ``SHARED_KEY``
+        where a layer has a pruned shared expert)."""
         heads, kv, inter = PER_LAYER_KEYS
-        return {
+        out = {
             heads: [g.num_heads for g in self.layers],
             kv: [g.num_kv_heads for g in self.layers],
             inter: [g.intermediate_size for g in self.layers],
         }
+        if any(g.shared_size for g in self.layers):
+            out[SHARED_KEY] = [g.shared_size for g in self.layers]
+        return out
 
 
 def model_layout(adapter: ModelAdapter) -> ModelLayout:
@@ -70,7 +75,7 @@ def model_layout(adapter: ModelAdapter) -> ModelLayout:
     head_dims = set()
     layers = []
     for i in range(adapter.num_layers):
-        heads = kv = inter = 0
+        heads = kv = inter = shared = 0
         if not adapter.is_removed(Block.of(i, ATTN)):
             a = adapter.attention(i)
             heads, kv = a.num_heads, a.num_kv_heads
@@ -78,8 +83,10 @@ def model_layout(adapter: ModelAdapter) -> ModelLayout:
                 head_dims.add(a.head_dim)
         if not adapter.is_removed(Block.of(i, MLP)):
             inter = adapter.mlp_width(i)
+            m = adapter.shared_mlp(i)
+            shared = m.gate.out_features if m is not None else 0
         if heads or inter:
-            layers.append(LayerGeometry(i, heads, kv, inter))
+            layers.append(LayerGeometry(i, heads, kv, inter, shared))
     if len(head_dims) > 1:  # pragma: no cover - no pruning changes head_dim
         raise ValueError(f"layers disagree on head_dim: {sorted(head_dims)}")
     head_dim = head_dims.pop() if head_dims else int(

@@ -48,6 +48,7 @@ LLAMA_FACTS: dict = {
     # sparse MoE: {"module": ..., "gate_up": 3-D [E, 2I, H], "down": 3-D [E, H, I]}; with "interleaved": true,
     # gate_up [E, H, 2I] (channel j = columns 2j, 2j+1), down [E, I, H] and "gate_up_bias" [E, 2I] (gpt-oss)
     "routed_experts": None,
+    "shared_mlp": None,  # a gated MLP inside the sparse MoE block whose channels are pruned (DeepSeek's), or None
 }
 
 
@@ -392,6 +393,16 @@ class ModelAdapter:
     def experts(self, layer: int) -> ExpertProjections | None:
         """The routed experts of ``layer``'s MLP block when it is a sparse MoE block, else None."""
         return None
+
+    def shared_mlp(self, layer: int) -> MlpProjections | None:
+        """The shared expert of ``layer``'s sparse MoE block whose channels are pruned (``facts["shared_mlp"]``:
+        a gated MLP with the facts' MLP projections), else None."""
+        name = self.facts["shared_mlp"]
+        if name is None or self.experts(layer) is None:
+            return None
+        m = getattr(self.sublayer(Block.of(layer, MLP)), name)
+        names = self.facts["mlp_projections"]
+        return MlpProjections(Proj(getattr(m, names["gate"])), Proj(getattr(m, names["up"])), Proj(getattr(m, names["down"])))
 
     def sync_experts(self, layer: int) -> None:
         """Make ``layer``'s experts module agree with its sliced weights (MoE families override it)."""

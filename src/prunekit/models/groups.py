@@ -14,7 +14,8 @@ rest of the model keeps computing the same function of the remaining structures.
   biases), column ``j`` of down.
 - ``mlp`` of a sparse MoE layer: one family per routed expert ``e``, structure ``j`` = its channel
   ``j``: rows ``j`` and ``I + j`` of ``gate_up[e]``, column ``j`` of ``down[e]`` (parts over the
-  slab ``e`` of the 3-D Parameters).
+  slab ``e`` of the 3-D Parameters); its shared expert, when the family prunes it (DeepSeek's), is one more
+  family of channels like a dense MLP's (``shared``).
 - Fused projections (:class:`~prunekit.models.adapter.Proj` parts of one Linear: Phi-3's
   ``qkv_proj``, ``gate_up_proj``) own their rows at the part's offset; norms that span all heads
   (OLMo 2's ``q_norm``/``k_norm``) own the rows of their heads.
@@ -73,6 +74,7 @@ class Family:
     parts: list[Part] = field(default_factory=list)
     expert: int | None = None  # routed expert ``expert`` of a sparse MoE layer (kind ``mlp``)
     align: int = 1  # kept counts are multiples of this (see :meth:`aligned`)
+    shared: bool = False  # the channels of a sparse MoE layer's shared expert (kind ``mlp``)
 
     def aligned(self, k: int) -> int:
         """``k`` removed structures, moved so that the kept count is a multiple of ``align`` (the nearest one,
@@ -90,6 +92,8 @@ class Family:
 
     def key(self) -> str:
         base = self.kind if self.layer is None else f"{self.kind} {self.layer}"
+        if self.shared:
+            return f"{base} shared expert"
         return base if self.expert is None else f"{base} expert {self.expert}"
 
 
@@ -191,8 +195,22 @@ def mlp_family(adapter: ModelAdapter, layer: int, names: dict[int, str] | None =
     """The channels of ``layer``'s gated MLP (None when its MLP block is removed or is a sparse MoE block)."""
     if adapter.is_removed(Block.of(layer, MLP)) or adapter.experts(layer) is not None:
         return None
-    names = names if names is not None else parameter_names(adapter.model)
-    m = adapter.mlp(layer)
+    return _gated_family(adapter.mlp(layer), layer, names if names is not None else parameter_names(adapter.model))
+
+
+def shared_family(adapter: ModelAdapter, layer: int, names: dict[int, str] | None = None) -> Family | None:
+    """The channels of the shared expert of ``layer``'s sparse MoE block (None without one: see
+    :meth:`ModelAdapter.shared_mlp`)."""
+    m = adapter.shared_mlp(layer)
+    if m is None:
+        return None
+    fam = _gated_family(m, layer, names if names is not None else parameter_names(adapter.model))
+    fam.shared = True
+    return fam
+
+
+def _gated_family(m, layer: int, names: dict[int, str]) -> Family:
+    """Channel ``j`` of a gated MLP: row ``j`` of gate and up (and their biases), column ``j`` of down."""
     n = m.gate.out_features
     rows = _blocks(n, 1)
     parts = [
@@ -243,7 +261,8 @@ def block_families(adapter: ModelAdapter, start: int, end: int) -> list[Family]:
     names = parameter_names(adapter.model)
     out = []
     for layer in range(start, end):
-        for fam in (attention_family(adapter, layer, names), mlp_family(adapter, layer, names), *expert_families(adapter, layer, names)):
+        for fam in (attention_family(adapter, layer, names), mlp_family(adapter, layer, names), *expert_families(adapter, layer, names),
+                    shared_family(adapter, layer, names)):
             if fam is not None:
                 out.append(fam)
     return out

@@ -16,7 +16,9 @@ three per-layer lists, one entry per decoder layer:
 - ``layer_num_attention_heads[i]``: query heads of layer ``i`` (0 = its attention block is absent);
 - ``layer_num_key_value_heads[i]``: KV heads of layer ``i`` (0 when its attention is absent);
 - ``layer_intermediate_size[i]``: MLP width of layer ``i`` (0 = its MLP block is absent; for a sparse
-  MoE block, the width of each routed expert).
+  MoE block, the width of each routed expert);
+- optional, ``layer_shared_intermediate_size[i]``: the width of layer ``i``'s shared expert where the family
+  prunes it (DeepSeek-V3; 0 for a dense or absent MLP).
 
 ``head_dim`` is explicit and shared by all layers. What the family's layer is made of comes from the
 config too, as plain data (``prunekit_family_facts``, written by prunekit from the same declaration its
@@ -64,6 +66,7 @@ from transformers.models.qwen3_moe.modeling_qwen3_moe import Qwen3MoeForCausalLM
 from .zero_blocks import ZeroAttention, ZeroMLP
 
 PER_LAYER_KEYS = ("layer_num_attention_heads", "layer_num_key_value_heads", "layer_intermediate_size")
+SHARED_KEY = "layer_shared_intermediate_size"  # optional: the width of each sparse layer's shared expert (0 elsewhere)
 FACTS_KEY = "prunekit_family_facts"
 
 
@@ -158,10 +161,11 @@ def _resize_experts(experts: nn.Module, names: dict, width: int) -> None:
 
 
 def apply_per_layer_geometry(model: nn.Module, heads: list[int], kv_heads: list[int], inter: list[int], head_dim: int, *,
-                             facts: dict) -> None:
+                             facts: dict, shared: list[int] | None = None) -> None:
     """Give decoder layer ``i`` of ``model`` (a ``*ForCausalLM``) ``heads[i]`` query heads,
     ``kv_heads[i]`` KV heads and an MLP of width ``inter[i]``; 0 replaces the block by a zero module
-    (and its norms by identities). For a sparse MoE block ``inter[i]`` is the width of every routed expert.
+    (and its norms by identities). For a sparse MoE block ``inter[i]`` is the width of every routed expert,
+    and ``shared[i]`` (when given and not 0) the width of its shared expert (``facts["shared_mlp"]``).
     ``facts``: what the family's layer is made of (module docstring)."""
     layers = model.model.layers
     if any(len(v) != len(layers) for v in (heads, kv_heads, inter)):
@@ -185,6 +189,8 @@ def apply_per_layer_geometry(model: nn.Module, heads: list[int], kv_heads: list[
                 setattr(layer, name, nn.Identity())
         elif experts and hasattr(mlp, experts["module"]):  # a sparse MoE block: ``inter[i]`` is its routed experts' width
             _resize_experts(getattr(mlp, experts["module"]), experts, inter[i])
+            if shared and shared[i]:
+                _resize_mlp(getattr(mlp, facts["shared_mlp"]), facts, hidden, shared[i])
         else:
             _resize_mlp(mlp, facts, hidden, inter[i])
 
@@ -197,7 +203,7 @@ class _PerLayerMixin:
         lists = [getattr(config, k, None) for k in (*PER_LAYER_KEYS, FACTS_KEY)]
         if any(v is None for v in lists):
             raise ValueError(f"config needs the per-layer lists {', '.join(PER_LAYER_KEYS)} and {FACTS_KEY}")
-        apply_per_layer_geometry(self, *lists[:3], config.head_dim, facts=lists[3])
+        apply_per_layer_geometry(self, *lists[:3], config.head_dim, facts=lists[3], shared=getattr(config, SHARED_KEY, None))
 
 
 def _pruned_classes(family: str, config_cls, model_cls) -> tuple[type, type]:

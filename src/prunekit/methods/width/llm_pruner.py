@@ -102,6 +102,9 @@ def width_record(families: list[Family], choice: Choice, strategy: str, adapter)
                                        [list(range(f.n)) for f in families if f.layer == fam.layer and f.expert is not None])
             experts[fam.expert] = kept
             entry["moe_intermediate_size"] = len(kept)
+        elif fam.shared:  # the shared expert of a sparse MoE layer
+            entry["shared_channels"] = kept
+            entry["shared_intermediate_size"] = len(kept)
         elif fam.kind == "attn":
             a = adapter.attention(fam.layer)
             readers = kv_readers(a.num_heads, a.num_kv_heads)

@@ -19,6 +19,10 @@ Checked against transformers' ``modeling_deepseek_v3.py`` (5.25):
   ``down_proj`` ``[E, H, I]`` as Mixtral's, and ``shared_experts``, a dense MLP added without a gate). The
   dense layers are a prefix, so an export that drops layers writes ``first_k_dense_replace`` = the number of
   kept dense layers (:meth:`kept_layers_config`): each kept layer stays dense or sparse.
+
+LLM-Pruner prunes the heads, the dense MLPs' channels, each routed expert's channels (Mixtral's families) and
+the shared experts' channels (facts ``shared_mlp``: one more family of channels per sparse layer, its width
+written per layer in a per-layer hf export). The router and the experts' count are kept.
 """
 
 from __future__ import annotations
@@ -30,7 +34,8 @@ from prunekit.models.families._moe import MoeAdapter
 class DeepseekV3Adapter(MoeAdapter):
     model_type = "deepseek_v3"
     facts = family_facts(attention_projections={"q": ["q_b_proj", "q_proj"], "kv": "kv_b_proj", "o": "o_proj"},
-                         routed_experts={"module": "experts", "gate_up": "gate_up_proj", "down": "down_proj"})
+                         routed_experts={"module": "experts", "gate_up": "gate_up_proj", "down": "down_proj"},
+                         shared_mlp="shared_experts")
     llama_layout_refusal = "DeepSeek's latent attention and its sparse mixture-of-experts MLP have no place in it"
     hidden_resize_refusal = "hidden channels of DeepSeek's latent attention are not pruned"
 
