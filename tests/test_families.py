@@ -36,13 +36,15 @@ from prunekit.export import export
 from prunekit.export.hf import build_export_model, export_hf
 from prunekit.export.load_export import load_export
 from prunekit.methods.depth.units import make_units, unit_name
+from prunekit.methods.options import DepthConfig
+from prunekit.methods.registry import depth_methods
 from prunekit.methods.width.llm_pruner import families_for
 from prunekit.methods.width.options import WidthConfig
 from prunekit.models import ATTN, MLP, Block, Proj, get_adapter, supported_model_types
 from prunekit.models.groups import attention_family, block_families, hidden_family
 from prunekit.models.loading import wrap_model
 from prunekit.models.tiny import FAMILY_OVERRIDES, TINY_TEXT, family_model, tiny_tokenizer
-from prunekit.pipeline.prune import prune_width
+from prunekit.pipeline.prune import prune, prune_width
 from prunekit.pipeline.recover import RecoverConfig, attach_lora, merge_lora
 from prunekit.plan.apply import apply_plan
 from prunekit.plan.slicing import apply_width
@@ -714,3 +716,18 @@ def test_prunekit_reads_a_per_layer_export_back(model_type, tmp_path, one_thread
     back = load_export(tmp_path / "hf")
     with torch.no_grad():
         torch.testing.assert_close(back.model(input_ids=IDS).logits, logits, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("model_type", ["gpt_oss", "deepseek_v3"])
+def test_every_depth_method_runs_and_its_plan_applies(model_type, calib_file, one_thread):
+    """Each depth method of the registry plans on the family (greedy, one-shot, Taylor's backward, budget-greedy),
+    and its plan re-applied to the base model gives the pruned model's logits."""
+    base = family_model(model_type, vocab_size=300)
+    for method in depth_methods():
+        loaded = wrap_model(copy.deepcopy(base), tiny_tokenizer(300))
+        res = prune(loaded, DepthConfig(method=method, ratio=0.15), CalibConfig(source=calib_file, seq_len=16, windows=4))
+        assert res.plan["removed"] and res.plan["params_after"] < res.plan["params_before"], method
+        again = copy.deepcopy(base)
+        apply_plan(again, res.plan)
+        with torch.no_grad():
+            torch.testing.assert_close(again(input_ids=IDS).logits, res.loaded.model(input_ids=IDS).logits, rtol=0, atol=0)
