@@ -39,13 +39,19 @@ ATTN, MLP = "attn", "mlp"
 LLAMA_FACTS: dict = {
     "attention_sublayer": "self_attn",  # the attention sub-layer
     "attention_norms": ["input_layernorm", None],  # its (input norm, output norm); None: the family has none
-    "attention_projections": {"q": "q_proj", "k": "k_proj", "v": "v_proj", "o": "o_proj"},  # or {"qkv": fused [Q|K|V], "o"}
+    # or {"qkv": fused [Q|K|V], "o"}; or latent attention {"q": [names, the first present], "kv": per head [k | v], "o"}
+    "attention_projections": {"q": "q_proj", "k": "k_proj", "v": "v_proj", "o": "o_proj"},
     "head_norms": {},  # norms whose weight spans all heads' rows, {"q": name, "k": name} (OLMo 2)
+    "head_parameters": [],  # 1-D Parameters of the attention with one entry per query head (gpt-oss's sinks)
     "heads_from_config": False,  # the attention slices its fused rows by its config's head counts (Phi-3)
     "mlp_sublayer": "mlp",  # the MLP (or sparse MoE) sub-layer
     "mlp_norms": ["post_attention_layernorm", None],
     "mlp_projections": {"gate": "gate_proj", "up": "up_proj", "down": "down_proj"},  # or {"gate_up": fused [gate|up], "down"}
-    "routed_experts": None,  # sparse MoE: {"module": ..., "gate_up": 3-D [E, 2I, H], "down": 3-D [E, H, I]}
+    "mlp_returns_tuple": False,  # the MLP block returns (hidden, router scores) (gpt-oss)
+    # sparse MoE: {"module": ..., "gate_up": 3-D [E, 2I, H], "down": 3-D [E, H, I]}; with "interleaved": true,
+    # gate_up [E, H, 2I] (channel j = columns 2j, 2j+1), down [E, I, H] and "gate_up_bias" [E, 2I] (gpt-oss)
+    "routed_experts": None,
+    "shared_mlp": None,  # a gated MLP inside the sparse MoE block whose channels are pruned (DeepSeek's), or None
 }
 
 
@@ -182,27 +188,47 @@ class AttentionProjections:
     """
 
     q: Proj
-    k: Proj
-    v: Proj
+    k: Proj | None
+    v: Proj | None
     o: Proj
     num_heads: int
     num_kv_heads: int
     head_dim: int
     head_norms: tuple = ()
     q_rows_per_head: int = 1  # in units of head_dim: 2 when q holds [q_h | gate_h] per head (Qwen3.5's gated attention)
+    head_params: tuple = ()  # (module, attr) of 1-D Parameters with one entry per query head (gpt-oss's sinks)
+    kv: Proj | None = None  # latent attention: per head ``kv_head_dim`` rows ``[k_nope | v]``; k and v are None
+    kv_head_dim: int = 0
+    o_head_dim: int = 0  # o's input columns per query head (0: ``head_dim``; latent attention: the value size)
+
+    @property
+    def o_width(self) -> int:
+        """o's input columns per query head."""
+        return self.o_head_dim or self.head_dim
+
+    def value_rows(self, kv_head: int) -> tuple[Proj, slice]:
+        """The Linear (as a :class:`Proj`) and its rows that make ``kv_head``'s values."""
+        if self.kv is not None:
+            end = self.kv.start + (kv_head + 1) * self.kv_head_dim
+            return self.kv, slice(end - self.o_width, end)
+        return self.v, slice(self.v.start + kv_head * self.head_dim, self.v.start + (kv_head + 1) * self.head_dim)
 
 
 @dataclass(frozen=True)
 class ExpertProjections:
     """The routed experts of a sparse MoE block, as 3-D Parameters of ``module``: ``gate_up``
     ``[E, 2I, H]`` (expert ``e``'s channel ``j`` = rows ``j`` and ``I + j`` of slab ``e``, gate then
-    up) and ``down`` ``[E, H, I]`` (column ``j`` of slab ``e``)."""
+    up) and ``down`` ``[E, H, I]`` (column ``j`` of slab ``e``); or, ``interleaved`` (gpt-oss), ``gate_up``
+    ``[E, H, 2I]`` with channel ``j`` in columns ``2j`` (gate) and ``2j + 1`` (up), its bias ``[E, 2I]`` alike,
+    and ``down`` ``[E, I, H]`` (row ``j``)."""
 
     module: nn.Module
     gate_up: str
     down: str
     num_experts: int
     width: int
+    interleaved: bool = False  # gate_up ``[E, H, 2I]`` (channel ``j`` = columns 2j, 2j+1), down ``[E, I, H]`` (row ``j``)
+    gate_up_bias: str | None = None  # ``[E, 2I]``, laid out as gate_up's channels
 
 
 @dataclass(frozen=True)
@@ -380,10 +406,11 @@ class ModelAdapter:
 
     def mixing_macs(self, layer: int, seq_len: int) -> float:
         """MACs per token of the mixer of ``layer`` beyond its weights, on ``seq_len``-token windows: softmax
-        attention's ``Q K^T`` and ``A V``, ``2 * n_heads * head_dim`` per attended key, ``(seq_len + 1) / 2``
-        keys on average under the causal mask (hybrid families add their linear mixers' state updates)."""
+        attention's ``Q K^T`` and ``A V``, ``n_heads * (head_dim + value width)`` per attended key (the value
+        width is ``head_dim`` but in DeepSeek's latent attention), ``(seq_len + 1) / 2`` keys on average under
+        the causal mask (hybrid families add their linear mixers' state updates)."""
         a = self.attention(layer)
-        return 2.0 * a.num_heads * a.head_dim * (seq_len + 1) / 2.0
+        return a.num_heads * (a.head_dim + a.o_width) * (seq_len + 1) / 2.0
 
     def norms(self, block: Block) -> tuple[nn.Module | None, nn.Module | None]:
         """(input norm, output norm) of a block; None where the family has none (or it is removed)."""
@@ -423,8 +450,11 @@ class ModelAdapter:
         (``num_heads * head_dim``, then ``num_kv_heads * head_dim`` twice)."""
         attn = self.sublayer(Block.of(layer, ATTN))
         names = self.facts["attention_projections"]
-        hd = attn.head_dim
         o = getattr(attn, names["o"])
+        head_params = tuple((attn, name) for name in self.facts["head_parameters"])
+        if "kv" in names:
+            return self._latent_attention(attn, names, o, head_params)
+        hd = attn.head_dim
         if "qkv" in names:
             qkv = getattr(attn, names["qkv"])
             n_q = o.in_features // hd
@@ -436,8 +466,21 @@ class ModelAdapter:
             n_q, n_kv = q.out_features // hd, k.out_features // hd
         head_norms = tuple((getattr(attn, name), which) for which, name in self.facts["head_norms"].items())
         if self.facts.get("query_gate"):  # q rows [q_h | gate_h] per head
-            return AttentionProjections(q, k, v, Proj(o), n_q // 2, n_kv, hd, head_norms=head_norms, q_rows_per_head=2)
-        return AttentionProjections(q, k, v, Proj(o), n_q, n_kv, hd, head_norms=head_norms)
+            return AttentionProjections(q, k, v, Proj(o), n_q // 2, n_kv, hd, head_norms=head_norms, head_params=head_params,
+                                        q_rows_per_head=2)
+        return AttentionProjections(q, k, v, Proj(o), n_q, n_kv, hd, head_norms=head_norms, head_params=head_params)
+
+    def _latent_attention(self, attn: nn.Module, names: dict, o: nn.Linear, head_params: tuple) -> AttentionProjections:
+        """Latent attention (DeepSeek's MLA): each query head owns its q rows, its ``[k_nope | v]`` rows of ``kv``
+        and its value's o columns; the per-head sizes are the config's (``qk_head_dim``, ``v_head_dim``), so each
+        head is a KV group of its own."""
+        c = self.config
+        q = next(getattr(attn, n) for n in names["q"] if getattr(attn, n, None) is not None)
+        kv = getattr(attn, names["kv"])
+        hd, vd = int(c.qk_nope_head_dim + c.qk_rope_head_dim), int(c.v_head_dim)
+        n = q.out_features // hd
+        return AttentionProjections(Proj(q), None, None, Proj(o), n, n, hd, head_params=head_params, kv=Proj(kv),
+                                    kv_head_dim=kv.out_features // n, o_head_dim=vd)
 
     def mlp(self, layer: int) -> MlpProjections:
         """gate, up, down of ``layer`` as :attr:`facts` names them; a fused ``gate_up`` holds ``[gate | up]``
@@ -453,6 +496,16 @@ class ModelAdapter:
     def experts(self, layer: int) -> ExpertProjections | None:
         """The routed experts of ``layer``'s MLP block when it is a sparse MoE block, else None."""
         return None
+
+    def shared_mlp(self, layer: int) -> MlpProjections | None:
+        """The shared expert of ``layer``'s sparse MoE block whose channels are pruned (``facts["shared_mlp"]``:
+        a gated MLP with the facts' MLP projections), else None."""
+        name = self.facts["shared_mlp"]
+        if name is None or self.experts(layer) is None:
+            return None
+        m = getattr(self.sublayer(Block.of(layer, MLP)), name)
+        names = self.facts["mlp_projections"]
+        return MlpProjections(Proj(getattr(m, names["gate"])), Proj(getattr(m, names["up"])), Proj(getattr(m, names["down"])))
 
     def sync_experts(self, layer: int) -> None:
         """Make ``layer``'s experts module agree with its sliced weights (MoE families override it)."""
@@ -554,9 +607,10 @@ class ModelAdapter:
     def call_sublayer(self, block: Block, sub: nn.Module, x: torch.Tensor, layer_kwargs: dict) -> torch.Tensor:
         """``block``'s sub-layer on its normed input ``x``: an attention gets the layer's keyword inputs and
         returns ``(out, weights)``; a linear mixer gets the layer's mask and returns a tensor; a feed-forward
-        block gets ``x`` alone."""
+        block gets ``x`` alone (and returns a tensor, or ``(out, router scores)`` where ``facts["mlp_returns_tuple"]``)."""
         if block.kind != ATTN:
-            return sub(x)
+            y = sub(x)
+            return y[0] if self.facts["mlp_returns_tuple"] else y
         if self.mixer_kind(block.layer) == LINEAR:
             return sub(x, attention_mask=layer_kwargs.get("attention_mask"))
         return sub(hidden_states=x, **layer_kwargs)[0]
@@ -599,7 +653,8 @@ class ModelAdapter:
         m = self._mixer_facts(block)
         stub = m.get("stub", MLP) if m else (SOFTMAX if block.kind == ATTN else MLP)
         layer = self.layers[block.layer]
-        zero = {SOFTMAX: lambda: ZeroAttention(block.layer), LINEAR: lambda: ZeroLinearMixer(block.layer)}.get(stub, ZeroMLP)()
+        zero = {SOFTMAX: lambda: ZeroAttention(block.layer), LINEAR: lambda: ZeroLinearMixer(block.layer)}.get(
+            stub, lambda: ZeroMLP(self.facts["mlp_returns_tuple"]))()
         mods = {spec.sublayer: zero}
         for name in (spec.input_norm, spec.output_norm):
             if name:  # a hybrid layer may read its norm's weight dtype (Nemotron-H): an identity that has one

@@ -113,7 +113,7 @@ def _column_owner(adapter: ModelAdapter, fam: Family) -> torch.Tensor:
     if fam.kind == ATTN:
         a = adapter.attention(fam.layer)
         n_rep = a.num_heads // a.num_kv_heads
-        return torch.arange(a.num_heads * a.head_dim) // a.head_dim // n_rep
+        return torch.arange(a.num_heads * a.o_width) // a.o_width // n_rep  # o's columns per head (a latent attention's value width)
     return torch.arange(fam.n)
 
 

@@ -56,6 +56,9 @@ class MoeAdapter(ModelAdapter):
         names = self.facts["routed_experts"]
         experts = getattr(self.sublayer(Block.of(layer, MLP)), names["module"])
         gate_up, down = getattr(experts, names["gate_up"]), getattr(experts, names["down"])
+        if names.get("interleaved"):  # down [E, I, H]
+            return ExpertProjections(experts, names["gate_up"], names["down"], gate_up.shape[0], down.shape[1],
+                                     interleaved=True, gate_up_bias=names.get("gate_up_bias"))
         return ExpertProjections(experts, names["gate_up"], names["down"], gate_up.shape[0], down.shape[2])
 
     def sync_experts(self, layer: int) -> None:
