@@ -17,7 +17,7 @@ from torch import nn
 from export_helpers import pruned_tiny
 from prunekit.export.hf import build_export_model
 from prunekit.models import modeling_pruned
-from prunekit.models.adapter import ATTN, HYBRID_FACTS, LLAMA_FACTS, MLP, SOFTMAX, Block, family_facts
+from prunekit.models.contract import ATTN, HYBRID_FACTS, LLAMA_FACTS, MLP, SOFTMAX, Block, family_facts
 from prunekit.models.modeling_pruned import FACTS_KEY
 from prunekit.models.registry import ADAPTERS, get_adapter
 from prunekit.models.tiny import FAMILY_OVERRIDES, family_model

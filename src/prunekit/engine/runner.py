@@ -24,7 +24,8 @@ from prunekit.data.windows import Windows
 from prunekit.engine.loss import DEFAULT_CHUNK_TOKENS, counted_targets, window_js, window_kl, window_nll
 from prunekit.engine.onload import Onloader
 from prunekit.engine.ranks import Ranks
-from prunekit.models.adapter import ATTN, Block, ModelAdapter
+from prunekit.models.adapter import ModelAdapter
+from prunekit.models.contract import ATTN, Block
 
 
 @dataclass

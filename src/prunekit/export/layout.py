@@ -13,7 +13,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from prunekit.models.adapter import ATTN, MLP, Block, ModelAdapter
+from prunekit.models.adapter import ModelAdapter
+from prunekit.models.contract import ATTN, MLP, Block
 from prunekit.models.modeling_pruned import PER_LAYER_KEYS, SHARED_KEY
 
 

@@ -16,7 +16,7 @@ rest of the model keeps computing the same function of the remaining structures.
   ``j``: rows ``j`` and ``I + j`` of ``gate_up[e]``, column ``j`` of ``down[e]`` (parts over the
   slab ``e`` of the 3-D Parameters); its shared expert, when the family prunes it (DeepSeek's), is one more
   family of channels like a dense MLP's (``shared``).
-- Fused projections (:class:`~prunekit.models.adapter.Proj` parts of one Linear: Phi-3's
+- Fused projections (:class:`~prunekit.models.contract.Proj` parts of one Linear: Phi-3's
   ``qkv_proj``, ``gate_up_proj``) own their rows at the part's offset; norms that span all heads
   (OLMo 2's ``q_norm``/``k_norm``) own the rows of their heads.
 - ``hidden`` (one for the model): structure ``c`` = hidden channel ``c``: column ``c`` of the
@@ -38,7 +38,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from prunekit.models.adapter import ATTN, MLP, SOFTMAX, Block, ModelAdapter, Proj
+from prunekit.models.adapter import ModelAdapter
+from prunekit.models.contract import ATTN, MLP, SOFTMAX, Block, Proj
 
 
 @dataclass

@@ -31,7 +31,8 @@ import torch
 from torch import nn
 
 from prunekit.core.errors import PrunekitError
-from prunekit.models.adapter import MLP, Block, ModelAdapter
+from prunekit.models.adapter import ModelAdapter
+from prunekit.models.contract import MLP, Block
 from prunekit.models.groups import (
     Family,
     attention_family,

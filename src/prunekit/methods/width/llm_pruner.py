@@ -39,7 +39,7 @@ from prunekit.methods.width.importance import (
 from prunekit.methods.width.journal import GradientJournal
 from prunekit.methods.width.options import WidthConfig, parse_layers
 from prunekit.methods.width.select import Choice, count_for, global_rank, uniform
-from prunekit.models.adapter import ATTN, SOFTMAX, Block
+from prunekit.models.contract import ATTN, SOFTMAX, Block
 from prunekit.models.groups import Family, block_families, hidden_family, kv_readers, trace_kv_readers
 from prunekit.models.loading import LoadedModel
 from prunekit.plan.schema import Plan, build_plan, model_record

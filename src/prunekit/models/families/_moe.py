@@ -22,7 +22,8 @@ hidden-channel strategy are refused; Qwen2-MoE's shared expert is not pruned.
 from __future__ import annotations
 
 from prunekit.core.errors import PrunekitError
-from prunekit.models.adapter import MLP, Block, ExpertProjections, MlpProjections, ModelAdapter, family_facts
+from prunekit.models.adapter import ModelAdapter
+from prunekit.models.contract import MLP, Block, ExpertProjections, MlpProjections, family_facts
 
 MOE_OPTIONS_REFUSAL = ("llm-pruner prunes a mixture-of-experts model's experts by the same fraction in every layer and "
                        "expert (the experts of a layer share one tensor): global ranking and hidden channels are refused")

@@ -27,7 +27,7 @@ written per layer in a per-layer hf export). The router and the experts' count a
 
 from __future__ import annotations
 
-from prunekit.models.adapter import ATTN, Block, family_facts
+from prunekit.models.contract import ATTN, Block, family_facts
 from prunekit.models.families._moe import MoeAdapter
 
 

@@ -24,7 +24,7 @@ Every layer is sparse, so there is no dense MLP; the stock config states one exp
 
 from __future__ import annotations
 
-from prunekit.models.adapter import MLP, Block, family_facts
+from prunekit.models.contract import MLP, Block, family_facts
 from prunekit.models.families._moe import MoeAdapter
 
 
