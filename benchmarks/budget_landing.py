@@ -33,7 +33,7 @@ from prunekit.methods.depth.planner import stop_rule
 from prunekit.methods.depth.search import GreedySearch
 from prunekit.methods.depth.units import make_units, unit_name, unit_params
 from prunekit.methods.options import DepthConfig
-from prunekit.models.adapter import Block
+from prunekit.models.contract import Block
 from prunekit.pipeline.load import load_model
 from prunekit.plan.schema import read_plan
 

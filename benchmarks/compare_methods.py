@@ -42,7 +42,7 @@ def variant_summary(rows: list[dict], sources: list[str]) -> list[str]:
 
 def recheck_variants(model: str, out: Path, rows: list[dict], sources: list[str], *, windows: int, seq_len: int) -> list[str]:
     """Re-evaluate greedy and the blockpruner search variants on ``windows`` held-out windows (their saved plans)."""
-    from prunekit.models.adapter import Block
+    from prunekit.models.contract import Block
     from prunekit.pipeline import prune as api
     from prunekit.pipeline.load import load_model
     from prunekit.plan.schema import read_plan

@@ -28,7 +28,7 @@ from prunekit.engine.runner import Engine
 from prunekit.evaluation.intervals import paired_ppl_ratio
 from prunekit.methods.depth.patch import PatchConfig, fit_linear_patch, patch_windows
 from prunekit.methods.depth.units import parse_unit
-from prunekit.models.adapter import Block
+from prunekit.models.contract import Block
 from prunekit.pipeline.load import load_model
 from prunekit.plan.patch import patched
 from prunekit.plan.schema import build_plan, model_record

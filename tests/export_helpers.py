@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from prunekit.models.adapter import ATTN, MLP, Block
+from prunekit.models.contract import ATTN, MLP, Block
 from prunekit.models.loading import LoadedModel, wrap_model
 from prunekit.models.tiny import tiny_model, tiny_tokenizer
 from prunekit.plan.slicing import apply_width

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 
 from prunekit.engine.loss import counted_targets, window_nll
 from prunekit.methods.depth.units import Unit
-from prunekit.models.adapter import Block
+from prunekit.models.contract import Block
 
 
 def naive_greedy(

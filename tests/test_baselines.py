@@ -27,7 +27,7 @@ from prunekit.methods.options import DepthConfig
 from prunekit.methods.registry import method_for
 from prunekit.methods.width.options import WidthConfig
 from prunekit.models import get_adapter
-from prunekit.models.adapter import Block
+from prunekit.models.contract import Block
 from prunekit.models.loading import wrap_model
 from prunekit.models.tiny import TINY_TEXT, tiny_model, tiny_tokenizer
 from prunekit.pipeline import prune as api

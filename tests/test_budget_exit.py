@@ -23,7 +23,7 @@ from prunekit.methods.depth.planner import stop_rule
 from prunekit.methods.depth.search import GreedySearch, Selection
 from prunekit.methods.depth.units import make_units, unit_name
 from prunekit.methods.options import DepthConfig
-from prunekit.models.adapter import Block
+from prunekit.models.contract import Block
 from prunekit.models.loading import wrap_model
 from prunekit.models.tiny import FAMILY_OVERRIDES, family_model, tiny_tokenizer
 from test_budget_greedy import naive_budget_greedy

@@ -13,7 +13,7 @@ from prunekit.methods.depth.budget import budget_greedy
 from prunekit.methods.depth.planner import Budgets, stop_rule
 from prunekit.methods.depth.units import make_units, unit_name, unit_params
 from prunekit.methods.options import DepthConfig
-from prunekit.models.adapter import Block
+from prunekit.models.contract import Block
 from prunekit.models.loading import wrap_model
 from prunekit.models.tiny import tiny_model, tiny_tokenizer
 

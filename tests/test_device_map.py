@@ -18,7 +18,7 @@ from conftest import random_windows
 from helpers import CALIB_TEXT, run_cli
 from prunekit.core.errors import PrunekitError
 from prunekit.engine.runner import Engine, block_devices, head_device
-from prunekit.models.adapter import Block
+from prunekit.models.contract import Block
 from prunekit.models.loading import read_device_map
 from prunekit.models.tiny import save_tiny_checkpoint, tiny_model
 

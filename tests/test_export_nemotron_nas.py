@@ -12,7 +12,7 @@ from export_helpers import IDS, pruned_tiny
 from prunekit.core.errors import PrunekitError
 from prunekit.export import export
 from prunekit.export.nemotron_nas import ffn_mult_to_intermediate_size, intermediate_size_to_ffn_mult
-from prunekit.models.adapter import ATTN, MLP, Block
+from prunekit.models.contract import ATTN, MLP, Block
 from prunekit.pipeline.load import load_model
 
 

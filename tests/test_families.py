@@ -33,7 +33,7 @@ from prunekit.core.errors import PrunekitError
 from prunekit.data.calibration import CalibConfig
 from prunekit.engine import Engine, reference_nll
 from prunekit.export import export
-from prunekit.export.hf import export_hf
+from prunekit.export.hf import build_export_model, export_hf
 from prunekit.export.load_export import load_export
 from prunekit.methods.depth.units import make_units, unit_name
 from prunekit.methods.options import DepthConfig
@@ -42,7 +42,7 @@ from prunekit.methods.width.llm_pruner import families_for
 from prunekit.methods.width.masks import build_units
 from prunekit.methods.width.options import WidthConfig
 from prunekit.models import ATTN, MLP, Block, Proj, get_adapter, supported_model_types
-from prunekit.models.groups import block_families, hidden_family
+from prunekit.models.groups import attention_family, block_families, hidden_family
 from prunekit.models.loading import wrap_model
 from prunekit.models.tiny import FAMILY_OVERRIDES, TINY_TEXT, family_model, tiny_tokenizer
 from prunekit.pipeline.prune import prune, prune_width
@@ -103,6 +103,9 @@ def _pruned_outputs(model_type: str, case: str, to) -> tuple:
         ex = loaded.adapter.experts(2)
         width = WIDTH if ex is None else {"strategy": "block", "hidden": None, "layers": [
             {"layer": 1, "kv_heads": [1]}, {"layer": 2, "expert_channels": [list(range(8, ex.width))] * ex.num_experts}]}
+        shared = loaded.adapter.shared_mlp(2)
+        if shared is not None:  # DeepSeek's shared expert: every other channel
+            width["layers"][1]["shared_channels"] = list(range(0, shared.gate.out_features, 2))
         apply_width(loaded.adapter, width)
     layout = export_hf(loaded, to, verify=False)["layout"]
     with torch.no_grad():
@@ -242,8 +245,13 @@ class FamilyContract:
             sparse.append(layer)
             width = getattr(c, "moe_intermediate_size", None) or c.intermediate_size
             assert (ex.num_experts, ex.width, a.mlp_width(layer)) == (c.num_experts, width, width)
-            assert getattr(ex.module, ex.gate_up).shape == (c.num_experts, 2 * width, c.hidden_size)
-            assert getattr(ex.module, ex.down).shape == (c.num_experts, c.hidden_size, width)
+            if ex.interleaved:  # gpt-oss: gate_up [E, H, 2I] (gate and up columns interleaved), its bias [E, 2I], down [E, I, H]
+                assert getattr(ex.module, ex.gate_up).shape == (c.num_experts, c.hidden_size, 2 * width)
+                assert getattr(ex.module, ex.gate_up_bias).shape == (c.num_experts, 2 * width)
+                assert getattr(ex.module, ex.down).shape == (c.num_experts, width, c.hidden_size)
+            else:
+                assert getattr(ex.module, ex.gate_up).shape == (c.num_experts, 2 * width, c.hidden_size)
+                assert getattr(ex.module, ex.down).shape == (c.num_experts, c.hidden_size, width)
             assert any(m is ex.module for m in sub.modules())
             with pytest.raises(PrunekitError, match="experts"):
                 a.mlp(layer)
@@ -386,9 +394,14 @@ class FamilyContract:
         ex = a.experts(2)
         gate_up, down = getattr(ex.module, ex.gate_up), getattr(ex.module, ex.down)
         with torch.no_grad():
-            gate_up[:, :8] = 0
-            gate_up[:, ex.width: ex.width + 8] = 0
-            down[:, :, :8] = 0
+            if ex.interleaved:  # gpt-oss: channels 0..7 are gate_up columns 0..15 (gate, up, gate, ...) and their biases
+                gate_up[:, :, :16] = 0
+                getattr(ex.module, ex.gate_up_bias)[:, :16] = 0
+                down[:, :8] = 0
+            else:
+                gate_up[:, :8] = 0
+                gate_up[:, ex.width: ex.width + 8] = 0
+                down[:, :, :8] = 0
             before = a.model(input_ids=ids).logits
         fams = [f for f in block_families(a, 2, 3) if f.expert is not None]
         expected = a.total_params() - 8 * sum(f.params_per_structure for f in fams)
@@ -848,3 +861,156 @@ def test_policy_gradient_refuses_a_hybrid_in_one_line(model_type):
     a = get_adapter(family_model(model_type))
     with pytest.raises(PrunekitError, match="llm-pruner|depth method"):
         build_units(a, 0, a.num_layers, mixed=False)
+
+
+class TestGptOss(FamilyContract):
+    """Attention sinks (one per query head) and biases on q/k/v/o, sliding and full layers alternating, a
+    sparse MoE block in every layer whose experts interleave gate and up columns (with biases)."""
+
+    model_type = "gpt_oss"
+    moe = True
+
+    def test_sinks_go_with_their_query_heads(self, model, ids):
+        """Removing KV group 0 of layer 1 removes its query heads' sinks (and q, k, v rows with their biases, o
+        columns): the kept heads keep their own sinks, and zeroed heads removed leave the logits."""
+        a = get_adapter(model)
+        att = a.attention(1)
+        attn = a.sublayer(Block.of(1, ATTN))
+        rep, hd = att.num_heads // att.num_kv_heads, att.head_dim
+        sinks = attn.sinks.detach().clone()
+        with torch.no_grad():
+            att.o.weight[:, : rep * hd] = 0  # group 0's heads write nothing, whatever their sinks and values
+            before = model(input_ids=ids).logits
+        apply_width(a, {"strategy": "block", "hidden": None, "layers": [{"layer": 1, "kv_heads": list(range(1, att.num_kv_heads))}]})
+        assert torch.equal(attn.sinks.detach(), sinks[rep:]) and attn.q_proj.bias.shape == (att.num_heads * hd - rep * hd,)
+        with torch.no_grad():
+            torch.testing.assert_close(model(input_ids=ids).logits, before, rtol=1e-5, atol=1e-5)
+
+    def test_removed_mlp_returns_a_pair(self, model, ids):
+        """gpt-oss's decoder layer unpacks ``hidden, _ = self.mlp(...)``: the removed MLP's stand-in returns a pair
+        (a bare tensor would be unpacked along the batch)."""
+        a = get_adapter(model)
+        a.remove_block(Block.of(1, MLP))
+        with torch.no_grad():
+            out = model(input_ids=ids).logits
+            h, kwargs = a.capture_inputs(ids)
+            for b in a.blocks():
+                if not a.is_removed(b):
+                    h = a.run_block(b, h, kwargs[b.layer])
+        assert out.shape == (*ids.shape, model.config.vocab_size)
+        torch.testing.assert_close(a.logits(h), out, rtol=1e-5, atol=1e-5)
+
+
+
+class TestDeepseekV3(FamilyContract):
+    """Multi-head latent attention (per-head rows in q_b_proj and kv_b_proj, o columns of the value width), two
+    dense layers then sparse MoE blocks with group-limited routing and a shared expert."""
+
+    model_type = "deepseek_v3"
+    moe = True
+
+    def test_projections_follow_the_config(self, model):
+        """Each head owns ``qk_nope + qk_rope`` rows of q_b_proj, ``qk_nope + v`` rows of kv_b_proj and ``v`` columns
+        of o_proj; layers below ``first_k_dense_replace`` are dense, the others sparse with the config's experts."""
+        a, c = get_adapter(model), model.config
+        for layer in range(a.num_layers):
+            att, attn = a.attention(layer), a.sublayer(Block.of(layer, ATTN))
+            assert (att.k, att.v) == (None, None) and att.q.module is attn.q_b_proj and att.kv.module is attn.kv_b_proj
+            assert (att.num_heads, att.num_kv_heads) == (c.num_attention_heads, c.num_attention_heads)
+            assert (att.head_dim, att.kv_head_dim, att.o_width) == (c.qk_nope_head_dim + c.qk_rope_head_dim,
+                                                                   c.qk_nope_head_dim + c.v_head_dim, c.v_head_dim)
+            assert (att.q.out_features, att.kv.out_features, att.o.in_features) == (
+                c.num_attention_heads * att.head_dim, c.num_attention_heads * att.kv_head_dim, c.num_attention_heads * c.v_head_dim)
+            assert att.value_rows(1)[1] == slice(att.kv_head_dim + c.qk_nope_head_dim, 2 * att.kv_head_dim)
+            ex = a.experts(layer)
+            assert (ex is None) == (layer < c.first_k_dense_replace)
+            if ex is None:
+                assert a.mlp_width(layer) == c.intermediate_size
+            else:
+                assert (ex.num_experts, ex.width) == (c.n_routed_experts, c.moe_intermediate_size)
+                assert getattr(ex.module, ex.gate_up).shape == (c.n_routed_experts, 2 * ex.width, c.hidden_size)
+
+    def test_zeroed_latent_heads_removed_leave_logits_unchanged(self, model, ids):
+        """Head 1 of layer 2 writes nothing (its o columns zeroed): removing it (its q_b_proj rows, kv_b_proj rows
+        and o columns) leaves the logits, and the shared latent projections stay whole."""
+        a = get_adapter(model)
+        att, c = a.attention(2), model.config
+        with torch.no_grad():
+            att.o.weight[:, c.v_head_dim: 2 * c.v_head_dim] = 0
+            before = model(input_ids=ids).logits
+        fam = attention_family(a, 2)
+        expected = a.total_params() - fam.params_per_structure
+        assert fam.params_per_structure == (att.head_dim * c.q_lora_rank + att.kv_head_dim * c.kv_lora_rank
+                                            + c.v_head_dim * c.hidden_size)
+        apply_width(a, {"strategy": "block", "hidden": None, "layers": [{"layer": 2, "kv_heads": [0, 2, 3]}]})
+        with torch.no_grad():
+            after = model(input_ids=ids).logits
+        assert a.attention(2).num_heads == 3 and a.total_params() == expected
+        torch.testing.assert_close(after, before, rtol=1e-5, atol=1e-5)
+
+    def test_kept_dense_layers_stay_dense(self, model):
+        """An export keeping layers 1..3 (layer 1 dense, 2 and 3 sparse) writes first_k_dense_replace 1."""
+        a = get_adapter(model)
+        assert a.kept_layers_config([1, 2, 3])["first_k_dense_replace"] == 1
+        assert a.kept_layers_config([2, 3])["first_k_dense_replace"] == 0
+        assert a.kept_layers_config([0, 1, 3])["first_k_dense_replace"] == 2
+
+    def test_query_without_a_latent_prunes_and_exports(self):
+        """``q_lora_rank`` None: one q_proj instead of q_a_proj / q_b_proj; its per-head rows are sliced with the head,
+        and the per-layer export (built in memory from the facts) computes the pruned model's logits."""
+        loaded = wrap_model(family_model(self.model_type, q_lora_rank=None), tiny_tokenizer())
+        a = loaded.adapter
+        attn = a.sublayer(Block.of(1, ATTN))
+        assert attn.q_b_proj is None and a.attention(1).q.module is attn.q_proj
+        apply_width(a, {"strategy": "block", "hidden": None, "layers": [{"layer": 1, "kv_heads": [1, 3]}]})
+        a.remove_block(Block.of(2, ATTN))
+        assert attn.q_proj.out_features == 2 * a.attention(1).head_dim
+        model, kind = build_export_model(loaded)
+        assert kind == "per-layer"
+        with torch.no_grad():
+            torch.testing.assert_close(model(input_ids=IDS).logits, loaded.model(input_ids=IDS).logits, rtol=1e-5, atol=1e-5)
+
+    def test_llm_pruner_prunes_heads_experts_and_shared_experts(self, calib_file):
+        """A block-strategy plan removes latent heads, routed experts' channels and shared experts' channels, and the
+        per-layer sizes say so; the sliced modules agree with their weights."""
+        base = family_model(self.model_type, vocab_size=300)
+        loaded = wrap_model(copy.deepcopy(base), tiny_tokenizer(300))
+        res = prune_width(loaded, WidthConfig(ratio=0.3, samples=2, layers="0:4"), CalibConfig(source=calib_file, seq_len=16))
+        layers = {e["layer"]: e for e in res.plan["width"]["layers"]}
+        c = base.config
+        assert all(len(layers[i]["kv_heads"]) < c.num_attention_heads for i in range(4))
+        for i in (2, 3):
+            assert 0 < layers[i]["shared_intermediate_size"] < c.moe_intermediate_size * c.n_shared_experts
+            assert len(layers[i]["shared_channels"]) == layers[i]["shared_intermediate_size"]
+        shared = res.loaded.model.config.prunekit_width["shared_intermediate_size"]
+        assert shared[:2] == [None, None] and shared[2:] == [layers[2]["shared_intermediate_size"], layers[3]["shared_intermediate_size"]]
+        a = res.loaded.adapter
+        assert a.sublayer(Block.of(2, ATTN)).num_heads == len(layers[2]["kv_heads"]) == a.attention(2).num_heads
+        assert res.loaded.adapter.total_params() == res.plan["params_after"] == apply_plan(base, res.plan).total_params()
+
+
+
+@pytest.mark.parametrize("model_type", ["gpt_oss", "deepseek_v3"])
+def test_prunekit_reads_a_per_layer_export_back(model_type, tmp_path, one_thread):
+    """The per-layer export of heads, experts' channels (and DeepSeek's shared expert's) sliced is rebuilt by
+    ``load_export`` (the family's stock model, resized by the facts) with the pruned model's logits."""
+    layout, logits, *_ = _pruned_outputs(model_type, "width", tmp_path / "hf")
+    assert layout == "per-layer"
+    back = load_export(tmp_path / "hf")
+    with torch.no_grad():
+        torch.testing.assert_close(back.model(input_ids=IDS).logits, logits, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("model_type", ["gpt_oss", "deepseek_v3"])
+def test_every_depth_method_runs_and_its_plan_applies(model_type, calib_file, one_thread):
+    """Each depth method of the registry plans on the family (greedy, one-shot, Taylor's backward, budget-greedy),
+    and its plan re-applied to the base model gives the pruned model's logits."""
+    base = family_model(model_type, vocab_size=300)
+    for method in depth_methods():
+        loaded = wrap_model(copy.deepcopy(base), tiny_tokenizer(300))
+        res = prune(loaded, DepthConfig(method=method, ratio=0.15), CalibConfig(source=calib_file, seq_len=16, windows=4))
+        assert res.plan["removed"] and res.plan["params_after"] < res.plan["params_before"], method
+        again = copy.deepcopy(base)
+        apply_plan(again, res.plan)
+        with torch.no_grad():
+            torch.testing.assert_close(again(input_ids=IDS).logits, res.loaded.model(input_ids=IDS).logits, rtol=0, atol=0)

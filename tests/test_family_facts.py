@@ -17,7 +17,7 @@ from torch import nn
 from export_helpers import pruned_tiny
 from prunekit.export.hf import build_export_model
 from prunekit.models import modeling_pruned
-from prunekit.models.adapter import ATTN, HYBRID_FACTS, LLAMA_FACTS, MLP, SOFTMAX, Block, family_facts
+from prunekit.models.contract import ATTN, HYBRID_FACTS, LLAMA_FACTS, MLP, SOFTMAX, Block, family_facts
 from prunekit.models.modeling_pruned import FACTS_KEY
 from prunekit.models.registry import ADAPTERS, get_adapter
 from prunekit.models.tiny import FAMILY_OVERRIDES, family_model
@@ -97,11 +97,16 @@ def test_projections_are_every_linear_of_a_dense_block(models, family):
             attn = adapter.sublayer(Block.of(i, ATTN))
             a = adapter.attention(i)
             names = facts["attention_projections"]
-            assert {id(p.module) for p in (a.q, a.k, a.v, a.o)} == {id(getattr(attn, n)) for n in names.values()}
-            assert {id(m) for m in attn.modules() if isinstance(m, nn.Linear)} == {id(getattr(attn, n)) for n in names.values()}
-            assert (a.num_heads, a.num_kv_heads) == (cfg.num_attention_heads, cfg.num_key_value_heads)
-            q_rows = a.num_heads * a.head_dim * (2 if facts.get("query_gate") else 1)  # [q_h | gate_h] per head
-            assert (a.q.out_features, a.k.out_features, a.v.out_features) == (q_rows, *(2 * [a.num_kv_heads * a.head_dim]))
+            if "kv" in names:
+                _check_latent_attention(attn, a, names, cfg)
+            else:
+                assert {id(p.module) for p in (a.q, a.k, a.v, a.o)} == {id(getattr(attn, n)) for n in names.values()}
+                assert {id(m) for m in attn.modules() if isinstance(m, nn.Linear)} == {id(getattr(attn, n)) for n in names.values()}
+                assert (a.num_heads, a.num_kv_heads) == (cfg.num_attention_heads, cfg.num_key_value_heads)
+                q_rows = a.num_heads * a.head_dim * (2 if facts.get("query_gate") else 1)  # [q_h | gate_h] per head
+                assert (a.q.out_features, a.k.out_features, a.v.out_features) == (q_rows, *(2 * [a.num_kv_heads * a.head_dim]))
+            for module, attr in a.head_params:  # one entry per query head (gpt-oss's sinks)
+                assert module is attn and getattr(attn, attr).shape == (a.num_heads,)
             assert {which: id(norm) for norm, which in a.head_norms} == {w: id(getattr(attn, n)) for w, n in facts["head_norms"].items()}
             for norm, which in a.head_norms:  # norms over all heads' rows
                 assert norm.weight.shape[0] == (a.num_heads if which == "q" else a.num_kv_heads) * a.head_dim
@@ -120,6 +125,21 @@ def test_projections_are_every_linear_of_a_dense_block(models, family):
         assert {id(x) for x in mlp.modules() if isinstance(x, nn.Linear)} == {id(getattr(mlp, n)) for n in names.values()}
         width = m.down.in_features
         assert (m.gate.out_features, m.up.out_features, m.down.out_features) == (width, width, cfg.hidden_size)
+
+
+def _check_latent_attention(attn, a, names, cfg) -> None:
+    """Latent attention (DeepSeek's MLA): q is the first present of its names, kv and o as named; the Linears the
+    facts leave out are the shared latent projections, reading the residual stream into a latent of no head."""
+    q = next(getattr(attn, n) for n in names["q"] if getattr(attn, n, None) is not None)
+    assert (a.q.module, a.kv.module, a.o.module) == (q, getattr(attn, names["kv"]), getattr(attn, names["o"]))
+    named = {id(q), id(a.kv.module), id(a.o.module)}
+    latent = [m for m in attn.modules() if isinstance(m, nn.Linear) and id(m) not in named]
+    assert {(m.in_features, m.out_features) for m in latent} <= {(cfg.hidden_size, cfg.q_lora_rank),
+                                                                 (cfg.hidden_size, cfg.kv_lora_rank + cfg.qk_rope_head_dim)}
+    assert a.num_heads == a.num_kv_heads == cfg.num_attention_heads
+    assert (a.q.out_features, a.kv.out_features, a.o.in_features) == (
+        a.num_heads * (cfg.qk_nope_head_dim + cfg.qk_rope_head_dim), a.num_heads * (cfg.qk_nope_head_dim + cfg.v_head_dim),
+        a.num_heads * cfg.v_head_dim)
 
 
 def test_family_facts_refuses_an_unknown_key():
@@ -150,7 +170,7 @@ def test_linear_mixer_groups_own_every_parameter_but_the_shared_norm(models, fam
         assert fam.n == adapter.head_counts(i)[1]
 
 
-@pytest.mark.parametrize("family", ["phi3", "olmo2", "gemma2", "qwen3_moe", "qwen3_5_text"])
+@pytest.mark.parametrize("family", ["phi3", "olmo2", "gemma2", "qwen3_moe", "qwen3_5_text", "gpt_oss", "deepseek_v3"])
 def test_a_per_layer_export_carries_the_adapters_facts(family):
     loaded = pruned_tiny(family, "blocks", **FAMILY_OVERRIDES[family])
     model, kind = build_export_model(loaded)

@@ -14,7 +14,7 @@ from helpers import CALIB_TEXT, run_cli
 from prunekit.engine.onload import Onloader
 from prunekit.methods.depth.workcount import count_onload
 from prunekit.methods.width.importance import collect_gradients, collect_gradients_layerwise, needed_parameters, part_scores
-from prunekit.models.adapter import Block
+from prunekit.models.contract import Block
 from prunekit.models.groups import block_families, hidden_family
 from prunekit.models.tiny import family_model, tiny_model, tiny_tokenizer
 

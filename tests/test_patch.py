@@ -18,7 +18,7 @@ from helpers import make_tiny_workspace, run_cli
 from prunekit.core.errors import PrunekitError
 from prunekit.export import export
 from prunekit.methods.depth.patch import PatchConfig, fit_linear_patch, patch_refusal, solve_patch
-from prunekit.models.adapter import Block
+from prunekit.models.contract import Block
 from prunekit.models.loading import wrap_model
 from prunekit.models.tiny import family_model, tiny_model, tiny_tokenizer
 from prunekit.pipeline.compare import compare

@@ -10,7 +10,7 @@ import torch
 
 from prunekit.core.errors import PrunekitError
 from prunekit.evaluation.speed import BenchConfig, bench, macs_per_token
-from prunekit.models.adapter import ATTN, MLP, Block
+from prunekit.models.contract import ATTN, MLP, Block
 from prunekit.models.loading import wrap_model
 from prunekit.models.tiny import save_tiny_checkpoint, tiny_model, tiny_tokenizer
 from prunekit.pipeline.memory_probe import peak_memory

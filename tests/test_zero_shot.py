@@ -13,7 +13,7 @@ import torch
 
 from prunekit.core.errors import PrunekitError
 from prunekit.core.hub import OFFLINE_SWITCHES, hub_offline
-from prunekit.models.adapter import ATTN, Block
+from prunekit.models.contract import ATTN, Block
 from prunekit.models.loading import wrap_model
 from prunekit.models.tiny import tiny_model, tiny_tokenizer
 

@@ -20,7 +20,7 @@ from prunekit.methods.options import DepthConfig
 from prunekit.methods.registry import METHODS, get_method
 from prunekit.methods.width.options import WidthConfig
 from prunekit.methods.width.pg_options import PolicyConfig
-from prunekit.models.adapter import Block
+from prunekit.models.contract import Block
 from prunekit.pipeline import prune as pipeline
 from prunekit.pipeline.load import load_model
 from prunekit.plan.patch import read_patch

@@ -33,7 +33,8 @@ import psutil
 import torch
 
 from prunekit.engine.onload import Onloader
-from prunekit.models.adapter import Block, ModelAdapter
+from prunekit.models.adapter import ModelAdapter
+from prunekit.models.contract import Block
 
 LossFn = Callable[[Callable[[torch.Tensor], torch.Tensor], torch.Tensor, torch.Tensor], torch.Tensor]
 AccumulateFn = Callable[[int, str, torch.Tensor], None]

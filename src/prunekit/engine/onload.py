@@ -23,7 +23,8 @@ from accelerate.utils import set_module_tensor_to_device
 from torch import nn
 
 from prunekit.core.errors import PrunekitError
-from prunekit.models.adapter import Block, ModelAdapter
+from prunekit.models.adapter import ModelAdapter
+from prunekit.models.contract import Block
 
 GIB = 2**30
 

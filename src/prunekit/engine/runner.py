@@ -25,7 +25,8 @@ from prunekit.engine.loss import DEFAULT_CHUNK_TOKENS, counted_targets, window_j
 from prunekit.engine.memo import ScoreMemo
 from prunekit.engine.onload import Onloader
 from prunekit.engine.ranks import Ranks
-from prunekit.models.adapter import ATTN, Block, ModelAdapter
+from prunekit.models.adapter import ModelAdapter
+from prunekit.models.contract import ATTN, Block
 
 
 @dataclass
@@ -49,9 +50,10 @@ def block_macs_per_token(adapter: ModelAdapter, block: Block, seq_len: int) -> f
     """MACs per token of one block on ``seq_len``-token windows.
 
     Weights: one MAC per weight (``adapter.weight_macs``: a sparse MoE block counts its active experts).
-    A mixer adds ``adapter.mixing_macs``: for attention ``Q K^T`` and ``A V``, ``2 * n_heads * head_dim``
-    MACs per attended key, ``(seq_len + 1) / 2`` keys on average under the causal mask; for a linear
-    mixer its state update and read-out per token.
+    A mixer adds ``adapter.mixing_macs``: for attention ``Q K^T`` and ``A V``, ``n_heads * (head_dim + value
+    width)`` MACs per attended key (the value width is ``head_dim`` but in DeepSeek's latent attention),
+    ``(seq_len + 1) / 2`` keys on average under the causal mask; for a linear mixer its state update and
+    read-out per token.
     """
     if adapter.is_removed(block):
         return 0.0

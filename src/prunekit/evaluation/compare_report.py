@@ -33,7 +33,7 @@ import tempfile
 from pathlib import Path
 
 from prunekit.evaluation.intervals import versus_best
-from prunekit.models.adapter import ATTN, Block
+from prunekit.models.contract import ATTN, Block
 
 
 def _atomic_text(path: Path, text: str) -> None:

@@ -32,10 +32,10 @@ from prunekit.export.layout import ModelLayout, model_layout, renumbered_state_d
 from prunekit.export.model_card import CARD, model_card
 from prunekit.models.adapter import embedding_keys
 from prunekit.models.loading import LoadedModel
-from prunekit.models.modeling_pruned import FACTS_KEY, FAMILIES, PER_LAYER_KEYS
+from prunekit.models.modeling_pruned import FACTS_KEY, FAMILIES, PER_LAYER_KEYS, SHARED_KEY
 
 CONFIG_DROP = ("architectures", "auto_map", "model_type", "transformers_version", "_name_or_path", "dtype",
-               "torch_dtype", FACTS_KEY, *PER_LAYER_KEYS)
+               "torch_dtype", FACTS_KEY, SHARED_KEY, *PER_LAYER_KEYS)
 VERIFY_TOL = 1e-4
 
 try:  # transformers 5 validates configs through huggingface_hub's strict dataclasses

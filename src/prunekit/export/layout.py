@@ -13,8 +13,9 @@ from dataclasses import dataclass, field
 
 import torch
 
-from prunekit.models.adapter import ATTN, MLP, Block, ModelAdapter
-from prunekit.models.modeling_pruned import PER_LAYER_KEYS
+from prunekit.models.adapter import ModelAdapter
+from prunekit.models.contract import ATTN, MLP, Block
+from prunekit.models.modeling_pruned import PER_LAYER_KEYS, SHARED_KEY
 
 
 @dataclass(frozen=True)
@@ -27,6 +28,7 @@ class LayerGeometry:
     intermediate_size: int
     mixer: str = "attention"  # what the mixer slot holds (adapter.mixer_kind): attention, linear, or mlp (none)
     whole: bool = True  # every block the layer had is present
+    shared_size: int = 0  # the width of its sparse MoE block's pruned shared expert (DeepSeek), else 0
 
     @property
     def has_attention(self) -> bool:
@@ -54,17 +56,21 @@ class ModelLayout:
         the stock config can say it."""
         if not all(g.whole for g in self.layers):
             return False
-        shapes = {(g.mixer, g.num_heads, g.num_kv_heads, g.intermediate_size) for g in self.layers}
+        shapes = {(g.mixer, g.num_heads, g.num_kv_heads, g.intermediate_size, g.shared_size) for g in self.layers}
         return len(shapes) == len({g.mixer for g in self.layers}) or not self.width_pruned
 
     def lists(self) -> dict[str, list[int]]:
-        """The per-layer lists of a per-layer hf config (``modeling_pruned.PER_LAYER_KEYS``)."""
+        """The per-layer lists of a per-layer hf config (``modeling_pruned.PER_LAYER_KEYS``, and ``SHARED_KEY``
+        where a layer has a pruned shared expert)."""
         heads, kv, inter = PER_LAYER_KEYS
-        return {
+        out = {
             heads: [g.num_heads for g in self.layers],
             kv: [g.num_kv_heads for g in self.layers],
             inter: [g.intermediate_size for g in self.layers],
         }
+        if any(g.shared_size for g in self.layers):
+            out[SHARED_KEY] = [g.shared_size for g in self.layers]
+        return out
 
 
 def model_layout(adapter: ModelAdapter) -> ModelLayout:
@@ -73,21 +79,24 @@ def model_layout(adapter: ModelAdapter) -> ModelLayout:
     head_dims = set()
     layers = []
     for i in range(adapter.num_layers):
-        heads = kv = inter = 0
+        heads = kv = inter = shared = 0
         mixer = adapter.mixer_kind(i)
         if adapter.has_attention(i):
             a = adapter.attention(i)
             heads, kv = a.num_heads, a.num_kv_heads
-            head_dims.add(a.head_dim)
+            if a.kv is None:  # latent attention's per-head sizes are the config's own fields, and its head_dim the rope size
+                head_dims.add(a.head_dim)
         elif not adapter.is_removed(Block.of(i, ATTN)):  # a linear mixer
             heads, kv = adapter.head_counts(i)
         if not adapter.is_removed(Block.of(i, MLP)):
             inter = adapter.mlp_width(i)
+            m = adapter.shared_mlp(i)
+            shared = m.gate.out_features if m is not None else 0
         whole = not any(adapter.is_removed(b) and not adapter.is_absent(b) for b in (Block.of(i, ATTN), Block.of(i, MLP)))
         if heads or inter:
-            layers.append(LayerGeometry(i, heads, kv, inter, mixer, whole))
+            layers.append(LayerGeometry(i, heads, kv, inter, mixer=mixer, whole=whole, shared_size=shared))
     for i in adapter.cache_layers([g.source for g in layers]):  # removed layers kept as zero mixers for the cache
-        layers.append(LayerGeometry(i, 0, 0, 0, adapter.mixer_kind(i), whole=False))
+        layers.append(LayerGeometry(i, 0, 0, 0, mixer=adapter.mixer_kind(i), whole=False))
     layers.sort(key=lambda g: g.source)
     if len(head_dims) > 1:  # pragma: no cover - no pruning changes head_dim
         raise ValueError(f"layers disagree on head_dim: {sorted(head_dims)}")

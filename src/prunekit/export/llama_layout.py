@@ -20,7 +20,7 @@ import torch
 from prunekit.core.errors import PrunekitError
 from prunekit.export.layout import ModelLayout
 from prunekit.export.rebuild import Geometry, build_pruned_model
-from prunekit.models.adapter import ATTN, MLP, Block, Proj
+from prunekit.models.contract import ATTN, MLP, Block, Proj
 from prunekit.models.families.llama import LLAMA_GGUF_KEYS
 from prunekit.models.loading import LoadedModel
 

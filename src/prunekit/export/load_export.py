@@ -21,7 +21,7 @@ from prunekit.export.gguf_read import is_prunekit_gguf, read_gguf
 from prunekit.export.nemotron_nas import nas_geometry
 from prunekit.export.rebuild import Geometry, build_pruned_model, read_safetensors
 from prunekit.models.loading import LoadedModel, check_device, resolve_dtype
-from prunekit.models.modeling_pruned import PER_LAYER_KEYS
+from prunekit.models.modeling_pruned import PER_LAYER_KEYS, SHARED_KEY
 from prunekit.models.registry import get_adapter
 
 
@@ -60,7 +60,7 @@ def load_export(path: str | Path, dtype: str | torch.dtype = "float32", device: 
             geometry = nas_geometry(config)
         else:
             family = config["model_type"].removeprefix("prunekit_")
-            geometry = Geometry(*(config[k] for k in PER_LAYER_KEYS), config["head_dim"])
+            geometry = Geometry(*(config[k] for k in PER_LAYER_KEYS), config["head_dim"], config.get(SHARED_KEY))
         state = read_safetensors(path)
         if (path / "tokenizer_config.json").exists() or (path / "tokenizer.json").exists():
             level = hf_logging.get_verbosity()

@@ -116,6 +116,8 @@ def _removed_lines(loaded: LoadedModel, layout: ModelLayout) -> list[str]:
         base_width = (getattr(cfg, "moe_intermediate_size", None) if sparse else None) or cfg.intermediate_size
         if g.has_mlp and g.intermediate_size != base_width:
             parts.append(f"{'each expert ' if sparse else ''}MLP {g.intermediate_size} of {base_width} channels")
+        if g.shared_size and layout.width_pruned:  # a pruned shared expert (DeepSeek)
+            parts.append(f"shared expert {g.shared_size} channels")
         if parts:
             lines.append(f"- layer {g.source}: {'; '.join(parts)}")
     if layout.config["hidden_size"] != cfg.hidden_size:

@@ -23,11 +23,11 @@ from transformers import AutoConfig, AutoModelForCausalLM
 
 from prunekit.core.errors import PrunekitError
 from prunekit.models.adapter import embedding_keys
-from prunekit.models.modeling_pruned import FACTS_KEY, PER_LAYER_KEYS, apply_per_layer_geometry
+from prunekit.models.modeling_pruned import FACTS_KEY, PER_LAYER_KEYS, SHARED_KEY, apply_per_layer_geometry
 from prunekit.models.registry import ADAPTERS
 
 CONFIG_DROP = ("architectures", "auto_map", "model_type", "transformers_version", "_name_or_path", "dtype",
-               "torch_dtype", "block_configs", "prunekit_width", FACTS_KEY, *PER_LAYER_KEYS)
+               "torch_dtype", "block_configs", "prunekit_width", FACTS_KEY, SHARED_KEY, *PER_LAYER_KEYS)
 
 
 class Geometry(NamedTuple):
@@ -38,6 +38,7 @@ class Geometry(NamedTuple):
     kv_heads: list[int]
     inter: list[int]
     head_dim: int
+    shared: list[int] | None = None  # the shared experts' widths (``modeling_pruned.SHARED_KEY``), where pruned
 
 
 def build_pruned_model(family: str, base_config: dict, geometry: Geometry, state: dict[str, torch.Tensor]) -> torch.nn.Module:
@@ -45,7 +46,7 @@ def build_pruned_model(family: str, base_config: dict, geometry: Geometry, state
     if family not in ADAPTERS:
         raise PrunekitError(f"the export's model_type '{family}' is not supported.",
                             f"Supported model types: {', '.join(sorted(ADAPTERS))}.")
-    heads, kv_heads, inter, head_dim = geometry
+    heads, kv_heads, inter, head_dim = geometry.heads, geometry.kv_heads, geometry.inter, geometry.head_dim
     cfg = {k: v for k, v in base_config.items() if k not in CONFIG_DROP}
     cfg |= {"num_hidden_layers": len(heads), "head_dim": head_dim}
     # Layouts without these global fields (nemotron-nas): take them from the first layer that has the block.
@@ -54,7 +55,7 @@ def build_pruned_model(family: str, base_config: dict, geometry: Geometry, state
     config = AutoConfig.for_model(family, **cfg)
     with init_empty_weights(include_buffers=False):
         model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-    apply_per_layer_geometry(model, heads, kv_heads, inter, head_dim, facts=ADAPTERS[family].facts)
+    apply_per_layer_geometry(model, heads, kv_heads, inter, head_dim, facts=ADAPTERS[family].facts, shared=geometry.shared)
     tied = getattr(config, "tie_word_embeddings", False)
     head_key, _ = embedding_keys(model)
     if tied:

@@ -14,216 +14,37 @@ output norm, residual scale), so running block ``b`` on the residual stream ``h`
 ``[batch, seq, hidden]``) computes ``h + s_b * out_b(f_b(in_b(h)))``; removing it removes its
 norms and sub-layer and leaves ``h`` unchanged. Projections are :class:`Proj` row ranges of a
 Linear (fused ``qkv_proj`` / ``gate_up_proj`` included); the head is a :class:`Head`.
+
+The contract's plain data (block ids, family facts, the projection views) is :mod:`prunekit.models.contract`;
+what the mixer slot holds, by the layer's type, is :mod:`prunekit.models.mixers` (a base of
+:class:`ModelAdapter`).
 """
 
 from __future__ import annotations
 
 import contextlib
 import copy
-from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import torch
 from torch import nn
 
-from prunekit.models.zero_blocks import IdentityNorm, ZeroAttention, ZeroLinearMixer, ZeroMLP
-
-ATTN, MLP = "attn", "mlp"
-
-#: What a family's decoder layer is made of, as plain data (attribute names on the layer and its
-#: sub-layers): Llama's here, the contract's default; a family file declares its own with
-#: :func:`family_facts`. The adapter reads its block specs and projections from them, and a per-layer hf
-#: export writes them into its config (``prunekit_family_facts``) for ``modeling_pruned.py``, which sizes
-#: and removes blocks by them without importing prunekit.
-LLAMA_FACTS: dict = {
-    "attention_sublayer": "self_attn",  # the attention sub-layer
-    "attention_norms": ["input_layernorm", None],  # its (input norm, output norm); None: the family has none
-    "attention_projections": {"q": "q_proj", "k": "k_proj", "v": "v_proj", "o": "o_proj"},  # or {"qkv": fused [Q|K|V], "o"}
-    "head_norms": {},  # norms whose weight spans all heads' rows, {"q": name, "k": name} (OLMo 2)
-    "heads_from_config": False,  # the attention slices its fused rows by its config's head counts (Phi-3)
-    "mlp_sublayer": "mlp",  # the MLP (or sparse MoE) sub-layer
-    "mlp_norms": ["post_attention_layernorm", None],
-    "mlp_projections": {"gate": "gate_proj", "up": "up_proj", "down": "down_proj"},  # or {"gate_up": fused [gate|up], "down"}
-    "routed_experts": None,  # sparse MoE: {"module": ..., "gate_up": 3-D [E, 2I, H], "down": 3-D [E, H, I]}
-}
-
-
-#: Facts only a hybrid family declares (the others' facts, and so their exports' configs, stay without them):
-#: ``layer_types_key``: the config list naming each layer's type (``layer_types``, ``layers_block_type``);
-#: ``mixers``: per layer type, the block it fills (``slot``: ``attn`` = the mixer slot, ``mlp`` = the
-#: feed-forward slot), its ``sublayer`` and ``norms``, the ``stub`` that stands in for it once removed
-#: (``attention``: keeps a KV cache layer's length; ``linear``: keeps a linear-attention cache layer's
-#: token count; ``mlp``: nothing to keep) and, for a linear mixer, ``heads_config``: the config fields of its
-#: head counts ``[heads, kv_heads]`` (Gated DeltaNet: value and key heads; Mamba2: heads and groups);
-#: ``one_block_per_layer``: each layer holds only the block its type names (Nemotron-H);
-#: ``query_gate``: the attention's q projection holds ``[q_h | gate_h]`` rows per head (Qwen3.5, Qwen3-Next).
-HYBRID_FACTS: dict = {"layer_types_key": None, "mixers": None, "one_block_per_layer": False, "query_gate": False}
-
-#: Mixer kinds (:meth:`ModelAdapter.mixer_kind`): softmax attention, or a linear (recurrent) mixer.
-SOFTMAX, LINEAR = "attention", "linear"
-
-
-def family_facts(**changes: Any) -> dict:
-    """Llama's facts (:data:`LLAMA_FACTS`) with ``changes`` (which may add :data:`HYBRID_FACTS` keys): a new dict, JSON-able."""
-    unknown = set(changes) - set(LLAMA_FACTS) - set(HYBRID_FACTS)
-    if unknown:
-        raise KeyError(f"unknown family facts: {sorted(unknown)}")
-    return copy.deepcopy(LLAMA_FACTS) | copy.deepcopy(changes)
-
-
-@dataclass(frozen=True, order=True)
-class Block:
-    """One prunable block: ``index = 2 * layer + (0 for attn, 1 for mlp)``."""
-
-    index: int
-
-    @property
-    def layer(self) -> int:
-        return self.index // 2
-
-    @property
-    def kind(self) -> str:
-        return ATTN if self.index % 2 == 0 else MLP
-
-    @classmethod
-    def of(cls, layer: int, kind: str) -> "Block":
-        return cls(2 * layer + (0 if kind == ATTN else 1))
-
-    def __str__(self) -> str:
-        return f"{self.kind} {self.layer}"
-
-
-@dataclass(frozen=True)
-class BlockSpec:
-    """How one block of a decoder layer is built, as attribute names on the layer.
-
-    Running the block on the residual stream ``h``: ``y = input_norm(h)`` (or ``h`` when there is
-    none), ``y = sublayer(y)``, ``y = output_norm(y)`` (when there is one), ``h + y * residual_scale``.
-    Removing the block removes its norms and its sub-layer: the residual passes unchanged.
-    """
-
-    input_norm: str | None
-    sublayer: str
-    output_norm: str | None = None
-    residual_scale: float = 1.0
-
-
-@dataclass(frozen=True)
-class Head:
-    """The head: ``lm_head(final_norm(h)) / logit_divisor``, then ``cap * tanh(logits / cap)`` when ``softcap``."""
-
-    final_norm: nn.Module
-    lm_head: nn.Linear
-    logit_divisor: float = 1.0
-    softcap: float | None = None
-
-
-@dataclass(frozen=True)
-class LlamaFolds:
-    """Factors that write a model in Llama's layout (gguf ``deci``, nemotron-nas): multiplying the
-    token embedding, the q rows, the o / down rows (what each block writes to the residual) and the
-    LM head by them gives Llama's semantics (embedding unscaled, attention scale ``head_dim ** -0.5``,
-    residual scale 1, logits unscaled) the same function."""
-
-    embed: float = 1.0
-    query: float = 1.0
-    residual: float = 1.0
-    logits: float = 1.0
-
-    @property
-    def identity(self) -> bool:
-        return self == LlamaFolds()
-
-
-class Proj:
-    """Output rows ``[start, stop)`` of a Linear: a whole projection, or one part of a fused one
-    (Phi-3's ``qkv_proj`` = ``[Q | K | V]`` rows, ``gate_up_proj`` = ``[gate | up]`` rows).
-
-    ``weight``/``bias`` are the module's own Parameters for a whole projection and views of them
-    (writes go through) for a part; ``module`` is the Linear that holds them.
-    """
-
-    __slots__ = ("module", "start", "stop")
-
-    def __init__(self, module: nn.Linear, start: int = 0, stop: int | None = None) -> None:
-        self.module, self.start = module, start
-        self.stop = module.out_features if stop is None else stop
-
-    @property
-    def whole(self) -> bool:
-        return self.start == 0 and self.stop == self.module.weight.shape[0]
-
-    @property
-    def weight(self) -> torch.Tensor:
-        w = self.module.weight
-        return w if self.whole else w[self.start:self.stop]
-
-    @property
-    def bias(self) -> torch.Tensor | None:
-        b = self.module.bias
-        return b if b is None or self.whole else b[self.start:self.stop]
-
-    @property
-    def out_features(self) -> int:
-        return self.stop - self.start
-
-    @property
-    def in_features(self) -> int:
-        return self.module.weight.shape[1]
-
-
-@dataclass(frozen=True)
-class AttentionProjections:
-    """Attention of one layer. Query head ``h`` reads KV head ``h // (num_heads // num_kv_heads)``.
-
-    ``head_norms``: norms whose weight spans all heads' rows (OLMo 2's ``q_norm``/``k_norm``), as
-    ``(module, 'q' | 'k')``: removing heads slices them with the q (or k) rows.
-    """
-
-    q: Proj
-    k: Proj
-    v: Proj
-    o: Proj
-    num_heads: int
-    num_kv_heads: int
-    head_dim: int
-    head_norms: tuple = ()
-    q_rows_per_head: int = 1  # in units of head_dim: 2 when q holds [q_h | gate_h] per head (Qwen3.5's gated attention)
-
-
-@dataclass(frozen=True)
-class ExpertProjections:
-    """The routed experts of a sparse MoE block, as 3-D Parameters of ``module``: ``gate_up``
-    ``[E, 2I, H]`` (expert ``e``'s channel ``j`` = rows ``j`` and ``I + j`` of slab ``e``, gate then
-    up) and ``down`` ``[E, H, I]`` (column ``j`` of slab ``e``)."""
-
-    module: nn.Module
-    gate_up: str
-    down: str
-    num_experts: int
-    width: int
-
-
-@dataclass(frozen=True)
-class MlpProjections:
-    """Gated MLP of one layer: ``down(act(gate(x)) * up(x))``; channel j = row j of gate/up, column j of down."""
-
-    gate: Proj
-    up: Proj
-    down: Proj
-
-
-class Absent(nn.Module):
-    """The sub-layer of an absent block slot (a Nemotron-H layer holds one block): no weights, removed from the start."""
-
-    removed = True
-
-    def forward(self, hidden_states: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:  # pragma: no cover - never run
-        return torch.zeros_like(hidden_states)
-
-
-_ABSENT = Absent()
+from prunekit.models.contract import (
+    ATTN,
+    LLAMA_FACTS,
+    MLP,
+    SOFTMAX,
+    AttentionProjections,
+    Block,
+    BlockSpec,
+    ExpertProjections,
+    Head,
+    LlamaFolds,
+    MlpProjections,
+    Proj,
+)
+from prunekit.models.mixers import ABSENT, MixerSlots
 
 
 class _StopForward(Exception):
@@ -249,7 +70,7 @@ class _Catcher(nn.Module):
         return hidden_states
 
 
-class ModelAdapter:
+class ModelAdapter(MixerSlots):
     """The contract for decoder-only families; the defaults describe Llama's pre-norm layer.
 
     A family file (``models/families/``) subclasses it and describes, rather than assumes, how each
@@ -259,7 +80,7 @@ class ModelAdapter:
     """
 
     model_type: str = ""
-    #: the family's layer, as plain data (see :data:`LLAMA_FACTS`)
+    #: the family's layer, as plain data (see :data:`~prunekit.models.contract.LLAMA_FACTS`)
     facts: dict = LLAMA_FACTS
     #: None when LLM-Pruner's width pruning works on the family, else why it is refused.
     width_refusal: str | None = None
@@ -315,22 +136,6 @@ class ModelAdapter:
         out = [Block(i) for i in range(self.num_blocks)]
         return out if kind == "mix" else [b for b in out if b.kind == kind]
 
-    def layer_type(self, layer: int) -> str | None:
-        """The type the config gives decoder layer ``layer`` (hybrid families: which mixer it holds), else None."""
-        key = self.facts.get("layer_types_key")
-        return getattr(self.config, key)[layer] if key else None
-
-    def _mixer_facts(self, block: Block) -> dict | None:
-        """The hybrid facts of the sub-layer in ``block``'s slot; None for a plain family's or an absent slot
-        (``{}`` for the feed-forward slot a hybrid layer always has)."""
-        mixers = self.facts.get("mixers")
-        if not mixers:
-            return None
-        m = mixers[self.layer_type(block.layer)]
-        if m["slot"] == block.kind:
-            return m
-        return None if self.facts.get("one_block_per_layer") else {}
-
     def block_spec(self, block: Block) -> BlockSpec:
         """How ``block`` is built (attribute names on its decoder layer, from :attr:`facts`); an absent slot
         has no sub-layer name."""
@@ -345,45 +150,7 @@ class ModelAdapter:
 
     def sublayer(self, block: Block) -> nn.Module:
         name = self.block_spec(block).sublayer
-        return getattr(self.layers[block.layer], name) if name else _ABSENT
-
-    def is_absent(self, block: Block) -> bool:
-        """True for the empty slot of a layer that holds one block (never a block of the model)."""
-        return not self.block_spec(block).sublayer
-
-    def mixer_kind(self, layer: int) -> str:
-        """What the mixer slot of ``layer`` holds: :data:`SOFTMAX` attention, a :data:`LINEAR` mixer (Gated
-        DeltaNet, Mamba2), or ``mlp`` (a Nemotron-H feed-forward layer, whose mixer slot is absent)."""
-        m = self.facts.get("mixers")
-        return m[self.layer_type(layer)]["stub"] if m else SOFTMAX
-
-    def has_attention(self, layer: int) -> bool:
-        """True when ``layer`` holds a softmax attention block that is not removed."""
-        return self.mixer_kind(layer) == SOFTMAX and not self.is_removed(Block.of(layer, ATTN))
-
-    def head_counts(self, layer: int) -> tuple[int, int]:
-        """(heads, KV heads) of ``layer``'s present mixer: query and KV heads of an attention; a linear
-        mixer's (value heads, key heads) or (heads, groups) (see :meth:`linear_heads`)."""
-        if self.mixer_kind(layer) == SOFTMAX:
-            a = self.attention(layer)
-            return a.num_heads, a.num_kv_heads
-        return self.linear_heads(layer)
-
-    def linear_heads(self, layer: int) -> tuple[int, int]:
-        """(heads, heads sharing one key) of a linear mixer: hybrid families override it."""
-        raise NotImplementedError
-
-    def linear_family(self, layer: int, names: dict[int, str]):
-        """The width family (``models.groups.Family``) of ``layer``'s linear mixer: one structure per key-head
-        group, with every row and column it owns (hybrid families override it; None: not pruned in width)."""
-        return None
-
-    def mixing_macs(self, layer: int, seq_len: int) -> float:
-        """MACs per token of the mixer of ``layer`` beyond its weights, on ``seq_len``-token windows: softmax
-        attention's ``Q K^T`` and ``A V``, ``2 * n_heads * head_dim`` per attended key, ``(seq_len + 1) / 2``
-        keys on average under the causal mask (hybrid families add their linear mixers' state updates)."""
-        a = self.attention(layer)
-        return 2.0 * a.num_heads * a.head_dim * (seq_len + 1) / 2.0
+        return getattr(self.layers[block.layer], name) if name else ABSENT
 
     def norms(self, block: Block) -> tuple[nn.Module | None, nn.Module | None]:
         """(input norm, output norm) of a block; None where the family has none (or it is removed)."""
@@ -427,8 +194,11 @@ class ModelAdapter:
         (``num_heads * head_dim``, then ``num_kv_heads * head_dim`` twice)."""
         attn = self.sublayer(Block.of(layer, ATTN))
         names = self.facts["attention_projections"]
-        hd = attn.head_dim
         o = getattr(attn, names["o"])
+        head_params = tuple((attn, name) for name in self.facts["head_parameters"])
+        if "kv" in names:
+            return self._latent_attention(attn, names, o, head_params)
+        hd = attn.head_dim
         if "qkv" in names:
             qkv = getattr(attn, names["qkv"])
             n_q = o.in_features // hd
@@ -440,8 +210,21 @@ class ModelAdapter:
             n_q, n_kv = q.out_features // hd, k.out_features // hd
         head_norms = tuple((getattr(attn, name), which) for which, name in self.facts["head_norms"].items())
         if self.facts.get("query_gate"):  # q rows [q_h | gate_h] per head
-            return AttentionProjections(q, k, v, Proj(o), n_q // 2, n_kv, hd, head_norms=head_norms, q_rows_per_head=2)
-        return AttentionProjections(q, k, v, Proj(o), n_q, n_kv, hd, head_norms=head_norms)
+            return AttentionProjections(q, k, v, Proj(o), n_q // 2, n_kv, hd, head_norms=head_norms, head_params=head_params,
+                                        q_rows_per_head=2)
+        return AttentionProjections(q, k, v, Proj(o), n_q, n_kv, hd, head_norms=head_norms, head_params=head_params)
+
+    def _latent_attention(self, attn: nn.Module, names: dict, o: nn.Linear, head_params: tuple) -> AttentionProjections:
+        """Latent attention (DeepSeek's MLA): each query head owns its q rows, its ``[k_nope | v]`` rows of ``kv``
+        and its value's o columns; the per-head sizes are the config's (``qk_head_dim``, ``v_head_dim``), so each
+        head is a KV group of its own."""
+        c = self.config
+        q = next(getattr(attn, n) for n in names["q"] if getattr(attn, n, None) is not None)
+        kv = getattr(attn, names["kv"])
+        hd, vd = int(c.qk_nope_head_dim + c.qk_rope_head_dim), int(c.v_head_dim)
+        n = q.out_features // hd
+        return AttentionProjections(Proj(q), None, None, Proj(o), n, n, hd, head_params=head_params, kv=Proj(kv),
+                                    kv_head_dim=kv.out_features // n, o_head_dim=vd)
 
     def mlp(self, layer: int) -> MlpProjections:
         """gate, up, down of ``layer`` as :attr:`facts` names them; a fused ``gate_up`` holds ``[gate | up]``
@@ -479,6 +262,16 @@ class ModelAdapter:
             return f"{block}'s output projection is part of a fused Linear"
         return None
 
+    def shared_mlp(self, layer: int) -> MlpProjections | None:
+        """The shared expert of ``layer``'s sparse MoE block whose channels are pruned (``facts["shared_mlp"]``:
+        a gated MLP with the facts' MLP projections), else None."""
+        name = self.facts["shared_mlp"]
+        if name is None or self.experts(layer) is None:
+            return None
+        m = getattr(self.sublayer(Block.of(layer, MLP)), name)
+        names = self.facts["mlp_projections"]
+        return MlpProjections(Proj(getattr(m, names["gate"])), Proj(getattr(m, names["up"])), Proj(getattr(m, names["down"])))
+
     def sync_experts(self, layer: int) -> None:
         """Make ``layer``'s experts module agree with its sliced weights (MoE families override it)."""
 
@@ -511,21 +304,6 @@ class ModelAdapter:
         """``config`` (a dict of this family's config) as the config of the Llama-layout model it is
         written as; the family's own for families that are Llama's layout already."""
         return config
-
-    def cache_layers(self, sources: list[int]) -> list[int]:
-        """Removed base layers that an export of the kept layers ``sources`` still writes, as zero mixers, for the
-        hybrid cache's sake (plain families: none): layer 0 when the kept layers would start with a feed-forward
-        layer, whose cache slot has no length for ``generate`` to read (Nemotron-H); and the first full-attention
-        layer when no kept layer has attention, since the model sizes its causal mask from one."""
-        if not self.facts.get("mixers") or not sources:
-            return []
-        keep = []
-        if self.mixer_kind(sources[0]) == MLP and self.mixer_kind(0) != MLP and 0 not in sources:
-            keep.append(0)
-        attention = [i for i in range(self.num_layers) if self.mixer_kind(i) == SOFTMAX]
-        if attention and not any(self.mixer_kind(i) == SOFTMAX for i in sources) and attention[0] not in keep:
-            keep.append(attention[0])
-        return sorted(keep)
 
     def kept_layers_config(self, sources: list[int]) -> dict:
         """Config entries that follow the layer index, for a model that keeps base layers ``sources``
@@ -576,16 +354,6 @@ class ModelAdapter:
             y = outp(y)
         return h + (y * spec.residual_scale if spec.residual_scale != 1.0 else y)
 
-    def call_sublayer(self, block: Block, sub: nn.Module, x: torch.Tensor, layer_kwargs: dict) -> torch.Tensor:
-        """``block``'s sub-layer on its normed input ``x``: an attention gets the layer's keyword inputs and
-        returns ``(out, weights)``; a linear mixer gets the layer's mask and returns a tensor; a feed-forward
-        block gets ``x`` alone."""
-        if block.kind != ATTN:
-            return sub(x)
-        if self.mixer_kind(block.layer) == LINEAR:
-            return sub(x, attention_mask=layer_kwargs.get("attention_mask"))
-        return sub(hidden_states=x, **layer_kwargs)[0]
-
     def tile_inputs(self, layer_kwargs: dict, k: int, batch: int) -> dict:
         """A layer's keyword inputs for ``k`` copies of a ``batch``-window batch stacked along dim 0
         (several candidates run as one batch): tensors whose first dim is ``batch`` are tiled ``k``
@@ -618,18 +386,6 @@ class ModelAdapter:
         for name, m in mods.items():
             setattr(layer, name, m)
         return old
-
-    def _zero(self, block: Block) -> dict[str, nn.Module]:
-        spec = self.block_spec(block)
-        m = self._mixer_facts(block)
-        stub = m.get("stub", MLP) if m else (SOFTMAX if block.kind == ATTN else MLP)
-        layer = self.layers[block.layer]
-        zero = {SOFTMAX: lambda: ZeroAttention(block.layer), LINEAR: lambda: ZeroLinearMixer(block.layer)}.get(stub, ZeroMLP)()
-        mods = {spec.sublayer: zero}
-        for name in (spec.input_norm, spec.output_norm):
-            if name:  # a hybrid layer may read its norm's weight dtype (Nemotron-H): an identity that has one
-                mods[name] = IdentityNorm(getattr(layer, name).weight.dtype) if m is not None else nn.Identity()
-        return mods
 
     def remove_block(self, block: Block) -> None:
         """Remove a block for good: its norms and sub-layer leave the model, the residual passes through."""
@@ -669,10 +425,6 @@ class ModelAdapter:
             "vocab_size": self.config.vocab_size,
             "parameters": self.total_params(),
         }
-
-
-def block_set(blocks: Sequence[Block | int]) -> frozenset[int]:
-    return frozenset(b.index if isinstance(b, Block) else int(b) for b in blocks)
 
 
 def embedding_keys(model: nn.Module) -> tuple[str, str]:

@@ -14,8 +14,9 @@ rest of the model keeps computing the same function of the remaining structures.
   biases), column ``j`` of down.
 - ``mlp`` of a sparse MoE layer: one family per routed expert ``e``, structure ``j`` = its channel
   ``j``: rows ``j`` and ``I + j`` of ``gate_up[e]``, column ``j`` of ``down[e]`` (parts over the
-  slab ``e`` of the 3-D Parameters).
-- Fused projections (:class:`~prunekit.models.adapter.Proj` parts of one Linear: Phi-3's
+  slab ``e`` of the 3-D Parameters); its shared expert, when the family prunes it (DeepSeek's), is one more
+  family of channels like a dense MLP's (``shared``).
+- Fused projections (:class:`~prunekit.models.contract.Proj` parts of one Linear: Phi-3's
   ``qkv_proj``, ``gate_up_proj``) own their rows at the part's offset; norms that span all heads
   (OLMo 2's ``q_norm``/``k_norm``) own the rows of their heads.
 - ``hidden`` (one for the model): structure ``c`` = hidden channel ``c``: column ``c`` of the
@@ -37,7 +38,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from prunekit.models.adapter import ATTN, MLP, SOFTMAX, Block, ModelAdapter, Proj
+from prunekit.models.adapter import ModelAdapter
+from prunekit.models.contract import ATTN, MLP, SOFTMAX, Block, Proj
 
 
 @dataclass
@@ -73,6 +75,7 @@ class Family:
     parts: list[Part] = field(default_factory=list)
     expert: int | None = None  # routed expert ``expert`` of a sparse MoE layer (kind ``mlp``)
     align: int = 1  # kept counts are multiples of this (see :meth:`aligned`)
+    shared: bool = False  # the channels of a sparse MoE layer's shared expert (kind ``mlp``)
 
     def aligned(self, k: int) -> int:
         """``k`` removed structures, moved so that the kept count is a multiple of ``align`` (the nearest one,
@@ -90,6 +93,8 @@ class Family:
 
     def key(self) -> str:
         base = self.kind if self.layer is None else f"{self.kind} {self.layer}"
+        if self.shared:
+            return f"{base} shared expert"
         return base if self.expert is None else f"{base} expert {self.expert}"
 
 
@@ -137,17 +142,24 @@ def attention_family(adapter: ModelAdapter, layer: int, names: dict[int, str] | 
         raise ValueError(f"layer {layer}: {a.num_heads} query heads do not divide into {a.num_kv_heads} KV heads")
     n_rep, hd = a.num_heads // a.num_kv_heads, a.head_dim
     q_rows = _blocks(a.num_kv_heads, n_rep * hd * a.q_rows_per_head)
-    o_cols = q_rows if a.q_rows_per_head == 1 else _blocks(a.num_kv_heads, n_rep * hd)
+    # o's columns per group: n_rep heads of the value width (a gated q's gate rows and a latent value size aside)
+    o_cols = q_rows if a.q_rows_per_head == 1 and a.o_width == hd else _blocks(a.num_kv_heads, n_rep * a.o_width)
     kv_rows = _blocks(a.num_kv_heads, hd)
-    parts = [
-        _part(a.q, "weight", 0, q_rows, "q", names=names), _part(a.q, "bias", 0, q_rows, "q", names=names),
-        _part(a.k, "weight", 0, kv_rows, "k", names=names), _part(a.k, "bias", 0, kv_rows, "k", names=names),
-        _part(a.v, "weight", 0, kv_rows, "v", names=names), _part(a.v, "bias", 0, kv_rows, "v", names=names),
-        _part(a.o, "weight", 1, o_cols, "o", names=names),
-    ]
+    parts = [_part(a.q, "weight", 0, q_rows, "q", names=names), _part(a.q, "bias", 0, q_rows, "q", names=names)]
+    if a.kv is not None:  # latent attention: each head's [k_nope | v] rows of the latent's up-projection
+        kv_rows = _blocks(a.num_kv_heads, a.kv_head_dim)
+        parts += [_part(a.kv, "weight", 0, kv_rows, "kv", names=names), _part(a.kv, "bias", 0, kv_rows, "kv", names=names)]
+    else:
+        parts += [
+            _part(a.k, "weight", 0, kv_rows, "k", names=names), _part(a.k, "bias", 0, kv_rows, "k", names=names),
+            _part(a.v, "weight", 0, kv_rows, "v", names=names), _part(a.v, "bias", 0, kv_rows, "v", names=names),
+        ]
+    parts.append(_part(a.o, "weight", 1, o_cols, "o", names=names))
     for norm, which in a.head_norms:  # norms spanning all heads (OLMo 2): sliced with their heads' rows
         rows = q_rows if which == "q" else kv_rows
         parts += [_part(norm, "weight", 0, rows, f"{which}_norm", names=names), _part(norm, "bias", 0, rows, f"{which}_norm", names=names)]
+    for module, attr in a.head_params:  # one entry per query head (gpt-oss's sinks)
+        parts.append(_part(module, attr, 0, _blocks(a.num_kv_heads, n_rep), attr, names=names))
     return Family(ATTN, layer, a.num_kv_heads, [p for p in parts if p is not None])
 
 
@@ -162,13 +174,23 @@ def expert_families(adapter: ModelAdapter, layer: int, names: dict[int, str] | N
     names = names if names is not None else parameter_names(adapter.model)
     gate_up, down = getattr(ex.module, ex.gate_up), getattr(ex.module, ex.down)
     rows = _blocks(ex.width, 1)
+    gu, dn = names.get(id(gate_up), ""), names.get(id(down), "")
     out = []
     for e in range(ex.num_experts):
-        parts = [
-            Part(ex.module, ex.gate_up, 0, rows, "gate", names.get(id(gate_up), ""), gate_up.shape[2], e),
-            Part(ex.module, ex.gate_up, 0, rows + ex.width, "up", names.get(id(gate_up), ""), gate_up.shape[2], e),
-            Part(ex.module, ex.down, 1, rows, "down", names.get(id(down), ""), down.shape[1], e),
-        ]
+        if ex.interleaved:  # gate_up [E, H, 2I]: channel j = columns 2j (gate) and 2j + 1 (up); down [E, I, H]: row j
+            parts = [Part(ex.module, ex.gate_up, 1, 2 * rows, "gate", gu, gate_up.shape[1], e),
+                     Part(ex.module, ex.gate_up, 1, 2 * rows + 1, "up", gu, gate_up.shape[1], e)]
+            if ex.gate_up_bias is not None:
+                bias = getattr(ex.module, ex.gate_up_bias)
+                parts += [Part(ex.module, ex.gate_up_bias, 0, 2 * rows + i, role, names.get(id(bias), ""), 1, e)
+                          for i, role in enumerate(("gate", "up"))]
+            parts.append(Part(ex.module, ex.down, 0, rows, "down", dn, down.shape[2], e))
+        else:
+            parts = [
+                Part(ex.module, ex.gate_up, 0, rows, "gate", gu, gate_up.shape[2], e),
+                Part(ex.module, ex.gate_up, 0, rows + ex.width, "up", gu, gate_up.shape[2], e),
+                Part(ex.module, ex.down, 1, rows, "down", dn, down.shape[1], e),
+            ]
         out.append(Family(MLP, layer, ex.width, parts, expert=e, align=EXPERT_ALIGN))
     return out
 
@@ -177,8 +199,22 @@ def mlp_family(adapter: ModelAdapter, layer: int, names: dict[int, str] | None =
     """The channels of ``layer``'s gated MLP (None when its MLP block is removed or is a sparse MoE block)."""
     if adapter.is_removed(Block.of(layer, MLP)) or adapter.experts(layer) is not None:
         return None
-    names = names if names is not None else parameter_names(adapter.model)
-    m = adapter.mlp(layer)
+    return _gated_family(adapter.mlp(layer), layer, names if names is not None else parameter_names(adapter.model))
+
+
+def shared_family(adapter: ModelAdapter, layer: int, names: dict[int, str] | None = None) -> Family | None:
+    """The channels of the shared expert of ``layer``'s sparse MoE block (None without one: see
+    :meth:`ModelAdapter.shared_mlp`)."""
+    m = adapter.shared_mlp(layer)
+    if m is None:
+        return None
+    fam = _gated_family(m, layer, names if names is not None else parameter_names(adapter.model))
+    fam.shared = True
+    return fam
+
+
+def _gated_family(m, layer: int, names: dict[int, str]) -> Family:
+    """Channel ``j`` of a gated MLP: row ``j`` of gate and up (and their biases), column ``j`` of down."""
     n = m.gate.out_features
     rows = _blocks(n, 1)
     parts = [
@@ -204,6 +240,8 @@ def hidden_family(adapter: ModelAdapter, names: dict[int, str] | None = None) ->
                 parts += [_part(norm, "weight", 0, idx, "norm", names=names), _part(norm, "bias", 0, idx, "norm", names=names)]
             if kind == ATTN:
                 a = adapter.attention(layer)
+                if a.kv is not None:
+                    raise ValueError("hidden channels of a latent attention (its latent projections) are not described")
                 parts += [_part(lin, "weight", 1, idx, r, names=names) for lin, r in ((a.q, "q"), (a.k, "k"), (a.v, "v"))]
                 parts += [_part(a.o, "weight", 0, idx, "o", names=names), _part(a.o, "bias", 0, idx, "o", names=names)]
             else:
@@ -227,7 +265,8 @@ def block_families(adapter: ModelAdapter, start: int, end: int) -> list[Family]:
     names = parameter_names(adapter.model)
     out = []
     for layer in range(start, end):
-        for fam in (attention_family(adapter, layer, names), mlp_family(adapter, layer, names), *expert_families(adapter, layer, names)):
+        for fam in (attention_family(adapter, layer, names), mlp_family(adapter, layer, names), *expert_families(adapter, layer, names),
+                    shared_family(adapter, layer, names)):
             if fam is not None:
                 out.append(fam)
     return out
@@ -251,15 +290,15 @@ def trace_kv_readers(adapter: ModelAdapter, layer: int, layer_kwargs: dict, hidd
         base = seen.pop()
         readers = []
         for g in range(a.num_kv_heads):
-            rows = slice(a.v.start + g * a.head_dim, a.v.start + (g + 1) * a.head_dim)
-            weight = a.v.module.weight
+            proj, rows = a.value_rows(g)
+            weight = proj.module.weight
             saved = weight[rows].clone()
             weight[rows] += 1.0
             try:
                 attn(hidden_states=hidden, **layer_kwargs)
             finally:
                 weight[rows] = saved
-            diff = (seen.pop() - base).abs().reshape(*base.shape[:-1], a.num_heads, a.head_dim)
+            diff = (seen.pop() - base).abs().reshape(*base.shape[:-1], a.num_heads, a.o_width)
             changed = diff.amax(dim=tuple(range(diff.dim() - 2)) + (diff.dim() - 1,))
             readers.append([h for h in range(a.num_heads) if float(changed[h]) > 0.0])
         return readers

@@ -9,16 +9,18 @@ model::
     AutoModelForCausalLM.from_pretrained(DIR, trust_remote_code=True)
 
 Each class subclasses the base family's own transformers classes (Llama, Mistral, Qwen2, Qwen3,
-Gemma 2, Gemma 3 text, Phi-3, OLMo 2, Granite, Mixtral, Qwen2-MoE, Qwen3-MoE), so the forward
-pass, masks, rotary embeddings, KV cache and ``generate`` are the family's own. The config adds
-three per-layer lists, one entry per decoder layer:
+Gemma 2, Gemma 3 text, Phi-3, OLMo 2, Granite, Mixtral, Qwen2-MoE, Qwen3-MoE, gpt-oss, DeepSeek-V3, Qwen3.5,
+Qwen3-Next, Nemotron-H), so the forward pass, masks, rotary embeddings, KV cache and ``generate`` are the
+family's own. The config adds three per-layer lists, one entry per decoder layer:
 
 - ``layer_num_attention_heads[i]``: query heads of layer ``i`` (0 = its attention block is absent);
 - ``layer_num_key_value_heads[i]``: KV heads of layer ``i`` (0 when its attention is absent);
 - ``layer_intermediate_size[i]``: MLP width of layer ``i`` (0 = its MLP block is absent; for a sparse
-  MoE block, the width of each routed expert).
+  MoE block, the width of each routed expert);
+- optional, ``layer_shared_intermediate_size[i]``: the width of layer ``i``'s shared expert where the family
+  prunes it (DeepSeek-V3; 0 for a dense or absent MLP).
 
-For a hybrid family (Qwen3.5) the mixer of layer ``i`` is the one its config's layer type names
+For a hybrid family (Qwen3.5, Qwen3-Next, Nemotron-H) the mixer of layer ``i`` is the one its config's layer type names
 (``layer_types``, rewritten for the kept layers), and for a linear mixer (Gated DeltaNet) the two
 first lists hold its own counts (value heads, key heads); a mixer whose counts differ from the config's
 is rebuilt by its own class from a copy of the config with its counts. A removed linear mixer is a
@@ -38,10 +40,14 @@ import copy
 
 import torch
 from torch import nn
+from transformers.models.deepseek_v3.configuration_deepseek_v3 import DeepseekV3Config
+from transformers.models.deepseek_v3.modeling_deepseek_v3 import DeepseekV3ForCausalLM
 from transformers.models.gemma2.configuration_gemma2 import Gemma2Config
 from transformers.models.gemma2.modeling_gemma2 import Gemma2ForCausalLM
 from transformers.models.gemma3.configuration_gemma3 import Gemma3TextConfig
 from transformers.models.gemma3.modeling_gemma3 import Gemma3ForCausalLM
+from transformers.models.gpt_oss.configuration_gpt_oss import GptOssConfig
+from transformers.models.gpt_oss.modeling_gpt_oss import GptOssForCausalLM
 from transformers.models.granite.configuration_granite import GraniteConfig
 from transformers.models.granite.modeling_granite import GraniteForCausalLM
 from transformers.models.llama.configuration_llama import LlamaConfig
@@ -72,6 +78,7 @@ from transformers.models.qwen3_next.modeling_qwen3_next import Qwen3NextForCausa
 from .zero_blocks import IdentityNorm, ZeroAttention, ZeroLinearMixer, ZeroMLP
 
 PER_LAYER_KEYS = ("layer_num_attention_heads", "layer_num_key_value_heads", "layer_intermediate_size")
+SHARED_KEY = "layer_shared_intermediate_size"  # optional: the width of each sparse layer's shared expert (0 elsewhere)
 FACTS_KEY = "prunekit_family_facts"
 
 
@@ -83,9 +90,34 @@ def _resized(old: nn.Linear, in_features: int, out_features: int) -> nn.Linear:
     return nn.Linear(in_features, out_features, bias=old.bias is not None, device=w.device, dtype=w.dtype)
 
 
+def _resize_latent_attention(attn: nn.Module, names: dict, *, config, heads: int) -> None:
+    """Latent attention (``names`` has "kv"): the first present of the ``names["q"]`` Linears and ``kv`` keep
+    their rows per head (sized for the config's head count), o its columns per head."""
+    q_name = next(n for n in names["q"] if getattr(attn, n, None) is not None)
+    per_head = config.num_attention_heads
+    for name, out_side in ((q_name, True), (names["kv"], True), (names["o"], False)):
+        old = getattr(attn, name)
+        if out_side:
+            setattr(attn, name, _resized(old, old.in_features, old.out_features // per_head * heads))
+        else:
+            setattr(attn, name, _resized(old, old.in_features // per_head * heads, old.out_features))
+    attn.num_heads = heads
+
+
+def _resize_head_parameters(attn: nn.Module, names: list, heads: int) -> None:
+    """1-D Parameters with one entry per query head (gpt-oss's sinks), to ``heads`` entries."""
+    for name in names:
+        p = getattr(attn, name)
+        if p.shape[0] != heads:
+            setattr(attn, name, nn.Parameter(torch.empty(heads, device=p.device, dtype=p.dtype)))
+
+
 def _resize_attention(attn: nn.Module, facts: dict, *, config, hidden: int, heads: int, kv_heads: int, head_dim: int) -> None:
     q, kv = heads * head_dim, kv_heads * head_dim
     names = facts["attention_projections"]
+    _resize_head_parameters(attn, facts["head_parameters"], heads)
+    if "kv" in names:
+        return _resize_latent_attention(attn, names, config=config, heads=heads)
     if "qkv" in names:  # fused [Q | K | V] rows
         setattr(attn, names["qkv"], _resized(getattr(attn, names["qkv"]), hidden, q + 2 * kv))
     else:
@@ -119,22 +151,34 @@ def _resize_mlp(mlp: nn.Module, facts: dict, hidden: int, width: int) -> None:
 
 
 def _resize_experts(experts: nn.Module, names: dict, width: int) -> None:
-    """Routed experts as 3-D Parameters ``gate_up [E, 2I, H]`` and ``down [E, H, I]``, to width ``I``."""
+    """Routed experts as 3-D Parameters ``gate_up [E, 2I, H]`` and ``down [E, H, I]``, to width ``I``; with
+    ``names["interleaved"]``, ``gate_up [E, H, 2I]``, its bias ``[E, 2I]`` and ``down [E, I, H]``."""
     old_gu, old_down = getattr(experts, names["gate_up"]), getattr(experts, names["down"])
-    if old_down.shape[2] == width:
+    interleaved = bool(names.get("interleaved"))
+    if old_down.shape[1 if interleaved else 2] == width:
         return
-    e, h = old_gu.shape[0], old_gu.shape[2]
+    e = old_gu.shape[0]
     kw = {"device": old_gu.device, "dtype": old_gu.dtype}
+    if interleaved:
+        h = old_gu.shape[1]
+        setattr(experts, names["gate_up"], nn.Parameter(torch.empty(e, h, 2 * width, **kw)))
+        setattr(experts, names["down"], nn.Parameter(torch.empty(e, width, h, **kw)))
+        if names.get("gate_up_bias"):
+            setattr(experts, names["gate_up_bias"], nn.Parameter(torch.empty(e, 2 * width, **kw)))
+        experts.intermediate_size = width
+        return
+    h = old_gu.shape[2]
     setattr(experts, names["gate_up"], nn.Parameter(torch.empty(e, 2 * width, h, **kw)))
     setattr(experts, names["down"], nn.Parameter(torch.empty(e, h, width, **kw)))
     experts.intermediate_dim = width
 
 
 def apply_per_layer_geometry(model: nn.Module, heads: list[int], kv_heads: list[int], inter: list[int], head_dim: int, *,
-                             facts: dict) -> None:
+                             facts: dict, shared: list[int] | None = None) -> None:
     """Give decoder layer ``i`` of ``model`` (a ``*ForCausalLM``) ``heads[i]`` query heads,
     ``kv_heads[i]`` KV heads and an MLP of width ``inter[i]``; 0 replaces the block by a zero module
-    (and its norms by identities). For a sparse MoE block ``inter[i]`` is the width of every routed expert.
+    (and its norms by identities). For a sparse MoE block ``inter[i]`` is the width of every routed expert,
+    and ``shared[i]`` (when given and not 0) the width of its shared expert (``facts["shared_mlp"]``).
     ``facts``: what the family's layer is made of (module docstring)."""
     layers = model.model.layers
     if any(len(v) != len(layers) for v in (heads, kv_heads, inter)):
@@ -156,11 +200,13 @@ def apply_per_layer_geometry(model: nn.Module, heads: list[int], kv_heads: list[
                               heads=heads[i], kv_heads=kv_heads[i], head_dim=head_dim)
         mlp = getattr(layer, facts["mlp_sublayer"])
         if inter[i] == 0:
-            setattr(layer, facts["mlp_sublayer"], ZeroMLP())
+            setattr(layer, facts["mlp_sublayer"], ZeroMLP(facts["mlp_returns_tuple"]))
             for name in filter(None, facts["mlp_norms"]):
                 setattr(layer, name, nn.Identity())
         elif experts and hasattr(mlp, experts["module"]):  # a sparse MoE block: ``inter[i]`` is its routed experts' width
             _resize_experts(getattr(mlp, experts["module"]), experts, inter[i])
+            if shared and shared[i]:
+                _resize_mlp(getattr(mlp, facts["shared_mlp"]), facts, hidden, shared[i])
         else:
             _resize_mlp(mlp, facts, hidden, inter[i])
 
@@ -206,7 +252,7 @@ class _PerLayerMixin:
         lists = [getattr(config, k, None) for k in (*PER_LAYER_KEYS, FACTS_KEY)]
         if any(v is None for v in lists):
             raise ValueError(f"config needs the per-layer lists {', '.join(PER_LAYER_KEYS)} and {FACTS_KEY}")
-        apply_per_layer_geometry(self, *lists[:3], config.head_dim, facts=lists[3])
+        apply_per_layer_geometry(self, *lists[:3], config.head_dim, facts=lists[3], shared=getattr(config, SHARED_KEY, None))
 
 
 def _pruned_classes(family: str, config_cls, model_cls) -> tuple[type, type]:
@@ -226,6 +272,7 @@ _BASES = {
     "qwen2_moe": (Qwen2MoeConfig, Qwen2MoeForCausalLM), "qwen3_moe": (Qwen3MoeConfig, Qwen3MoeForCausalLM),
     "qwen3_5_text": (Qwen3_5TextConfig, Qwen3_5ForCausalLM), "nemotron_h": (NemotronHConfig, NemotronHForCausalLM),
     "qwen3_next": (Qwen3NextConfig, Qwen3NextForCausalLM),
+    "gpt_oss": (GptOssConfig, GptOssForCausalLM), "deepseek_v3": (DeepseekV3Config, DeepseekV3ForCausalLM),
 }
 FAMILIES = {family: _pruned_classes(family, *bases) for family, bases in _BASES.items()}
 globals().update({cls.__name__: cls for pair in FAMILIES.values() for cls in pair})

@@ -6,7 +6,9 @@ from torch import nn
 
 from prunekit.core.errors import PrunekitError
 from prunekit.models.adapter import ModelAdapter
+from prunekit.models.families.deepseek_v3 import DeepseekV3Adapter
 from prunekit.models.families.gemma import Gemma2Adapter, Gemma3TextAdapter
+from prunekit.models.families.gpt_oss import GptOssAdapter
 from prunekit.models.families.granite import GraniteAdapter
 from prunekit.models.families.llama import LlamaAdapter, MistralAdapter, Qwen2Adapter, Qwen3Adapter
 from prunekit.models.families.mixtral import MixtralAdapter
@@ -22,7 +24,7 @@ ADAPTERS: dict[str, type[ModelAdapter]] = {
     for cls in (
         LlamaAdapter, MistralAdapter, Qwen2Adapter, Qwen3Adapter, Gemma2Adapter, Gemma3TextAdapter, Phi3Adapter,
         Olmo2Adapter, GraniteAdapter, MixtralAdapter, Qwen2MoeAdapter, Qwen3MoeAdapter, Qwen3_5TextAdapter,
-        NemotronHAdapter, Qwen3NextAdapter,
+        NemotronHAdapter, Qwen3NextAdapter, GptOssAdapter, DeepseekV3Adapter,
     )
 }
 

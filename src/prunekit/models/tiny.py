@@ -56,11 +56,24 @@ FAMILY_OVERRIDES: dict[str, dict] = {
                        head_dim=16, mamba_num_heads=4, mamba_head_dim=8, n_groups=2, ssm_state_size=8, chunk_size=8,
                        n_routed_experts=4, num_experts_per_tok=2, moe_intermediate_size=32,
                        moe_shared_expert_intermediate_size=48, pad_token_id=None),
+    # every layer sparse; sliding (window 4) and full layers alternating; YaRN as released, at a tiny scale
+    "gpt_oss": dict(num_local_experts=4, num_experts_per_tok=2, intermediate_size=32, head_dim=16, sliding_window=4,
+                    rope_parameters={"rope_type": "yarn", "factor": 32.0, "beta_fast": 32.0, "beta_slow": 1.0,
+                                     "truncate": False, "original_max_position_embeddings": 8, "rope_theta": 150000.0}),
+    # latent attention with per-head [nope | rope] q rows and [k_nope | v] kv rows; two dense layers, then MoE with
+    # group-limited routing (2 groups of 4) and a shared expert; YaRN with mscale as released
+    "deepseek_v3": dict(num_key_value_heads=4, q_lora_rank=32, kv_lora_rank=16, qk_nope_head_dim=16, qk_rope_head_dim=8,
+                        v_head_dim=12, n_routed_experts=8, n_group=2, topk_group=1, num_experts_per_tok=2,
+                        first_k_dense_replace=2, moe_intermediate_size=32, n_shared_experts=1,
+                        rope_parameters={"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 64,
+                                         "beta_fast": 32.0, "beta_slow": 1.0, "mscale": 1.0, "mscale_all_dim": 1.0,
+                                         "rope_theta": 10000.0}),
 }
 
 
 def family_model(model_type: str, seed: int = 0, **overrides) -> torch.nn.Module:
-    """:func:`tiny_model` with the family's :data:`FAMILY_OVERRIDES` and random (non-trivial) norm weights and biases."""
+    """:func:`tiny_model` with the family's :data:`FAMILY_OVERRIDES` and random (non-trivial) norm weights,
+    biases and per-head sinks."""
     model = tiny_model(model_type, seed=seed, **(FAMILY_OVERRIDES[model_type] | overrides))
     gen = torch.Generator().manual_seed(seed + 1)
     with torch.no_grad():  # every 1-D parameter: the norms' weights around 1, Linear biases around 0
@@ -68,6 +81,9 @@ def family_model(model_type: str, seed: int = 0, **overrides) -> torch.nn.Module
             for p in module.parameters(recurse=False):
                 if p.dim() == 1:
                     p.copy_(torch.randn(p.shape, generator=gen) * 0.3 + (0.0 if isinstance(module, torch.nn.Linear) else 1.0))
+        for name, t in [*model.named_parameters(), *model.named_buffers()]:  # biases kept outside Linears (experts, routers)
+            if name.endswith("_bias") and t.is_floating_point():
+                t.copy_(torch.randn(t.shape, generator=gen) * 0.3)
     return model
 
 

@@ -42,12 +42,18 @@ class ZeroAttention(nn.Module):
 
 
 class ZeroMLP(nn.Module):
-    """Stands in for a removed MLP: outputs zeros and holds no weights."""
+    """Stands in for a removed MLP: outputs zeros and holds no weights. ``returns_tuple``: as ``(zeros, None)``,
+    for a family whose MLP block returns its router scores beside its output (gpt-oss)."""
 
     removed = True
 
-    def forward(self, hidden_states: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
-        return torch.zeros_like(hidden_states)
+    def __init__(self, returns_tuple: bool = False) -> None:
+        super().__init__()
+        self.returns_tuple = returns_tuple
+
+    def forward(self, hidden_states: torch.Tensor, *args: Any, **kwargs: Any):
+        zeros = torch.zeros_like(hidden_states)
+        return (zeros, None) if self.returns_tuple else zeros
 
 
 class ZeroLinearMixer(nn.Module):

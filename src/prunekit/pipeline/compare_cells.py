@@ -20,7 +20,7 @@ from prunekit.data.windows import Windows
 from prunekit.evaluation.compare_report import row_label
 from prunekit.evaluation.perplexity import window_nll
 from prunekit.evaluation.report import render_report
-from prunekit.models.adapter import Block
+from prunekit.models.contract import Block
 from prunekit.models.loading import LoadedModel
 from prunekit.pipeline.compare_args import MethodSpec
 from prunekit.plan.schema import read_plan

@@ -21,7 +21,8 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
 from prunekit.core.errors import PrunekitError
 from prunekit.core.io import atomic_dir, check_disk_space, weights_hash, write_json_atomic
-from prunekit.models.adapter import Block, ModelAdapter, embedding_keys
+from prunekit.models.adapter import ModelAdapter, embedding_keys
+from prunekit.models.contract import Block
 from prunekit.models.loading import LoadedModel, check_device, resolve_dtype
 from prunekit.models.registry import get_adapter
 from prunekit.plan.patch import encode_patch, fold_patch, read_patch

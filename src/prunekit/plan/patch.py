@@ -35,7 +35,8 @@ from safetensors.torch import load, save
 from torch import nn
 
 from prunekit.core.errors import PrunekitError
-from prunekit.models.adapter import Block, ModelAdapter
+from prunekit.models.adapter import ModelAdapter
+from prunekit.models.contract import Block
 
 PATCH_KINDS = ("linear",)
 FIXED = "Use the plan and its patch file as prunekit wrote them."

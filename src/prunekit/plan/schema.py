@@ -36,7 +36,7 @@ import torch
 
 from prunekit.core.errors import PrunekitError
 from prunekit.core.io import weights_hash, write_json_atomic
-from prunekit.models.adapter import Block
+from prunekit.models.contract import Block
 from prunekit.models.loading import LoadedModel
 from prunekit.plan.patch import check_patch_record
 

@@ -9,7 +9,8 @@ field is set. The ``width`` record (kept indices, so the plan re-applies to the 
         {"layer": 7, "kv_heads": [0, 2], "heads": [0, 1, 2, 6, 7, 8], "mlp_channels": [...],
          "num_heads": 6, "num_kv_heads": 2, "intermediate_size": 1152}, ...],
       "hidden": null | [kept hidden channels],     # --strategy channel
-      (a sparse MoE layer: "expert_channels": [[kept channels of expert e] for each e], one count for all)
+      (a sparse MoE layer: "expert_channels": [[kept channels of expert e] for each e], one count for all;
+       "shared_channels": kept channels of its shared expert, where the family prunes it)
       "hidden_size": 576,                          # after pruning
       ...                                          # how the choice was made (importance, fractions)
     }
@@ -30,8 +31,18 @@ import torch
 from torch import nn
 
 from prunekit.core.errors import PrunekitError
-from prunekit.models.adapter import MLP, Block, ModelAdapter
-from prunekit.models.groups import Family, attention_family, expert_families, hidden_family, kv_readers, mlp_family, parameter_names
+from prunekit.models.adapter import ModelAdapter
+from prunekit.models.contract import MLP, Block
+from prunekit.models.groups import (
+    Family,
+    attention_family,
+    expert_families,
+    hidden_family,
+    kv_readers,
+    mlp_family,
+    parameter_names,
+    shared_family,
+)
 
 
 def _check_kept(kept: object, n: int, what: str) -> list[int]:
@@ -55,7 +66,8 @@ def _slice_param(module: nn.Module, attr: str, dim: int, idx: torch.Tensor) -> N
 
 
 def _fix_module(module: nn.Module) -> None:
-    """Keep a module's size attributes true to its sliced weight (a module without one: its adapter syncs it)."""
+    """Keep a module's size attributes true to its sliced weight (a module without one, such as gpt-oss's attention
+    sliced in its sinks or a linear mixer sliced in its own Parameters: its adapter syncs it)."""
     w = getattr(module, "weight", None)
     if w is None:
         return
@@ -152,6 +164,12 @@ def _slice_layer(adapter: ModelAdapter, entry: dict, names: dict[int, str]) -> N
         adapter.sync_attention(layer)
     if entry.get("expert_channels") is not None:
         _slice_experts(adapter, layer, entry["expert_channels"], names)
+    if entry.get("shared_channels") is not None:
+        fam = shared_family(adapter, layer, names)
+        if fam is None:
+            raise PrunekitError(f"the plan slices the shared expert of layer {layer}, which has none that is pruned.",
+                                "Use a plan.json written by prunekit.")
+        slice_family(fam, _check_kept(entry["shared_channels"], fam.n, f"shared expert channels of layer {layer}"))
     if entry.get("mlp_channels") is not None:
         fam = mlp_family(adapter, layer, names)
         if fam is None:
@@ -198,7 +216,11 @@ def layer_sizes(adapter: ModelAdapter) -> dict:
             heads.append(n_heads)
             kv.append(n_kv)
         inter.append(None if adapter.is_removed(Block.of(layer, MLP)) else adapter.mlp_width(layer))
-    return {
+    out = {
         "hidden_size": int(adapter.embed.weight.shape[1]), "num_attention_heads": heads,
         "num_key_value_heads": kv, "intermediate_size": inter,
     }
+    shared = [adapter.shared_mlp(layer) for layer in range(adapter.num_layers)]
+    if any(m is not None for m in shared):  # the shared experts' widths (None: a dense or removed MLP)
+        out["shared_intermediate_size"] = [m.gate.out_features if m is not None else None for m in shared]
+    return out

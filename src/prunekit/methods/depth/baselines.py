@@ -44,7 +44,7 @@ from prunekit.methods.depth.blockpruner import blockpruner
 from prunekit.methods.depth.outcome import DepthOutcome, ProgressFn, RecordFn, StopFn
 from prunekit.methods.depth.units import Unit, unit_name
 from prunekit.methods.options import DepthConfig
-from prunekit.models.adapter import Block
+from prunekit.models.contract import Block
 from prunekit.models.loading import LoadedModel
 
 

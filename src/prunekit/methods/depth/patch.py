@@ -35,7 +35,8 @@ from prunekit.data.calibration import CalibConfig, calibration_windows
 from prunekit.data.windows import Windows
 from prunekit.engine.onload import Onloader
 from prunekit.engine.runner import Engine
-from prunekit.models.adapter import Block, ModelAdapter
+from prunekit.models.adapter import ModelAdapter
+from prunekit.models.contract import Block
 from prunekit.models.loading import LoadedModel
 from prunekit.plan.patch import encode_patch, removed_runs
 from prunekit.plan.schema import Plan, removed_blocks, with_patch

@@ -9,7 +9,8 @@ A unit is a sorted tuple of block indices (see :mod:`prunekit.models.adapter`): 
 from __future__ import annotations
 
 from prunekit.core.errors import PrunekitError
-from prunekit.models.adapter import ATTN, MLP, Block, ModelAdapter
+from prunekit.models.adapter import ModelAdapter
+from prunekit.models.contract import ATTN, MLP, Block
 
 Unit = tuple[int, ...]
 UNIT_KINDS = ("mix", "attn", "mlp", "layer", "mix+layers")

@@ -40,7 +40,7 @@ from prunekit.methods.width.importance import (
 from prunekit.methods.width.journal import GradientJournal
 from prunekit.methods.width.options import WidthConfig, parse_layers
 from prunekit.methods.width.select import Choice, count_for, global_rank, uniform
-from prunekit.models.adapter import ATTN, SOFTMAX, Block
+from prunekit.models.contract import ATTN, SOFTMAX, Block
 from prunekit.models.groups import Family, block_families, hidden_family, kv_readers, trace_kv_readers
 from prunekit.models.loading import LoadedModel
 from prunekit.plan.schema import Plan, build_plan, model_record
@@ -105,7 +105,10 @@ def width_record(families: list[Family], choice: Choice, strategy: str, adapter)
                                        [list(range(f.n)) for f in families if f.layer == fam.layer and f.expert is not None])
             experts[fam.expert] = kept
             entry["moe_intermediate_size"] = len(kept)
-        elif fam.kind == "attn":  # a linear mixer's groups: key heads, each with its value heads
+        elif fam.shared:  # the shared expert of a sparse MoE layer
+            entry["shared_channels"] = kept
+            entry["shared_intermediate_size"] = len(kept)
+        elif fam.kind == "attn":  # KV groups; a linear mixer's groups: key heads, each with its value heads
             readers = kv_readers(*adapter.head_counts(fam.layer))
             entry["kv_heads"] = kept
             entry["heads"] = sorted(h for g in kept for h in readers[g])

@@ -10,7 +10,7 @@ A mask ``m`` (``[K, n]``, 1 = kept) acts without changing a weight:
 
 - KV group ``g`` of layer ``i``: the input of ``o_proj`` (the attention output ``[rows, T, heads * hd]``)
   is multiplied, on the columns of the query heads that read ``g``, by ``m[g]`` (a forward pre-hook on
-  the Linear of the adapter's ``o`` :class:`~prunekit.models.adapter.Proj`);
+  the Linear of the adapter's ``o`` :class:`~prunekit.models.contract.Proj`);
 - MLP channel ``j``: the input of ``down_proj`` (``act(gate(x)) * up(x)``, ``[rows, T, I]``) by ``m[j]``;
 - a block: its output replaces the residual stream only in the rows whose mask keeps it.
 
@@ -33,7 +33,8 @@ import torch
 from prunekit.core.errors import PrunekitError
 from prunekit.engine.loss import counted_targets, window_nll
 from prunekit.engine.runner import Engine
-from prunekit.models.adapter import ATTN, MLP, SOFTMAX, Block, ModelAdapter
+from prunekit.models.adapter import ModelAdapter
+from prunekit.models.contract import ATTN, MLP, SOFTMAX, Block
 from prunekit.models.groups import Family, attention_family, mlp_family, parameter_names
 
 HEAD, CHANNEL, BLOCK = 0, 1, 2
@@ -113,7 +114,7 @@ def _column_owner(adapter: ModelAdapter, fam: Family) -> torch.Tensor:
     if fam.kind == ATTN:
         a = adapter.attention(fam.layer)
         n_rep = a.num_heads // a.num_kv_heads
-        return torch.arange(a.num_heads * a.head_dim) // a.head_dim // n_rep
+        return torch.arange(a.num_heads * a.o_width) // a.o_width // n_rep  # o's columns per head (a latent attention's value width)
     return torch.arange(fam.n)
 
 

@@ -46,7 +46,7 @@ from prunekit.methods.width.pg_journal import PolicyJournal, PolicyState
 from prunekit.methods.width.pg_math import cosine_lr, draw_masks, estimate, init_from_scores, project, update_baseline
 from prunekit.methods.width.pg_options import PolicyConfig
 from prunekit.methods.width.select import Choice
-from prunekit.models.adapter import Block
+from prunekit.models.contract import Block
 from prunekit.models.loading import LoadedModel
 from prunekit.plan.schema import Plan, build_plan, model_record
 

@@ -35,7 +35,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from prunekit.models.adapter import ATTN, LINEAR, Block, ModelAdapter, family_facts
+from prunekit.models.adapter import ModelAdapter
+from prunekit.models.contract import ATTN, LINEAR, Block, family_facts
 from prunekit.models.groups import Family, Part
 
 HYBRID_WIDTH_OPTIONS_REFUSAL = ("a hybrid model's linear mixers read and write the residual stream through projections that "

@@ -22,7 +22,8 @@ hidden-channel strategy are refused; Qwen2-MoE's shared expert is not pruned.
 from __future__ import annotations
 
 from prunekit.core.errors import PrunekitError
-from prunekit.models.adapter import MLP, Block, ExpertProjections, MlpProjections, ModelAdapter, family_facts
+from prunekit.models.adapter import ModelAdapter
+from prunekit.models.contract import MLP, Block, ExpertProjections, MlpProjections, family_facts
 
 MOE_OPTIONS_REFUSAL = ("llm-pruner prunes a mixture-of-experts model's experts by the same fraction in every layer and "
                        "expert (the experts of a layer share one tensor): global ranking and hidden channels are refused")
@@ -56,6 +57,9 @@ class MoeAdapter(ModelAdapter):
         names = self.facts["routed_experts"]
         experts = getattr(self.sublayer(Block.of(layer, MLP)), names["module"])
         gate_up, down = getattr(experts, names["gate_up"]), getattr(experts, names["down"])
+        if names.get("interleaved"):  # down [E, I, H]
+            return ExpertProjections(experts, names["gate_up"], names["down"], gate_up.shape[0], down.shape[1],
+                                     interleaved=True, gate_up_bias=names.get("gate_up_bias"))
         return ExpertProjections(experts, names["gate_up"], names["down"], gate_up.shape[0], down.shape[2])
 
     def sync_experts(self, layer: int) -> None:

@@ -21,7 +21,8 @@ Gemma's RMSNorm scales by ``1 + weight``; blocks and channels slice it like any 
 
 from __future__ import annotations
 
-from prunekit.models.adapter import Head, ModelAdapter, family_facts
+from prunekit.models.adapter import ModelAdapter
+from prunekit.models.contract import Head, family_facts
 
 
 class Gemma2Adapter(ModelAdapter):

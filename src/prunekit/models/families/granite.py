@@ -17,7 +17,8 @@ from __future__ import annotations
 import math
 from dataclasses import replace
 
-from prunekit.models.adapter import Block, BlockSpec, Head, LlamaFolds, ModelAdapter
+from prunekit.models.adapter import ModelAdapter
+from prunekit.models.contract import Block, BlockSpec, Head, LlamaFolds
 from prunekit.models.families.llama import as_llama_config
 
 

@@ -26,7 +26,8 @@ from __future__ import annotations
 
 from torch import nn
 
-from prunekit.models.adapter import ATTN, LINEAR, MLP, SOFTMAX, Block, Head, ModelAdapter, family_facts
+from prunekit.models.adapter import ModelAdapter
+from prunekit.models.contract import ATTN, LINEAR, MLP, SOFTMAX, Block, Head, family_facts
 
 _NORMS = ["norm", None]
 _MAMBA_HEADS = ["mamba_num_heads", "n_groups"]

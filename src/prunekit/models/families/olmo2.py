@@ -17,7 +17,8 @@ import math
 
 import torch
 
-from prunekit.models.adapter import ModelAdapter, family_facts
+from prunekit.models.adapter import ModelAdapter
+from prunekit.models.contract import family_facts
 
 
 class Olmo2Adapter(ModelAdapter):

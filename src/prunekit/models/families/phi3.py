@@ -14,7 +14,8 @@ gate / up tensors; a scaled RoPE (``longrope``) or a partial rotary factor is re
 
 from __future__ import annotations
 
-from prunekit.models.adapter import ModelAdapter, family_facts
+from prunekit.models.adapter import ModelAdapter
+from prunekit.models.contract import family_facts
 from prunekit.models.families.llama import as_llama_config
 
 
