@@ -157,26 +157,30 @@ def group_items(engine: Engine, every: int) -> list[list[tuple]]:
     return [items[i:i + 2] for i in range(0, len(items), 2)]
 
 
-def part_group(lm, windows, device: torch.device, rounds: int, *, every: int, batch: int) -> dict:
+def part_group(lm, windows, device: torch.device, rounds: int, *, every: int, batch: int, sizes: tuple[int, ...] = (2,)) -> dict:
+    """The candidates one after another, stacked in groups of each of ``sizes``, and (on the CPU) in lanes."""
     pad = lm.model.config.pad_token_id
     eng = {k: Engine(lm.adapter, windows, batch_size=batch, ignore_index=pad, lanes=n) for k, n in (("stacked", 1), ("lanes", None))}
-    groups = group_items(eng["stacked"], every)
+    items = [it for g in group_items(eng["stacked"], every) for it in g]
     one = eng["stacked"]
 
     def one_by_one():
-        return [one.score(0, one.run(0, h, s, one.num_blocks, skip)) for g in groups for s, h, skip, _ in g]
+        return [one.score(0, one.run(0, h, s, one.num_blocks, skip)) for s, h, skip, _ in items]
 
-    def evaluated(e):
-        return lambda: [score for g in groups for score, _ in e.evaluate_group(0, g)]
+    def evaluated(e, k):
+        return lambda: [score for i in range(0, len(items), k) for score, _ in e.evaluate_group(0, items[i:i + k])]
 
-    fns = {"one after another": one_by_one, "stacked (lanes=1)": evaluated(eng["stacked"])}
+    fns = {"one after another": one_by_one}
+    for k in sizes:
+        fns[f"stacked, groups of {k} (lanes=1)"] = evaluated(eng["stacked"], k)
     if eng["lanes"].lanes > 1:
-        fns[f"side by side in {eng['lanes'].lanes} lanes"] = evaluated(eng["lanes"])
+        fns[f"side by side in {eng['lanes'].lanes} lanes"] = evaluated(eng["lanes"], eng["lanes"].lanes)
     ref = one_by_one()
-    bits = {k: all(torch.equal(a, b) for a, b in zip(ref, fn())) for k, fn in fns.items()}
+    same = {k: [torch.equal(a, b) for a, b in zip(ref, fn())] for k, fn in fns.items()}
+    diff = {k: max(float((a - b).abs().max()) for a, b in zip(ref, fn())) for k, fn in fns.items()}
     secs = timed_rounds(fns, rounds, device)
-    return {"candidates": sum(len(g) for g in groups), "lanes": eng["lanes"].lanes, "seconds": secs,
-            "bit_identical_to_one_after_another": bits}
+    return {"candidates": len(items), "lanes": eng["lanes"].lanes, "seconds": secs,
+            "bit_identical_to_one_after_another": {k: all(v) for k, v in same.items()}, "max_abs_diff": diff}
 
 
 def part_threads(lm, windows, rounds: int, batch: int) -> dict:
@@ -222,8 +226,10 @@ def part_compile(engine: Engine, h: torch.Tensor, device: torch.device, rounds: 
 
 
 def profile(lm, windows, device: torch.device, *, rounds: int = 5, every: int = 4, batch: int = 2,
-            compile_blocks: int = 0, parts: tuple[str, ...] = ("ops", "gemm", "head", "group", "threads")) -> dict:
-    """The parts named in ``parts`` (and ``compile`` when ``compile_blocks``) on ``lm`` (already on ``device``)."""
+            compile_blocks: int = 0, parts: tuple[str, ...] = ("ops", "gemm", "head", "group", "threads"),
+            sizes: tuple[int, ...] = (2,)) -> dict:
+    """The parts named in ``parts`` (and ``compile`` when ``compile_blocks``) on ``lm`` (already on ``device``);
+    ``sizes``: the group sizes the ``group`` part stacks."""
     engine = Engine(lm.adapter, windows, batch_size=batch, ignore_index=lm.model.config.pad_token_id, lanes=1)
     h = engine.h0(0)
     with torch.inference_mode():
@@ -232,7 +238,7 @@ def profile(lm, windows, device: torch.device, *, rounds: int = 5, every: int = 
                  "dtype": str(next(lm.model.parameters()).dtype)}
     steps = {"ops": lambda: part_ops(engine, h, final), "gemm": lambda: part_gemm(engine, device, rounds),
              "head": lambda: part_head(engine, final, device, rounds),
-             "group": lambda: part_group(lm, windows, device, rounds, every=every, batch=batch),
+             "group": lambda: part_group(lm, windows, device, rounds, every=every, batch=batch, sizes=sizes),
              "threads": lambda: part_threads(lm, windows, rounds, batch)}
     for name in parts:
         t = time.perf_counter()
