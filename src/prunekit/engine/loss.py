@@ -59,7 +59,11 @@ def window_nll(
     ``ids``: the windows' tokens ``[batch, T]``; ``logits_fn``: final norm + LM head.
     ``workspace`` and ``vocab`` (the head's rows): the logits are written into the workspace's
     buffer (``logits_fn(x, out=buffer)``, as :meth:`ModelAdapter.logits` takes it) and the
-    log-softmax runs in place; the result is the same bit for bit.
+    log-softmax runs in place; the result is the same bit for bit. The chunks, and so the shapes
+    of the head's matrix products, are the same either way: the rows of a float32 product are not
+    bit-identical across row counts below a few dozen (MKL on this project's machine: 32 rows and
+    fewer differ from one product, 64 and more agree), so the buffer holds a whole chunk
+    (``chunk_tokens x vocab`` floats per thread, as large as the fresh logits of a call were).
     """
     b, t, d = h.shape
     flat = h[:, :-1, :].reshape(-1, d)
