@@ -77,7 +77,7 @@ def run_one(name: str, args) -> dict:
             chosen.append((unit_name(unit), value))
 
         naive_greedy(lm.adapter, w, units, args.steps, pad, batch_size=args.batch_size, on_step=on_step)
-        counted, peak_cache = None, 0
+        counted, peak_cache, macs = None, 0, None
     else:
         cache, early, workspace, k = CONFIGS[name]
         e = Engine(lm.adapter, w, batch_size=args.batch_size, ignore_index=pad, cache_bytes=args.cache_gb * 2**30)
@@ -91,9 +91,10 @@ def run_one(name: str, args) -> dict:
             times.append(time.perf_counter() - t)
             chosen.append((unit_name(r.unit), r.value))
         counted, peak_cache = s.naive_macs / e.counter.total_macs, e.store.peak
+        macs = {"engine": e.counter.as_dict(), "naive": s.naive_macs}
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     return {"name": name, "times": times, "chosen": chosen, "counted": counted, "peak_rss": rss, "peak_cache": peak_cache,
-            "candidate_batch": 1 if name == "naive" else k, "threads": torch.get_num_threads()}
+            "candidate_batch": 1 if name == "naive" else k, "threads": torch.get_num_threads(), "macs": macs}
 
 
 def llama2_counts(seq_len: int = 2048, n_windows: int = 1) -> dict:
