@@ -8,8 +8,9 @@ The LM head and the cross-entropy run on ``chunk_tokens`` positions at a time in
 position's NLL is summed per window in float64, so the logits of all windows never coexist.
 With a :class:`Workspace` (the engine passes one on the CPU) each chunk's logits are written into
 a buffer kept between calls and turned into log-probabilities in place: a fresh ``[chunk, vocab]``
-tensor of tens of MB is mapped anew by the C allocator on every call, and its page faults cost
-about a third of the head's matrix product; the values are those of ``F.cross_entropy`` bit for bit
+tensor of tens of MB is mapped anew by the C allocator on every call, and its page faults made
+SmolLM2's head + loss 1.44x slower (``benchmarks/kernel_profile.py``); the values are those of
+``F.cross_entropy`` bit for bit
 (the same log-softmax kernel, the NLL the negated log-probability of the target, 0 where ignored).
 
 Divergences from the dense model. The same chunking, with the dense model's log-probabilities
