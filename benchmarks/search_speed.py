@@ -1,15 +1,22 @@
 """Search speed: naive (a full forward per candidate, as the BlockPruner authors' code) vs the
-engine's prefix cache, prefix + trajectory caches, and all of it with early exit.
+engine's prefix cache, prefix + trajectory caches, and all of it with early exit; then the
+kernels of issue 29 on top of the last: the head's workspace (logits into a kept buffer,
+log-softmax in place) and lanes (a step's candidates two at a time side by side, one thread each).
 
 One run, on the embedded SmolLM2: the same calibration windows, the same number of greedy steps
 over mix blocks, each configuration in its own subprocess (so its peak memory is its own).
 Prints a markdown table: median seconds per step, total, measured ratio to naive, counted ideal
 ratio (MACs the naive search runs / MACs the configuration ran), peak RSS and peak cached-state
-bytes, and whether the chosen blocks and perplexities equal naive's. Then the counted ratios, from
-shapes alone, for Llama-2-7B with 2048-token windows and the authors' published 20-step order.
+bytes, whether the chosen blocks equal naive's with perplexities within 1e-5, and whether the
+perplexities are naive's bit for bit. Then the counted ratios, from shapes alone, for Llama-2-7B
+with 2048-token windows and the authors' published 20-step order.
+
+The cached configurations before ``+workspace`` run the engine's kernels as before issue 29: one
+candidate at a time (``candidate_batch=1``), the head through ``F.cross_entropy`` on fresh logits.
 
     python benchmarks/search_speed.py                    # 8 windows x 128 tokens, 8 steps
     python benchmarks/search_speed.py --steps 1 --windows 2   # a quick smoke run
+    python benchmarks/search_speed.py --configs naive,prefix+trajectory+early-exit,+workspace,+workspace+lanes
 """
 
 from __future__ import annotations
@@ -25,11 +32,13 @@ import time
 from pathlib import Path
 
 TESTS = Path(__file__).resolve().parents[1] / "tests"
-CONFIGS = {
+CONFIGS = {  # (cache, early exit, head workspace, candidate batch: None = the engine's choice, its lanes on the CPU)
     "naive": None,
-    "prefix": ("prefix", False),
-    "prefix+trajectory": ("trajectory", False),
-    "prefix+trajectory+early-exit": ("trajectory", True),
+    "prefix": ("prefix", False, False, 1),
+    "prefix+trajectory": ("trajectory", False, False, 1),
+    "prefix+trajectory+early-exit": ("trajectory", True, False, 1),
+    "+workspace": ("trajectory", True, True, 1),
+    "+workspace+lanes": ("trajectory", True, True, None),
 }
 
 LLAMA2_7B = {"hidden_size": 4096, "num_attention_heads": 32, "num_key_value_heads": 32, "intermediate_size": 11008,
@@ -68,19 +77,24 @@ def run_one(name: str, args) -> dict:
             chosen.append((unit_name(unit), value))
 
         naive_greedy(lm.adapter, w, units, args.steps, pad, batch_size=args.batch_size, on_step=on_step)
-        counted, peak_cache = None, 0
+        counted, peak_cache, macs = None, 0, None
     else:
-        cache, early = CONFIGS[name]
+        cache, early, workspace, k = CONFIGS[name]
         e = Engine(lm.adapter, w, batch_size=args.batch_size, ignore_index=pad, cache_bytes=args.cache_gb * 2**30)
-        s = GreedySearch(e, units, cache=cache, early_exit=early)
+        if not workspace:
+            e.workspace = None  # the head as before issue 29: F.cross_entropy on fresh logits
+        k = k or e.auto_candidate_batch()
+        s = GreedySearch(e, units, cache=cache, early_exit=early, candidate_batch=k)
         for _ in range(args.steps):
             t = time.perf_counter()
             r = s.step()
             times.append(time.perf_counter() - t)
             chosen.append((unit_name(r.unit), r.value))
         counted, peak_cache = s.naive_macs / e.counter.total_macs, e.store.peak
+        macs = {"engine": e.counter.as_dict(), "naive": s.naive_macs}
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    return {"name": name, "times": times, "chosen": chosen, "counted": counted, "peak_rss": rss, "peak_cache": peak_cache}
+    return {"name": name, "times": times, "chosen": chosen, "counted": counted, "peak_rss": rss, "peak_cache": peak_cache,
+            "candidate_batch": 1 if name == "naive" else k, "threads": torch.get_num_threads(), "macs": macs}
 
 
 def llama2_counts(seq_len: int = 2048, n_windows: int = 1) -> dict:
@@ -121,16 +135,17 @@ def main() -> None:
     print(f"\nSmolLM2-135M, {args.windows} windows x {args.seq_len} tokens of wiki, batch {args.batch_size}, "
           f"{args.steps} greedy steps over mix blocks, torch threads {args.threads or 'default'}\n")
     print("| configuration | median s/step | total s | measured ratio | counted ideal ratio | measured / ideal | peak RSS"
-          " | peak cached states | same choices as naive |")
-    print("|---|---|---|---|---|---|---|---|---|")
+          " | peak cached states | same choices as naive | bit-identical perplexities |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for name, r in results.items():
         med, tot = statistics.median(r["times"]), sum(r["times"])
         ratio = statistics.median(base["times"]) / med if base else float("nan")
         ideal = r["counted"] if r["counted"] else 1.0
         same = "-" if not base or name == "naive" else (
             "yes" if all(a[0] == b[0] and math.isclose(a[1], b[1], rel_tol=1e-5) for a, b in zip(r["chosen"], base["chosen"])) else "NO")
+        bits = "-" if not base or name == "naive" else ("yes" if r["chosen"] == base["chosen"] else "NO")
         print(f"| {name} | {med:.2f} | {tot:.1f} | {ratio:.2f}x | {ideal:.2f}x | {ratio / ideal:.2f} | "
-              f"{r['peak_rss'] / 2**20:.0f} MiB | {r['peak_cache'] / 2**20:.1f} MiB | {same} |")
+              f"{r['peak_rss'] / 2**20:.0f} MiB | {r['peak_cache'] / 2**20:.1f} MiB | {same} | {bits} |")
     print("\nchosen (naive): " + ", ".join(f"{u} ({v:.3f})" for u, v in (base or next(iter(results.values())))["chosen"]))
     c = llama2_counts()
     print("\nLlama-2-7B shapes, 2048-token windows, the authors' 20-step order (counted from the config alone):")

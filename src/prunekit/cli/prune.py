@@ -68,8 +68,9 @@ def prune(
     cache_gb: Optional[float] = typer.Option(None, "--cache-gb",
                                              help="Memory budget of the cached states (default: half the free memory)."),
     candidate_batch: Optional[int] = typer.Option(None, "--candidate-batch",
-                                                  help="Greedy candidates run as one batch (default: 1 on the CPU; on an accelerator, as "
-                                                  "many as its free memory allows)."),
+                                                  help="Greedy candidates run as one group: side by side, one thread each, on the CPU "
+                                                  "(default: the torch threads); stacked into one batch on an accelerator "
+                                                  "(default: as many as its free memory allows). Same plan."),
     max_memory: Optional[float] = typer.Option(None, "--max-memory",
                                                help="GiB of weights resident on the compute device; the rest stay memory-mapped in the "
                                                "checkpoint's dtype and blocks come in as they run (same plan)."),

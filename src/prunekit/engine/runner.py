@@ -8,11 +8,18 @@ is stepped block by block on each block's own device: the residual state moves t
 device before it runs, each layer's inputs are kept on that layer's device (moved once, one copy
 per device), and the head runs where the final norm is. Boundary ``b`` means "the residual stream just before block ``b``"; boundary
 ``num_blocks`` is the final state, before the final norm.
+
+Kernels on the CPU (issue 29): a group of candidates runs side by side on :mod:`lanes
+<prunekit.engine.lanes>` (worker threads of one intra-op thread each), each candidate alone in a
+lane, instead of stacked into larger matrix products; the head writes its logits into a buffer kept
+per thread and takes the log-softmax in place (:class:`~prunekit.engine.loss.Workspace`). Both
+leave every float as it was: the same kernels on the same shapes.
 """
 
 from __future__ import annotations
 
 import math
+import threading
 from dataclasses import asdict, dataclass
 from typing import Hashable
 
@@ -21,12 +28,17 @@ import torch
 
 from prunekit.core.errors import PrunekitError
 from prunekit.data.windows import Windows
-from prunekit.engine.loss import DEFAULT_CHUNK_TOKENS, counted_targets, window_js, window_kl, window_nll
+from prunekit.engine.lanes import lanes as lane_pool
+from prunekit.engine.loss import DEFAULT_CHUNK_TOKENS, Workspace, counted_targets, window_js, window_kl, window_nll
 from prunekit.engine.memo import ScoreMemo
 from prunekit.engine.onload import Onloader
 from prunekit.engine.ranks import Ranks
 from prunekit.models.adapter import ModelAdapter
 from prunekit.models.contract import ATTN, Block
+
+_COUNTER_LOCK = threading.Lock()
+#: lanes run at most this many candidates side by side (each holds its own head buffer)
+MAX_LANES = 8
 
 
 @dataclass
@@ -41,6 +53,14 @@ class WorkCounter:
     @property
     def total_macs(self) -> float:
         return self.block_macs + self.head_macs
+
+    def add(self, *, block_macs: float = 0.0, block_runs: int = 0, head_macs: float = 0.0, head_tokens: int = 0) -> None:
+        """Add work (under a lock: lanes count from several threads)."""
+        with _COUNTER_LOCK:
+            self.block_macs += block_macs
+            self.block_runs += block_runs
+            self.head_macs += head_macs
+            self.head_tokens += head_tokens
 
     def as_dict(self) -> dict:
         return {**asdict(self), "total_macs": self.total_macs}
@@ -152,14 +172,17 @@ class Engine:
     (:mod:`prunekit.engine.onload`); the engine then steps block-major where it can (all window
     batches at a block, or every candidate of a group at a block), so each block's weights move
     once per batch and group rather than once per candidate. ``memo``: per-batch sums shared with
-    another search on the same model and windows (:mod:`prunekit.engine.memo`; one process only).
+    another search on the same model and windows (:mod:`prunekit.engine.memo`; one process only). ``lanes``: how many
+    candidates of a group run side by side on the CPU (:meth:`evaluate_group`; default: torch's intra-op threads, at
+    most :data:`MAX_LANES`; 1 runs them through :meth:`run_group`); not used on an accelerator, under
+    a memory cap or with a device map.
     """
 
     def __init__(
         self, adapter: ModelAdapter, windows: Windows, batch_size: int = 8, *, criterion: str = "ppl",
         ignore_index: int | None = None, cache_bytes: float = 2 * 2**30, cache_device: str | None = None,
         chunk_tokens: int = DEFAULT_CHUNK_TOKENS, ranks: Ranks | None = None, onload: Onloader | None = None,
-        memo: ScoreMemo | None = None,
+        memo: ScoreMemo | None = None, lanes: int | None = None,
     ) -> None:
         self.adapter = adapter
         self.ranks = ranks or Ranks()  # the processes a greedy step's candidates are spread over
@@ -180,6 +203,7 @@ class Engine:
         self.num_blocks = adapter.num_blocks
         self.macs = [block_macs_per_token(adapter, Block(b), windows.seq_len) for b in range(self.num_blocks)]
         self.head_macs = float(adapter.lm_head.weight.numel())
+        self.vocab = int(adapter.lm_head.weight.shape[0])
         self.store = StateStore(cache_bytes, cache_device or self.device)
         self.n_targets = counted_targets(windows.ids, ignore_index) if criterion == "ppl" else windows.n_tokens
         self._inputs: list[tuple[torch.Tensor, list[dict]]] = []
@@ -189,6 +213,9 @@ class Engine:
         else:
             self.devices, self.head_device = block_devices(adapter), head_device(adapter)
             check_runnable(self.devices, self.head_device)
+        self.workspace = Workspace() if self.head_device.type == "cpu" else None  # the head's buffers (see loss.py)
+        on_cpu = onload is None and self.head_device.type == "cpu" and all(d is None or d.type == "cpu" for d in self.devices)
+        self.lanes = (min(MAX_LANES, torch.get_num_threads()) if lanes is None else max(1, int(lanes))) if on_cpu else 1
         self._bring("embed")
         with torch.inference_mode():
             for ids in self.batches:
@@ -230,9 +257,10 @@ class Engine:
         return [b for b in range(self.num_blocks) if b not in removed and self.macs[b] > 0]
 
     def auto_candidate_batch(self, cap: int = 16) -> int:
-        """How many candidates to run as one batch: 1 on the CPU (no gain there); on an accelerator,
-        as many as a quarter of its free memory holds, counting per candidate and window batch the
-        residual state, the MLP's intermediate activations and one layer's attention scores.
+        """How many candidates to run as one group: on the CPU the lanes (one candidate per lane; 1
+        with a single thread); on an accelerator, as many as a quarter of its free memory holds,
+        counting per candidate and window batch the residual state, the MLP's intermediate
+        activations and one layer's attention scores.
 
         Under a memory cap (``onload``): the group that steps block-major, as large as a quarter of
         the state budget holds (a group of ``g`` keeps up to ``g (g + 1) / 2`` boundaries of states
@@ -240,7 +268,7 @@ class Engine:
         if self.onload is not None:
             return int(max(1, min(cap, math.isqrt(int(self.store.budget / 2 / max(self.state_bytes(), 1))))))
         if self.device.type != "cuda":
-            return 1
+            return self.lanes
         free, _ = torch.cuda.mem_get_info(self.device)
         b, t = self.batches[0].shape
         h = self.h0(0)
@@ -265,9 +293,32 @@ class Engine:
                 continue
             self._bring(b)
             h = self.adapter.run_block(Block(b), h.to(self.devices[b]), kwargs[b // 2])
-            self.counter.block_macs += self.macs[b] * tokens
-            self.counter.block_runs += 1
+            self.counter.add(block_macs=self.macs[b] * tokens, block_runs=1)
         return h
+
+    def evaluate_group(self, j: int, items: list[tuple[int, torch.Tensor, frozenset[int], tuple[int, ...]]]
+                       ) -> list[tuple[torch.Tensor, dict]]:
+        """Several candidates on batch ``j``, run and scored: per candidate (its criterion per window,
+        float64 ``[batch]``; {boundary: state}), ``items`` as :meth:`run_group` takes them.
+
+        With lanes (the CPU) the candidates run side by side, each alone in a lane from its state to
+        its score; otherwise through :meth:`run_group` (stacked on an accelerator, one after another
+        at each block under a memory cap), then scored. The work counted is the same either way.
+        """
+        if self.lanes > 1 and len(items) > 1:
+            pool = lane_pool(self.lanes, max(1, torch.get_num_threads() // self.lanes))
+            return pool.map(lambda item: self._alone(j, item), items)
+        return [(self.score(j, h), kept) for h, kept in self.run_group(j, items)]
+
+    def _alone(self, j: int, item: tuple[int, torch.Tensor, frozenset[int], tuple[int, ...]]) -> tuple[torch.Tensor, dict]:
+        """One candidate of :meth:`evaluate_group` alone: its blocks, the states at ``keep_at``, its score."""
+        start, h, skip, keep_at = item
+        kept = {}
+        for b in sorted(keep_at):
+            h = self.run(j, h, start, b, skip)
+            kept[b], start = h, b
+        h = self.run(j, h, start, self.num_blocks, skip)
+        return self.score(j, h), kept
 
     @torch.inference_mode()
     def run_group(self, j: int, items: list[tuple[int, torch.Tensor, frozenset[int], tuple[int, ...]]]) -> list[tuple[torch.Tensor, dict]]:
@@ -299,16 +350,14 @@ class Engine:
             if self.onload is not None:
                 for i in active:
                     hs[i] = self.adapter.run_block(Block(b), hs[i], kwargs[b // 2])
-                self.counter.block_macs += self.macs[b] * batch * hs[active[0]].shape[1] * len(active)
-                self.counter.block_runs += len(active)
+                self.counter.add(block_macs=self.macs[b] * batch * hs[active[0]].shape[1] * len(active), block_runs=len(active))
                 continue
             stacked = torch.cat([hs[i] for i in active]) if len(active) > 1 else hs[active[0]]
             lkw = self.adapter.tile_inputs(kwargs[b // 2], len(active), batch) if len(active) > 1 else kwargs[b // 2]
             out = self.adapter.run_block(Block(b), stacked, lkw)
             for i, part in zip(active, out.split(batch)):
                 hs[i] = part
-            self.counter.block_macs += self.macs[b] * batch * hs[active[0]].shape[1] * len(active)
-            self.counter.block_runs += len(active)
+            self.counter.add(block_macs=self.macs[b] * batch * hs[active[0]].shape[1] * len(active), block_runs=len(active))
         return list(zip(hs, kept))
 
     # --- scoring -----------------------------------------------------------------------------
@@ -321,7 +370,7 @@ class Engine:
         logits_fn = self.adapter.logits
         if self.criterion == "ppl":
             positions = ids.shape[0] * (ids.shape[1] - 1)
-            out = window_nll(logits_fn, h, ids, self.ignore_index, self.chunk_tokens)
+            out = window_nll(logits_fn, h, ids, self.ignore_index, self.chunk_tokens, workspace=self.workspace, vocab=self.vocab)
             self._count_head(positions)
             return out
         dense = self._dense_final[j].reshape(-1, h.shape[-1])
@@ -336,8 +385,7 @@ class Engine:
         return out
 
     def _count_head(self, positions: int) -> None:
-        self.counter.head_macs += self.head_macs * positions
-        self.counter.head_tokens += positions
+        self.counter.add(head_macs=self.head_macs * positions, head_tokens=positions)
 
     def total_score(self, removed: frozenset[int]) -> float:
         """The criterion summed over all windows for the model without ``removed`` (full forward)."""

@@ -59,8 +59,9 @@ class DepthConfig:
     a fraction of, ``total`` (every parameter) or ``decoder`` (the decoder layers'; :data:`RATIO_OF`).
     ``cache``: how much the engine keeps (``trajectory`` = prefix + trajectory caches);
     ``cache_gb``: the memory budget of the kept states (default: half the free memory).
-    ``candidate_batch``: candidates of a greedy step run as one batch (default: 1 on the CPU, as
-    many as a quarter of the free accelerator memory holds, at most 16, on an accelerator).
+    ``candidate_batch``: candidates of a greedy step run as one group (default: on the CPU, one per
+    lane — the torch threads, each candidate of a group on its own thread —; on an accelerator,
+    stacked into one batch, as many as a quarter of its free memory holds, at most 16).
     ``max_memory``: GiB of weights resident on the compute device; the rest stay memory-mapped in
     the checkpoint's dtype and blocks are brought in as they run (the plan is the uncapped one).
     ``device_map``: ``auto`` or ``{module name: device}`` (a dict, inline JSON or a .json path):

@@ -368,16 +368,35 @@ class ModelAdapter(MixerSlots):
 
         return {name: tile(v) for name, v in layer_kwargs.items()}
 
-    def logits(self, h: torch.Tensor) -> torch.Tensor:
-        """The head on residual states ``[..., hidden]`` -> ``[..., vocab]`` (see :class:`Head`)."""
+    def logits(self, h: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+        """The head on residual states ``[..., hidden]`` -> ``[..., vocab]`` (see :class:`Head`).
+
+        ``out``: a buffer ``[n, vocab]`` for 2-D ``h`` ``[n, hidden]`` to write the logits into (no
+        fresh memory per call). It is used when the LM head is a plain ``nn.Linear`` without bias of
+        ``out``'s dtype and device and no gradient is recorded: ``torch.mm(x, W.T, out=out)`` is the product ``F.linear`` runs,
+        and the divisor and soft-cap are then applied in place (the same kernels, the same bits).
+        Otherwise the logits are computed as without it; use the returned tensor either way.
+        """
         head = self.head()
         x = head.final_norm(h)
-        out = head.lm_head(x.to(head.lm_head.weight.device))  # a no-op unless a device map put them apart
+        lm = head.lm_head
+        x = x.to(lm.weight.device)  # a no-op unless a device map put them apart
+        into = (out is not None and type(lm) is nn.Linear and lm.bias is None and x.dim() == 2
+                and out.shape == (x.shape[0], lm.weight.shape[0]) and out.dtype == x.dtype == lm.weight.dtype
+                and out.device == x.device and not (torch.is_grad_enabled() and (x.requires_grad or lm.weight.requires_grad)))
+        if into:
+            logits = torch.mm(x, lm.weight.t(), out=out)
+            if head.logit_divisor != 1.0:
+                logits.div_(head.logit_divisor)
+            if head.softcap is not None:
+                logits.div_(head.softcap).tanh_().mul_(head.softcap)
+            return logits
+        logits = lm(x)
         if head.logit_divisor != 1.0:
-            out = out / head.logit_divisor
+            logits = logits / head.logit_divisor
         if head.softcap is not None:
-            out = torch.tanh(out / head.softcap) * head.softcap
-        return out
+            logits = torch.tanh(logits / head.softcap) * head.softcap
+        return logits
 
     # --- skipping and removing -----------------------------------------------------------------
     def _swap(self, block: Block, mods: dict[str, nn.Module]) -> dict[str, nn.Module]:

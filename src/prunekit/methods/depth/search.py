@@ -211,9 +211,9 @@ class GreedySearch:
                     break
                 known = {i: e.memo.get(self.removed | set(group[i]), j) for i in alive} if e.memo is not None else {}
                 run = [i for i in alive if known.get(i) is None]
-                finals = self._run_candidates([group[i] for i in run], j, prev_p, [targets[i] for i in run], group) if run else []
-                for i, h in zip(run, finals):
-                    known[i] = float(e.score(j, h).sum())
+                scores = self._score_candidates([group[i] for i in run], j, prev_p, [targets[i] for i in run], group) if run else []
+                for i, score in zip(run, scores):
+                    known[i] = float(score.sum())
                     if e.memo is not None:
                         e.memo.put(self.removed | set(group[i]), j, known[i])
                 for i in alive:
@@ -284,14 +284,15 @@ class GreedySearch:
                 return prev_p[0], item[1].to(e.device)
         return u[0], self.prefix_state(u[0], j)
 
-    def _run_candidates(self, units: list[Unit], j: int, prev_p: Unit | None, targets: list[Unit | None],
-                        group: list[Unit]) -> list[torch.Tensor]:
-        """Final states of batch ``j`` for the current model without each of ``units``.
+    def _score_candidates(self, units: list[Unit], j: int, prev_p: Unit | None, targets: list[Unit | None],
+                          group: list[Unit]) -> list[torch.Tensor]:
+        """The criterion per window of batch ``j`` (float64 ``[batch]``) for the current model without each of ``units``.
 
         A group of one runs alone and keeps its state at its ``target``'s boundary. A larger group
-        (stacked candidates, or a round spread over ranks, of which ``units`` are this rank's) runs
-        through :meth:`Engine.run_group`; since the best later unit may be in the same group, each
-        keeps its state at the boundaries of its target and of every later unit of the group, and
+        (a candidate group, or a round spread over ranks, of which ``units`` are this rank's) runs
+        through :meth:`Engine.evaluate_group` (side by side in lanes on the CPU, stacked on an
+        accelerator); since the best later unit may be in the same group, each keeps its state at
+        the boundaries of its target and of every later unit of the group, and
         :meth:`_settle_kept` keeps the one a one-by-one search would have kept.
         """
         e = self.engine
@@ -303,7 +304,7 @@ class GreedySearch:
                 h = e.run(j, h, start, target[0], skip)
                 e.store.put(("traj", self._step, u, j), h, meta=target[0])
                 start = target[0]
-            return [e.run(j, h, start, e.num_blocks, skip)]
+            return [e.score(j, e.run(j, h, start, e.num_blocks, skip))]
         items = []
         for u, target in zip(units, targets):
             start, h = self._candidate_start(u, j, prev_p)
@@ -311,12 +312,12 @@ class GreedySearch:
             if target is not None:
                 keep.add(target[0])
             items.append((start, h, self.removed | set(u), tuple(sorted(b for b in keep if b > start))))
-        finals = []
-        for u, (h, kept) in zip(units, e.run_group(j, items)):
+        scores = []
+        for u, (score, kept) in zip(units, e.evaluate_group(j, items)):
             for b, state in kept.items():
                 e.store.put(("group", self._step, u, j, b), state)
-            finals.append(h)
-        return finals
+            scores.append(score)
+        return scores
 
     def _settle_kept(self, group: list[Unit], lead: set[Unit], completed: list[tuple[Unit, float]]) -> None:
         """After a stacked group: keep each unit's state at its best finished later unit's boundary only."""
