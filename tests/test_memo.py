@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 
 from prunekit.data.calibration import CalibConfig
 from prunekit.engine.memo import ScoreMemo
@@ -24,10 +25,13 @@ def cal(tmp_path_factory):
     return CalibConfig(source=str(path), seq_len=16, windows=4, batch_size=1)
 
 
-@pytest.mark.parametrize("first,second", [("budget-greedy", "blockpruner"), ("blockpruner", "budget-greedy"),
-                                          ("blockpruner", "blockpruner")])
-def test_a_shared_memo_changes_work_not_plans(cal, first, second):
-    loaded = wrap_model(tiny_model("llama", num_hidden_layers=6), tiny_tokenizer())
+@pytest.mark.parametrize("first,second,dtype", [("budget-greedy", "blockpruner", torch.float32),
+                                                ("budget-greedy", "blockpruner", torch.bfloat16),
+                                                ("blockpruner", "budget-greedy", torch.bfloat16),
+                                                ("blockpruner", "blockpruner", torch.float32)])
+def test_a_shared_memo_changes_work_not_plans(cal, first, second, dtype):
+    """The second search's plan with the memo is its plan alone, byte for byte (in bfloat16 too, as the demo searches)."""
+    loaded = wrap_model(tiny_model("llama", num_hidden_layers=6).to(dtype), tiny_tokenizer())
     alone = prune(loaded, DepthConfig(method=second, ratio=0.3), cal)
     memo = ScoreMemo()
     prune(loaded, DepthConfig(method=first, ratio=0.3), cal, memo=memo)

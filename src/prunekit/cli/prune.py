@@ -255,7 +255,8 @@ def demo(
             res = pipeline.prune(searched, DepthConfig(method=m, ratio=ratio), cal, progress=update, on_step=print_step, memo=memo)
         print_plan(res.plan, res.timing)
         if res.timing["memo_hits"]:
-            console.print(f"{m}: {res.timing['memo_hits']} window-batch scores read from the earlier search instead of run again")
+            console.print(f"{m}: {res.timing['memo_hits']} window-batch scores of removed sets scored earlier in this demo read, "
+                          "not run again")
         held_out = pipeline.evaluate(loaded, ["wiki-test", "news"], 256, eval_windows, plan=res.plan)  # in float32
         rows.append((m, held_out, res.timing["search_seconds"]))
         del res
