@@ -23,10 +23,9 @@ import math
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from prunekit.data.windows import build_windows
-from prunekit.engine.runner import Engine
+from prunekit.evaluation.perplexity import window_nll as perplexity_window_nll
 from prunekit.methods.depth.units import parse_unit
 from prunekit.pipeline.load import load_model
 
@@ -43,13 +42,7 @@ def cell_blocks(rows: list[dict], method: str, ratio: float) -> tuple[frozenset[
 
 def window_nll(loaded, windows, removed: frozenset[int]) -> np.ndarray:
     """Summed next-token NLL of each window (float64 ``[n_windows]``) for the model without ``removed``."""
-    engine = Engine(loaded.adapter, windows, batch_size=4, ignore_index=loaded.model.config.pad_token_id, cache_bytes=0)
-    parts = []
-    with torch.inference_mode():
-        for j in range(engine.n_batches):
-            h = engine.run(j, engine.h0(j), 0, engine.num_blocks, removed)
-            parts.append(engine.score(j, h).double().cpu().numpy())
-    return np.concatenate(parts)
+    return np.asarray(perplexity_window_nll(loaded, windows, removed=removed)[1])
 
 
 def paired_interval(a: np.ndarray, b: np.ndarray, tokens: int, resamples: int, seed: int) -> tuple[float, float, float]:

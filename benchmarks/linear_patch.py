@@ -24,8 +24,8 @@ import torch
 
 from prunekit.data.calibration import CalibConfig
 from prunekit.data.windows import build_windows
-from prunekit.engine.runner import Engine
 from prunekit.evaluation.intervals import paired_ppl_ratio
+from prunekit.evaluation.perplexity import window_nll as perplexity_window_nll
 from prunekit.methods.depth.patch import PatchConfig, fit_linear_patch, patch_windows
 from prunekit.methods.depth.units import parse_unit
 from prunekit.models.contract import Block
@@ -43,11 +43,8 @@ def cell(rows: list[dict], method: str, ratio: float) -> tuple[list[list[int]], 
 
 
 def window_nll(loaded, windows, removed: frozenset[int]) -> np.ndarray:
-    """Summed next-token NLL per window (float64) of the model as it is, without ``removed``."""
-    engine = Engine(loaded.adapter, windows, batch_size=4, ignore_index=loaded.model.config.pad_token_id, cache_bytes=0)
-    with torch.inference_mode():
-        return np.concatenate([engine.score(j, engine.run(j, engine.h0(j), 0, engine.num_blocks, removed)).double().cpu().numpy()
-                               for j in range(engine.n_batches)])
+    """Summed next-token NLL of each window (float64 ``[n_windows]``) for the model without ``removed``."""
+    return np.asarray(perplexity_window_nll(loaded, windows, removed=removed)[1])
 
 
 def main() -> None:

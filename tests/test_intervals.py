@@ -10,6 +10,7 @@ import pytest
 from conftest import random_windows
 from prunekit.evaluation.intervals import paired_ppl_ratio, versus_best
 from prunekit.evaluation.perplexity import perplexity, window_nll
+from prunekit.models.contract import Block
 from prunekit.models.loading import LoadedModel
 from prunekit.models.registry import get_adapter
 from prunekit.models.tiny import tiny_model
@@ -44,6 +45,17 @@ def test_window_nll_gives_perplexitys_value_and_sums_to_it():
     assert ppl == perplexity(loaded, windows, 2)  # the same sums in the same order
     assert len(nll) == len(tokens) == 5 and tokens == [15] * 5
     assert math.exp(sum(nll) / sum(tokens)) == pytest.approx(ppl, rel=1e-9)
+
+
+def test_window_nll_without_removed_blocks_is_the_model_with_them_removed():
+    model = tiny_model("llama", num_hidden_layers=3)
+    loaded = LoadedModel(model, None, get_adapter(model), "tiny")
+    windows = random_windows(n=4, seq_len=16)
+    skipped = window_nll(loaded, windows, batch_size=2, removed=frozenset({1, 4}))
+    assert skipped[1] != window_nll(loaded, windows, batch_size=2)[1]
+    for b in (1, 4):
+        loaded.adapter.remove_block(Block(b))
+    assert window_nll(loaded, windows, batch_size=2)[1] == pytest.approx(skipped[1], rel=1e-6)
 
 
 def test_versus_best_compares_each_cell_with_the_best_other_at_its_ratio():

@@ -26,16 +26,18 @@ def perplexity(loaded: LoadedModel, windows: Windows, batch_size: int = 4, onloa
     return engine.perplexity(engine.total_score(frozenset()))
 
 
-def window_nll(loaded: LoadedModel, windows: Windows, batch_size: int = 4) -> tuple[float, list[float], list[int]]:
+def window_nll(loaded: LoadedModel, windows: Windows, batch_size: int = 4, *,
+               removed: frozenset[int] = frozenset()) -> tuple[float, list[float], list[int]]:
     """``(perplexity, nll, tokens)``: the perplexity of :func:`perplexity` (the same sums in the same order, so the
     same float), and per window ``w`` its summed next-token NLL ``nll[w]`` (float64, nats) over its ``tokens[w]``
     scored positions (``seq_len - 1`` less the labels equal to ``pad_token_id``): what a paired comparison of two
-    models on the same windows resamples (:mod:`prunekit.evaluation.intervals`)."""
+    models on the same windows resamples (:mod:`prunekit.evaluation.intervals`). ``removed``: blocks the engine
+    skips (the model without them, as a depth plan would leave it, without applying the plan)."""
     ignore = loaded.model.config.pad_token_id
     engine = Engine(loaded.adapter, windows, batch_size=batch_size, ignore_index=ignore, cache_bytes=0)
     total, nll = 0.0, []
     for j in range(engine.n_batches):
-        scores = engine.score(j, engine.run(j, engine.h0(j), 0, engine.num_blocks, frozenset()))
+        scores = engine.score(j, engine.run(j, engine.h0(j), 0, engine.num_blocks, removed))
         total += float(scores.sum())
         nll += scores.double().tolist()
     tokens = [counted_targets(windows.ids[w : w + 1], ignore) for w in range(windows.ids.shape[0])]
